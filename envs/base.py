@@ -1,0 +1,130 @@
+"""The environment Protocol, shared prompt templates and option handling.
+
+An environment is a small object that samples a problem from a seeded ``random.Random``, writes the task
+as text, names its ability, and scores a completion with a pure reward function. Problems are plain
+JSON-able dicts so they can be stored in parquet/JSONL and handed back to the reward unchanged.
+
+Templates:
+- ``base``: plain text for base models — a User/Assistant preamble, the task, and an assistant prefill
+  that opens ``<think>`` so the model continues the reasoning;
+- ``chat``: a list of chat messages; the tokenizer's own chat template renders it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import typing
+from collections.abc import Hashable, Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from tinyzero.errors import TinyZeroError
+from tinyzero.rewards.result import RewardResult
+
+TEMPLATES = ("base", "chat")
+
+BASE_PREAMBLE = (
+    "A conversation between User and Assistant. The User gives a task; the Assistant first reasons "
+    "about it step by step inside <think> </think> and then states the final result."
+)
+BASE_PREFILL = "Assistant: Let me work through this step by step.\n<think>"
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """What the engine needs from a verifiable task."""
+
+    name: ClassVar[str]
+    ability: ClassVar[str]
+    Options: ClassVar[type]  # a frozen dataclass; one docstring line per field in its class docstring
+
+    options: Any
+
+    def sample(self, rng: random.Random) -> dict:
+        """One problem (a JSON-able dict) drawn from ``rng``; deterministic given the rng state."""
+        ...
+
+    def key(self, problem: Mapping) -> Hashable:
+        """Identity of a problem: train and test splits share no key."""
+        ...
+
+    def task_text(self, problem: Mapping) -> str:
+        """The user's message: the task and the answer format, never the solution."""
+        ...
+
+    def reward(self, completion: str, problem: Mapping) -> RewardResult:
+        """Score a completion (pure; never raises on any completion string)."""
+        ...
+
+    def ground_truth(self, problem: Mapping) -> dict:
+        """What a reward needs to score (stored in the dataset's ``reward_model.ground_truth``)."""
+        ...
+
+
+def render_prompt(env: Environment, problem: Mapping, template: str) -> str | list[dict[str, str]]:
+    """The prompt for ``template``: a string for ``base``, chat messages for ``chat``."""
+    text = env.task_text(problem)
+    if template == "base":
+        return f"{BASE_PREAMBLE}\nUser: {text}\n{BASE_PREFILL}"
+    if template == "chat":
+        return [{"role": "user", "content": text}]
+    raise TinyZeroError(f"unknown prompt template {template!r}: use one of {', '.join(TEMPLATES)}")
+
+
+def parse_options(options_cls: type, values: Mapping[str, Any] | None, env_name: str) -> Any:
+    """Build an options dataclass from a mapping, rejecting unknown keys and wrong types by name."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    hints = typing.get_type_hints(options_cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise TinyZeroError(
+            f"unknown option {env_name}.{unknown[0]}: {env_name} accepts {', '.join(fields) or 'no options'}"
+        )
+    checked = {key: coerce(value, hints[key], f"{env_name}.{key}") for key, value in values.items()}
+    try:
+        return options_cls(**checked)
+    except ValueError as err:  # the dataclass's own range checks
+        raise TinyZeroError(f"bad options for {env_name}: {err}") from None
+
+
+def coerce(value: Any, hint: Any, dotted: str) -> Any:
+    """Accept ``value`` for a field typed ``hint`` (str values from the command line are converted)."""
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise TinyZeroError(f"{dotted} must be {hint.__name__}, got {value!r}")
+
+
+def describe_options(options_cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) per option, help read from the ``name: help`` lines of the docstring."""
+    helps: dict[str, str] = {}
+    for line in (options_cls.__doc__ or "").splitlines():
+        name, sep, rest = line.strip().partition(":")
+        if sep and name.isidentifier():
+            helps[name] = rest.strip()
+    hints = typing.get_type_hints(options_cls)
+    return [
+        (f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), f.default, helps.get(f.name, ""))
+        for f in dataclasses.fields(options_cls)
+    ]

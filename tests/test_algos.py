@@ -1,0 +1,366 @@
+"""Tests for tinyzero.algos: hand-computed cases (arithmetic in the comments) plus a loop reference for GAE."""
+
+import math
+
+import pytest
+import torch
+
+from tinyzero import algos
+
+F64 = torch.float64
+
+
+def t64(data):
+    return torch.tensor(data, dtype=F64)
+
+
+def close(actual, expected, atol=1e-6):
+    torch.testing.assert_close(
+        actual, expected if torch.is_tensor(expected) else t64(expected), atol=atol, rtol=0
+    )
+
+
+# ----------------------------------------------------------------------------------------- masks
+
+
+def test_masked_sum_and_mean_ignore_padding_even_if_inf():
+    x = t64([[1.0, 2.0, math.inf], [4.0, 5.0, math.nan]])
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]], dtype=torch.bool)
+    close(algos.masked_sum(x, mask), 3.0)  # 1 + 2
+    close(algos.masked_mean(x, mask), 1.5)  # 3 / 2 tokens
+    close(algos.masked_sum(x, mask, dim=1), [3.0, 0.0])
+    close(algos.masked_mean(x, mask, dim=1), [1.5, 0.0])  # empty row -> 0, not NaN
+
+
+def test_masked_whiten_hand_case():
+    # masked entries [1, 2, 3]: mean 2, population var (1 + 0 + 1) / 3 = 2/3, std 0.8165
+    # -> [-1/0.8165, 0, 1/0.8165] = [-1.2247, 0, 1.2247]; the masked-out 100 becomes 0
+    x = t64([1.0, 2.0, 3.0, 100.0])
+    mask = t64([1.0, 1.0, 1.0, 0.0])
+    out = algos.masked_whiten(x, mask)
+    close(out, [-1.224744871, 0.0, 1.224744871, 0.0], atol=1e-6)
+    close(algos.masked_mean(out, mask), 0.0)
+    close(algos.masked_mean(out**2, mask), 1.0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- logits
+
+
+def test_logprobs_from_logits_matches_manual_gather():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, generator=gen, dtype=F64)
+    labels = torch.randint(0, 5, (2, 3), generator=gen)
+    manual = torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    out = algos.logprobs_from_logits(logits, labels)
+    assert out.shape == (2, 3)
+    close(out.double(), manual, atol=1e-6)  # float32 output from float64 logits
+
+
+def test_logprobs_from_logits_upcasts_bf16_to_float32():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 4, 7, generator=gen).to(torch.bfloat16)
+    labels = torch.randint(0, 7, (2, 4), generator=gen)
+    out = algos.logprobs_from_logits(logits, labels)
+    assert out.dtype == torch.float32
+    manual = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(out, manual, atol=1e-6, rtol=0)
+
+
+def test_entropy_of_uniform_logits_is_log_vocab():
+    out = algos.entropy_from_logits(torch.zeros(2, 3, 7))
+    torch.testing.assert_close(out, torch.full((2, 3), math.log(7)), atol=1e-6, rtol=0)
+
+
+def test_entropy_matches_manual_formula():
+    logits = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(2), dtype=F64)
+    logp = torch.log_softmax(logits, dim=-1)
+    manual = -(logp.exp() * logp).sum(-1)  # -sum p log p
+    close(algos.entropy_from_logits(logits).double(), manual, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ advantages
+
+
+def test_grpo_advantages_unbiased_std():
+    # group 0 = [1, 0, 0, 1]: mean 0.5, deviations +-0.5, unbiased var 4 * 0.25 / 3 = 1/3, std 0.57735
+    #   -> +-0.5 / 0.57735 = +-0.8660 (a population std of 0.5 would give +-1.0 instead)
+    # group 1 = [1, 1, 1, 1]: deviations 0, std 0 -> 0 / (0 + eps) = 0
+    scores = t64([1, 0, 0, 1, 1, 1, 1, 1])
+    adv = algos.grpo_advantages(scores, group_size=4)
+    close(adv, [0.8660254, -0.8660254, -0.8660254, 0.8660254, 0, 0, 0, 0], atol=1e-5)
+
+
+def test_dr_grpo_advantages_skip_std():
+    # group 0 = [1, 0, 0, 1]: mean 0.5 -> [0.5, -0.5, -0.5, 0.5]; group 1 = [2, 0, 0, 0]: mean 0.5
+    #   -> [1.5, -0.5, -0.5, -0.5]; no division by the std
+    scores = t64([1, 0, 0, 1, 2, 0, 0, 0])
+    adv = algos.grpo_advantages(scores, group_size=4, normalize_std=False)
+    close(adv, [0.5, -0.5, -0.5, 0.5, 1.5, -0.5, -0.5, -0.5])
+
+
+def test_grpo_advantages_accepts_integer_scores_and_groups_of_one():
+    adv = algos.grpo_advantages(torch.tensor([1, 0, 0, 1]), group_size=2)
+    # groups [1, 0] and [0, 1]: mean 0.5, unbiased std sqrt(0.5) = 0.7071 -> +-0.7071
+    torch.testing.assert_close(
+        adv, torch.tensor([0.70710678, -0.70710678, -0.70710678, 0.70710678]), atol=1e-5, rtol=0
+    )
+    close(algos.grpo_advantages(t64([3.0, -1.0, 7.0]), group_size=1), [0.0, 0.0, 0.0])
+
+
+def test_grpo_advantages_rejects_ragged_groups():
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        algos.grpo_advantages(t64([1, 0, 1, 0, 1]), group_size=2)
+    with pytest.raises(ValueError, match="positive"):
+        algos.grpo_advantages(t64([1, 0]), group_size=0)
+
+
+def test_broadcast_sequence_advantages():
+    mask = torch.tensor([[0, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    out = algos.broadcast_sequence_advantages(t64([2.0, -1.0]), mask)
+    close(out, [[0.0, 2.0, 2.0], [-1.0, 0.0, 0.0]])
+
+
+def gae_reference(rewards, values, mask, gamma, lam):
+    """Plain per-row loop: walk the response positions of each row backwards (index list based)."""
+    adv = torch.zeros_like(values)
+    for b in range(values.shape[0]):
+        idx = [t for t in range(values.shape[1]) if mask[b, t]]
+        running = 0.0
+        for k in reversed(range(len(idx))):
+            t = idx[k]
+            next_value = values[b, idx[k + 1]].item() if k + 1 < len(idx) else 0.0
+            delta = rewards[b, t].item() + gamma * next_value - values[b, t].item()
+            running = delta + gamma * lam * running
+            adv[b, t] = running
+    return adv, (adv + values) * mask
+
+
+def test_gae_matches_python_loop_on_random_masked_batch():
+    gen = torch.Generator().manual_seed(3)
+    rewards = torch.randn(4, 7, generator=gen, dtype=F64)
+    values = torch.randn(4, 7, generator=gen, dtype=F64)
+    mask = t64(
+        [
+            [0, 0, 1, 1, 1, 1, 0],  # prompt, response, padding
+            [1, 1, 1, 1, 1, 1, 1],  # full row
+            [0, 1, 1, 0, 1, 1, 0],  # a gap (e.g. a tool-output span) inside the response
+            [0, 0, 0, 0, 0, 0, 0],  # no response tokens
+        ]
+    )
+    adv, ret = algos.gae_advantages(rewards, values, mask, gamma=0.9, lam=0.8)
+    ref_adv, ref_ret = gae_reference(rewards, values, mask, gamma=0.9, lam=0.8)
+    close(adv, ref_adv, atol=1e-10)
+    close(ret, ref_ret, atol=1e-10)
+    assert adv[3].abs().sum() == 0 and adv[0, [0, 1, 6]].abs().sum() == 0
+
+
+def test_gae_with_gamma_lam_one_is_reward_to_go_minus_value():
+    # response tokens at t = 1, 2, 3; rewards there [0, 0, 1] -> reward-to-go [1, 1, 1]
+    # values there [0.5, 0.2, 0.7] -> advantages [0.5, 0.8, 0.3], returns [1, 1, 1]
+    # the prompt token (reward 5, value 9) and the padding token (reward 7, value 100) are ignored
+    rewards = t64([[5.0, 0.0, 0.0, 1.0, 7.0]])
+    values = t64([[9.0, 0.5, 0.2, 0.7, 100.0]])
+    mask = t64([[0, 1, 1, 1, 0]])
+    adv, ret = algos.gae_advantages(rewards, values, mask, gamma=1.0, lam=1.0)
+    close(adv, [[0.0, 0.5, 0.8, 0.3, 0.0]])
+    close(ret, [[0.0, 1.0, 1.0, 1.0, 0.0]])
+
+
+# -------------------------------------------------------------------------------------------- KL
+
+
+def test_kl_estimators_hand_values():
+    # d = logprobs - ref = log 0.5 - log 0.25 = log 2 = 0.693147 (token 0), -log 2 (token 1)
+    # k1 = d; k2 = d^2 / 2 = 0.240227; k3 = exp(-d) + d - 1 = 0.5 + 0.693147 - 1 = 0.193147
+    #                                   and for -d: 2 - 0.693147 - 1 = 0.306853
+    logprobs = t64([[math.log(0.5), math.log(0.25)]])
+    ref = t64([[math.log(0.25), math.log(0.5)]])
+    close(algos.kl_estimate(logprobs, ref, "k1"), [[0.693147181, -0.693147181]])
+    close(algos.kl_estimate(logprobs, ref, "k2"), [[0.240226507, 0.240226507]])
+    close(algos.kl_estimate(logprobs, ref, "k3"), [[0.193147181, 0.306852819]])
+
+
+def test_k3_is_non_negative_and_finite_for_extreme_ratios():
+    gen = torch.Generator().manual_seed(4)
+    logprobs = torch.randn(8, 16, generator=gen, dtype=F64) * 10
+    ref = torch.randn(8, 16, generator=gen, dtype=F64) * 10
+    logprobs[0, 0], ref[0, 0] = 0.0, -500.0  # log-ratio 500 -> clamped to 20
+    logprobs[0, 1], ref[0, 1] = -500.0, 0.0
+    k3 = algos.kl_estimate(logprobs, ref, "k3")
+    assert torch.isfinite(k3).all()
+    assert (k3 >= 0).all()
+    close(k3[0, 1], math.exp(20) - 21)  # clamped: exp(20) - 20 - 1
+
+
+def test_kl_estimate_rejects_unknown_name():
+    with pytest.raises(ValueError, match="k1, k2, k3"):
+        algos.kl_estimate(t64([[0.0]]), t64([[0.0]]), "k4")
+
+
+def test_kl_penalised_rewards():
+    # coef 0.1: -0.1 * kl on response tokens, score added on the last response token
+    # row 0: mask [0,1,1,0], kl [1,2,3,4], score 1 -> [0, -0.2, -0.3 + 1, 0] = [0, -0.2, 0.7, 0]
+    # row 1: mask all ones, kl 1, score 2 -> [-0.1, -0.1, -0.1, -0.1 + 2] = [-0.1, -0.1, -0.1, 1.9]
+    # row 2: no response tokens -> zeros (score 3 is dropped)
+    kl = t64([[1, 2, 3, 4], [1, 1, 1, 1], [5, 5, 5, 5]])
+    mask = t64([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    out = algos.kl_penalised_rewards(t64([1.0, 2.0, 3.0]), kl, mask, kl_coef=0.1)
+    close(out, [[0.0, -0.2, 0.7, 0.0], [-0.1, -0.1, -0.1, 1.9], [0.0, 0.0, 0.0, 0.0]])
+
+
+# ----------------------------------------------------------------------------------- aggregation
+
+AGG_LOSS = [[1.0, 2.0, 3.0, 99.0], [6.0, 99.0, 99.0, 99.0]]  # the 99s sit on masked-out positions
+AGG_MASK = [[1, 1, 1, 0], [1, 0, 0, 0]]
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("token-mean", 3.0),  # (1 + 2 + 3 + 6) / 4 tokens
+        ("seq-mean-token-mean", 4.0),  # row means 6/3 = 2 and 6/1 = 6 -> (2 + 6) / 2
+        ("seq-mean-token-sum-norm", 1.5),  # row sums 6 and 6, each / T=4 -> 1.5 and 1.5 -> 1.5
+    ],
+)
+def test_aggregate_loss_modes_hand_case(mode, expected):
+    close(algos.aggregate_loss(t64(AGG_LOSS), t64(AGG_MASK), mode), expected)
+
+
+@pytest.mark.parametrize("mode", algos.AGG_MODES)
+def test_aggregate_loss_ignores_empty_rows(mode):
+    loss = t64(AGG_LOSS + [[math.nan] * 4])
+    mask = t64(AGG_MASK + [[0, 0, 0, 0]])
+    with_empty = algos.aggregate_loss(loss, mask, mode)
+    assert torch.isfinite(with_empty)
+    close(with_empty, algos.aggregate_loss(t64(AGG_LOSS), t64(AGG_MASK), mode))
+
+
+@pytest.mark.parametrize("mode", algos.AGG_MODES)
+def test_aggregate_loss_all_empty_batch_is_zero_with_grad(mode):
+    loss = torch.full((2, 3), math.nan, dtype=F64, requires_grad=True)
+    out = algos.aggregate_loss(loss, torch.zeros(2, 3), mode)
+    assert out.item() == 0.0 and out.requires_grad
+    out.backward()
+    assert torch.isfinite(loss.grad).all() and loss.grad.abs().sum() == 0
+
+
+def test_aggregate_loss_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="token-mean"):
+        algos.aggregate_loss(t64(AGG_LOSS), t64(AGG_MASK), "sum")
+
+
+# ---------------------------------------------------------------------------------------- losses
+
+
+def test_clipped_policy_loss_hand_case():
+    # clip 0.2 both ways; ratios r and advantages A per token:
+    #   t0 r=1.0 A=+1: unclipped 1.0, clipped 1.0         -> min 1.0,  not clipped, loss -1.0
+    #   t1 r=1.5 A=+1: unclipped 1.5, clipped 1.2         -> min 1.2,  clipped,     loss -1.2
+    #   t2 r=0.5 A=-1: unclipped -0.5, clipped 0.8*-1=-0.8 -> min -0.8, clipped,     loss +0.8
+    #   t3 r=1.1 A=-1: unclipped -1.1, clipped -1.1       -> min -1.1, not clipped, loss +1.1
+    #   t4 r=0.5 A=+1: unclipped 0.5, clipped 0.8         -> min 0.5,  not clipped, loss -0.5
+    #   t5 masked out, with old_logprobs = -inf (must not leak)
+    # token-mean loss = (-1 - 1.2 + 0.8 + 1.1 - 0.5) / 5 = -0.16; clip_frac = 2/5 = 0.4
+    # ratio_mean = (1 + 1.5 + 0.5 + 1.1 + 0.5) / 5 = 0.92
+    # approx_kl = mean(r - 1 - log r) = (0 + 0.094535 + 0.193147 + 0.004690 + 0.193147) / 5 = 0.097104
+    ratios = t64([[1.0, 1.5, 0.5, 1.1, 0.5, 1.0]])
+    old = t64([[-1.0, -2.0, -0.5, -3.0, -1.5, -math.inf]])
+    logprobs = (old.nan_to_num(neginf=0.0) + ratios.log()).requires_grad_()
+    adv = t64([[1.0, 1.0, -1.0, -1.0, 1.0, 5.0]])
+    mask = t64([[1, 1, 1, 1, 1, 0]])
+    loss, stats = algos.clipped_policy_loss(logprobs, old, adv, mask, 0.2, 0.2, "token-mean")
+    close(loss.detach(), -0.16)
+    close(stats["clip_frac"], 0.4)
+    close(stats["ratio_mean"], 0.92)
+    close(stats["approx_kl"], 0.0971038, atol=1e-6)
+    loss.backward()
+    # d(-r*A)/d logprob = -r*A / 5 where unclipped is active, 0 where clipped is active or masked
+    close(logprobs.grad, [[-0.2, 0.0, 0.0, 0.22, -0.1, 0.0]])
+
+
+def test_clip_higher_is_asymmetric():
+    # a positive-advantage token with ratio 1.25: clip_high 0.2 caps it at 1.2 (clipped, zero grad),
+    # clip_high 0.28 allows up to 1.28 (unclipped, loss -1.25, grad -1.25)
+    old = t64([[0.0]])
+    mask = t64([[1.0]])
+    adv = t64([[1.0]])
+    for clip_high, expected_loss, expected_frac, expected_grad in [
+        (0.2, -1.2, 1.0, 0.0),
+        (0.28, -1.25, 0.0, -1.25),
+    ]:
+        logprobs = t64([[math.log(1.25)]]).requires_grad_()
+        loss, stats = algos.clipped_policy_loss(logprobs, old, adv, mask, 0.2, clip_high, "token-mean")
+        loss.backward()
+        close(loss.detach(), expected_loss)
+        close(stats["clip_frac"], expected_frac)
+        close(logprobs.grad, [[expected_grad]])
+    # the low side keeps clip_low = 0.2: a negative-advantage token with ratio 0.75 is clipped at 0.8
+    _, stats = algos.clipped_policy_loss(t64([[math.log(0.75)]]), old, -adv, mask, 0.2, 0.28, "token-mean")
+    close(stats["clip_frac"], 1.0)
+
+
+def test_policy_loss_aggregation_is_passed_through():
+    # ratios 1 everywhere, so per-token loss = -A; rows: A [1, 2, 3] (3 tokens) and [6] (1 token)
+    adv = t64([[1.0, 2.0, 3.0, 0.0], [6.0, 0.0, 0.0, 0.0]])
+    mask = t64(AGG_MASK)
+    lp = torch.zeros(2, 4, dtype=F64)
+    got = {m: algos.clipped_policy_loss(lp, lp, adv, mask, 0.2, 0.2, m)[0].item() for m in algos.AGG_MODES}
+    assert got == pytest.approx(
+        {"token-mean": -3.0, "seq-mean-token-mean": -4.0, "seq-mean-token-sum-norm": -1.5}
+    )
+
+
+def test_kl_loss_hand_case():
+    # k3 values 0.193147 and 0.306853 (see test_kl_estimators_hand_values) -> token-mean 0.5 / 2 = 0.25
+    logprobs = t64([[math.log(0.5), math.log(0.25), 0.0]])
+    ref = t64([[math.log(0.25), math.log(0.5), -50.0]])
+    mask = t64([[1, 1, 0]])
+    close(algos.kl_loss(logprobs, ref, mask, "k3", "token-mean"), 0.25)
+    close(algos.kl_loss(logprobs, ref, mask, "k1", "token-mean"), 0.0)  # +log 2 and -log 2 cancel
+
+
+def test_entropy_bonus_hand_case():
+    # row means (1 + 2) / 2 = 1.5 and 3 / 1 = 3 -> (1.5 + 3) / 2 = 2.25; token-mean (1 + 2 + 3) / 3 = 2
+    entropy = t64([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]])
+    mask = t64([[1, 1, 0], [1, 0, 0]])
+    close(algos.entropy_bonus(entropy, mask, "seq-mean-token-mean"), 2.25)
+    close(algos.entropy_bonus(entropy, mask, "token-mean"), 2.0)
+
+
+def test_clipped_value_loss_hand_case():
+    # clip 0.2, old values 0:
+    #   t0 v=0.5 R=1: v_clip 0.2; (0.5-1)^2 = 0.25, (0.2-1)^2 = 0.64 -> 0.5 * 0.64 = 0.32, clipped branch
+    #   t1 v=0.1 R=0: inside the band; both 0.01 -> 0.005
+    #   t2 v=-0.5 R=0: v_clip -0.2; 0.25 vs 0.04 -> 0.5 * 0.25 = 0.125, plain branch
+    # token-mean = (0.32 + 0.005 + 0.125) / 3 = 0.15; vf_clip_frac = 1/3
+    values = t64([[0.5, 0.1, -0.5, 7.0]]).requires_grad_()
+    old = torch.zeros(1, 4, dtype=F64)
+    returns = t64([[1.0, 0.0, 0.0, -7.0]])
+    mask = t64([[1, 1, 1, 0]])
+    loss, stats = algos.clipped_value_loss(values, old, returns, mask, 0.2, "token-mean")
+    close(loss.detach(), 0.15)
+    close(stats["vf_clip_frac"], 1 / 3)
+    loss.backward()
+    # grads: t0 clipped -> 0; t1 (v - R) / 3 = 0.1/3; t2 (v - R) / 3 = -0.5/3; masked -> 0
+    close(values.grad, [[0.0, 0.1 / 3, -0.5 / 3, 0.0]])
+
+
+@pytest.mark.parametrize("mode", algos.AGG_MODES)
+def test_gradients_flow_end_to_end(mode):
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 5, 11, generator=gen, requires_grad=True)
+    labels = torch.randint(0, 11, (4, 5), generator=gen)
+    mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 0, 0, 1, 1], [0, 0, 0, 0, 0]])
+    logprobs = algos.logprobs_from_logits(logits, labels)
+    old = (logprobs + 0.3 * torch.randn(4, 5, generator=gen)).detach()
+    ref = (logprobs + 0.3 * torch.randn(4, 5, generator=gen)).detach()
+    adv = algos.broadcast_sequence_advantages(
+        algos.grpo_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), group_size=2), mask
+    )
+    pg, _ = algos.clipped_policy_loss(logprobs, old, adv, mask, 0.2, 0.28, mode)
+    loss = pg + 0.1 * algos.kl_loss(logprobs, ref, mask, "k3", mode)
+    loss = loss - 0.01 * algos.entropy_bonus(algos.entropy_from_logits(logits), mask, mode)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert logits.grad[:3].abs().sum() > 0
+    assert logits.grad[3].abs().sum() == 0  # the empty row gets no gradient

@@ -1,0 +1,301 @@
+"""The RL math of tinyzero: advantages, KL estimators, surrogate losses and loss aggregation.
+
+Everything here is pure tensor code: tensors in, tensors out, no I/O, no model code, no config
+objects. The trainer feeds it per-token log-probabilities and masks and gets back losses and stats.
+
+Conventions
+    B rows (one per completion), T token positions, V vocabulary entries, G samples per prompt.
+    ``response_mask`` is float or bool ``[B, T]``, 1 on completion tokens and 0 on prompt and padding.
+    Values at masked-out positions are never read for the result, so padding may hold anything
+    (even ``inf``) without leaking NaN into a loss.
+
+Simplifications
+    * One scalar score per completion (outcome reward); per-step process rewards are not modelled.
+    * GRPO treats a completion as a single action: its advantage is copied onto every token.
+    * GAE runs one backwards loop over T, vectorised over B; it is meant for detached inputs.
+    * ``masked_whiten`` uses the population (biased) variance over the masked entries.
+    * The Dr. GRPO "constant length" is the padded width T of the batch; pad responses to the
+      generation limit to make it a true constant across steps.
+    * No dual-clip PPO and no value-function bootstrapping past the end of a response.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+_K3_LOG_RATIO_LIMIT = 20.0
+
+__all__ = [
+    "AGG_MODES",
+    "KL_ESTIMATORS",
+    "aggregate_loss",
+    "broadcast_sequence_advantages",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "entropy_bonus",
+    "entropy_from_logits",
+    "gae_advantages",
+    "grpo_advantages",
+    "kl_estimate",
+    "kl_loss",
+    "kl_penalised_rewards",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_sum",
+    "masked_whiten",
+]
+
+
+# ----------------------------------------------------------------------------------------- masks
+
+
+def _masked(x: Tensor, mask: Tensor) -> Tensor:
+    """x * mask where mask is non-zero, exactly 0 elsewhere (so inf/NaN padding cannot leak)."""
+    return torch.where(mask != 0, x * mask.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of x over entries where mask is set; over everything when dim is None."""
+    picked = _masked(x, mask)  # same shape as x
+    return picked.sum() if dim is None else picked.sum(dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of x over entries where mask is set; 0 (not NaN) where the mask is empty."""
+    total = masked_sum(x, mask, dim)
+    count = masked_sum(torch.ones_like(x), mask, dim)
+    return total / count.clamp_min(1e-8)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """Shift and scale x to mean 0 and std 1 over the masked entries; masked-out entries become 0.
+
+    The std is the population one (divide by N, not N - 1).
+    """
+    mean = masked_mean(x, mask)  # []
+    var = masked_mean((x - mean) ** 2, mask)  # []
+    return _masked((x - mean) * torch.rsqrt(var + eps), mask)  # same shape as x
+
+
+# ---------------------------------------------------------------------------------------- logits
+
+
+def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
+    """log softmax(logits)[label] per position: [B, T, V], [B, T] -> [B, T] in float32.
+
+    Memory-aware: it never builds a full [B, T, V] log-softmax. It gathers the label logits and
+    subtracts a float32 logsumexp computed one row at a time, so a bf16 batch is upcast only a
+    [T, V] slice at a time (under autograd those slices are kept for the backward pass).
+    """
+    picked = logits.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1).float()  # [B, T]
+    lse = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])  # [B, T]
+    return picked - lse  # [B, T]
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) per position: [B, T, V] -> [B, T] in float32, one row at a time."""
+    return torch.stack([_row_entropy(row.float()) for row in logits])  # [B, T]
+
+
+def _row_entropy(row: Tensor) -> Tensor:
+    """H = logsumexp(z) - sum_v p_v z_v for one row of logits z: [T, V] -> [T]."""
+    probs = torch.softmax(row, dim=-1)  # [T, V]
+    return torch.logsumexp(row, dim=-1) - (probs * row).sum(-1)  # [T]
+
+
+# ------------------------------------------------------------------------------------ advantages
+
+
+def grpo_advantages(scores: Tensor, group_size: int, normalize_std: bool = True, eps: float = 1e-6) -> Tensor:
+    """Group-relative advantages (GRPO; Shao et al. 2024, DeepSeekMath, arXiv:2402.03300).
+
+    scores [B*G] are laid out group-contiguous: prompt 0's G samples first, then prompt 1's, ...
+    advantage = score - group mean, divided by (group std + eps) when normalize_std. The std is the
+    unbiased sample std (divide by G - 1), the torch.std default. normalize_std=False is Dr. GRPO
+    (Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv:2503.20783), which drops the std
+    division. A group of size 1 has nothing to compare against, so its advantage is 0.
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size}.")
+    if scores.numel() % group_size != 0:
+        raise ValueError(
+            f"grpo_advantages: {scores.numel()} scores cannot be split into groups of {group_size}; "
+            "the number of scores must be a multiple of group_size (prompts x samples per prompt)."
+        )
+    scores = scores if scores.is_floating_point() else scores.float()
+    groups = scores.reshape(-1, group_size)  # [B, G]
+    if group_size == 1:
+        return torch.zeros_like(scores)  # [B*G]
+    centred = groups - groups.mean(dim=1, keepdim=True)  # [B, G]
+    if normalize_std:
+        centred = centred / (groups.std(dim=1, keepdim=True) + eps)  # [B, G]
+    return centred.reshape(scores.shape)  # [B*G]
+
+
+def broadcast_sequence_advantages(adv: Tensor, response_mask: Tensor) -> Tensor:
+    """Copy one advantage per sequence onto each of its response tokens: [B], [B, T] -> [B, T]."""
+    per_token = adv.unsqueeze(-1).expand(response_mask.shape)  # [B, T]
+    return _masked(per_token, response_mask)  # [B, T]
+
+
+def gae_advantages(
+    token_rewards: Tensor, values: Tensor, response_mask: Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2015, arXiv:1506.02438).
+
+    delta_t = r_t + gamma * V_next - V_t and A_t = delta_t + gamma * lam * A_next, run backwards over
+    response tokens only: masked-out tokens are skipped (neither their reward nor their value is
+    read, and the recursion carries straight across them), and the value after the last response
+    token is 0 (the episode ends there). Returns (advantages [B, T], returns [B, T]) with
+    returns = advantages + values on response tokens; both are 0 where the mask is 0. Advantages are
+    not whitened here; call masked_whiten if wanted. Pass detached tensors.
+    """
+    keep = response_mask != 0  # [B, T]
+    next_value = torch.zeros_like(values[:, 0])  # [B]
+    next_adv = torch.zeros_like(values[:, 0])  # [B]
+    backwards = []  # T tensors of [B], last position first
+    for t in reversed(range(values.shape[1])):
+        delta = token_rewards[:, t] + gamma * next_value - values[:, t]  # [B]
+        adv_t = delta + gamma * lam * next_adv  # [B]
+        next_value = torch.where(keep[:, t], values[:, t], next_value)  # [B]
+        next_adv = torch.where(keep[:, t], adv_t, next_adv)  # [B]
+        backwards.append(torch.where(keep[:, t], adv_t, torch.zeros_like(adv_t)))
+    advantages = torch.stack(backwards[::-1], dim=1)  # [B, T]
+    returns = _masked(advantages + values, response_mask)  # [B, T]
+    return advantages, returns
+
+
+# -------------------------------------------------------------------------------------------- KL
+
+
+def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor:
+    """Per-token estimate of KL(policy || reference) from policy samples: [B, T] -> [B, T].
+
+    Estimators from Schulman 2020, "Approximating KL divergence" (joschu.net/blog/kl-approx.html),
+    with d = logprobs - ref_logprobs:
+      k1 = d                          unbiased, high variance, can be negative
+      k2 = d^2 / 2                    biased, low variance, non-negative
+      k3 = exp(-d) + d - 1            unbiased, low variance, non-negative; -d clamped to [-20, 20]
+    """
+    log_ratio = logprobs - ref_logprobs  # [B, T]
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        ref_over_pol = (-log_ratio).clamp(-_K3_LOG_RATIO_LIMIT, _K3_LOG_RATIO_LIMIT)  # [B, T]
+        return torch.exp(ref_over_pol) - ref_over_pol - 1.0
+    raise ValueError(f"Unknown KL estimator {estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}.")
+
+
+def kl_penalised_rewards(scores: Tensor, kl: Tensor, response_mask: Tensor, kl_coef: float) -> Tensor:
+    """Token rewards with KL as a reward penalty (InstructGPT; Ouyang et al. 2022, arXiv:2203.02155).
+
+    reward_t = -kl_coef * kl_t on every response token, plus the sequence score on the last response
+    token of each row: [B], [B, T], [B, T] -> [B, T]. Rows without response tokens get all zeros.
+    """
+    keep = response_mask != 0  # [B, T]
+    rewards = _masked(-kl_coef * kl, response_mask)  # [B, T]
+    positions = torch.arange(1, keep.shape[1] + 1, device=keep.device)  # [T]
+    last = (keep * positions).argmax(dim=1)  # [B] index of the last response token
+    has_tokens = keep.any(dim=1)  # [B]
+    bonus = torch.where(has_tokens, scores.to(rewards.dtype), torch.zeros_like(scores, dtype=rewards.dtype))
+    return rewards.scatter_add(1, last.unsqueeze(1), bonus.unsqueeze(1))  # [B, T]
+
+
+# ----------------------------------------------------------------------------------- aggregation
+
+
+def aggregate_loss(loss: Tensor, response_mask: Tensor, mode: str) -> Tensor:
+    """Reduce a per-token loss [B, T] to a scalar.
+
+    token-mean               sum over all response tokens / their count in the batch (DAPO; Yu et al.
+                             2025, arXiv:2503.14476).
+    seq-mean-token-mean      mean over each sequence's tokens, then mean over sequences (original GRPO;
+                             Shao et al. 2024, arXiv:2402.03300).
+    seq-mean-token-sum-norm  sum over each sequence's tokens / T (the padded width, a constant), then
+                             mean over sequences (Dr. GRPO; Liu et al. 2025, arXiv:2503.20783).
+    Rows without response tokens are left out of the sequence means; an all-empty batch gives 0
+    (still attached to the graph, so backward() works).
+    """
+    if mode == "token-mean":
+        return masked_mean(loss, response_mask)
+    if mode == "seq-mean-token-mean":
+        per_seq = masked_mean(loss, response_mask, dim=-1)  # [B]
+    elif mode == "seq-mean-token-sum-norm":
+        per_seq = masked_sum(loss, response_mask, dim=-1) / loss.shape[-1]  # [B]
+    else:
+        raise ValueError(f"Unknown loss aggregation {mode!r}; choose one of {', '.join(AGG_MODES)}.")
+    non_empty = (response_mask != 0).any(dim=-1)  # [B]
+    return masked_mean(per_seq, non_empty)
+
+
+# ---------------------------------------------------------------------------------------- losses
+
+
+def clipped_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    clip_low: float,
+    clip_high: float,
+    agg: str,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped surrogate (Schulman et al. 2017, arXiv:1707.06347) with separate clip bounds.
+
+    ratio = exp(logprobs - old_logprobs); per-token loss = -min(ratio * A, clip(ratio, 1 - clip_low,
+    1 + clip_high) * A), reduced by aggregate_loss(agg). clip_high > clip_low is DAPO's clip-higher
+    (Yu et al. 2025, arXiv:2503.14476). Stats (detached scalars):
+      clip_frac   fraction of response tokens where the clipped term is strictly smaller, i.e. active
+      approx_kl   masked mean of k3 estimating KL(old || new) from the old policy's samples:
+                  ratio - 1 - log(ratio)
+      ratio_mean  masked mean of the ratio
+    """
+    log_ratio = torch.where(response_mask != 0, logprobs - old_logprobs, torch.zeros_like(logprobs))  # [B, T]
+    ratio = torch.exp(log_ratio)  # [B, T]
+    unclipped = ratio * advantages  # [B, T]
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages  # [B, T]
+    loss = aggregate_loss(-torch.minimum(unclipped, clipped), response_mask, agg)
+    with torch.no_grad():
+        stats = {
+            "clip_frac": masked_mean((clipped < unclipped).to(ratio.dtype), response_mask),
+            "approx_kl": masked_mean(kl_estimate(old_logprobs, logprobs, "k3"), response_mask),
+            "ratio_mean": masked_mean(ratio, response_mask),
+        }
+    return loss, stats
+
+
+def kl_loss(
+    logprobs: Tensor, ref_logprobs: Tensor, response_mask: Tensor, estimator: str, agg: str
+) -> Tensor:
+    """KL(policy || reference) as a loss term (as in GRPO; Shao et al. 2024, arXiv:2402.03300), reduced
+    by aggregate_loss(agg). Pair it with k3 (or k2) for a low-variance, non-negative penalty."""
+    return aggregate_loss(kl_estimate(logprobs, ref_logprobs, estimator), response_mask, agg)
+
+
+def entropy_bonus(entropy: Tensor, response_mask: Tensor, agg: str) -> Tensor:
+    """Aggregated per-token entropy [B, T] -> scalar; the caller subtracts coef * this from the loss
+    (entropy regularisation as in PPO; Schulman et al. 2017, arXiv:1707.06347)."""
+    return aggregate_loss(entropy, response_mask, agg)
+
+
+def clipped_value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, response_mask: Tensor, clip: float, agg: str
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped value loss of PPO (Schulman et al. 2017, arXiv:1707.06347), as in its reference code.
+
+    per-token loss = 0.5 * max((v - R)^2, (clip(v, old - clip, old + clip) - R)^2), reduced by
+    aggregate_loss(agg). Stats: vf_clip_frac, the fraction of response tokens where the clipped
+    error is strictly larger (the clipped branch is the one in use).
+    """
+    v_clipped = old_values + (values - old_values).clamp(-clip, clip)  # [B, T]
+    err_plain = (values - returns) ** 2  # [B, T]
+    err_clipped = (v_clipped - returns) ** 2  # [B, T]
+    loss = aggregate_loss(0.5 * torch.maximum(err_plain, err_clipped), response_mask, agg)
+    with torch.no_grad():
+        stats = {"vf_clip_frac": masked_mean((err_clipped > err_plain).to(values.dtype), response_mask)}
+    return loss, stats

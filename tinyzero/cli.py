@@ -1,0 +1,127 @@
+"""The ``tinyzero`` command line: ``data``, ``reward``, ``envs``, ``train`` and ``resume``.
+
+User-fixable errors (TinyZeroError) print one sentence and exit non-zero, never a traceback.
+Heavy imports (torch, vLLM, datasets) happen inside the commands that need them, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tinyzero.errors import TinyZeroError
+
+
+def _options(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TinyZeroError(f"option {pair!r} is not KEY=VALUE: write e.g. -o digits=3")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    from tinyzero.envs import REGISTRY
+    from tinyzero.envs.base import describe_options
+
+    for name, cls in REGISTRY.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name}  ({cls.ability}) — {doc}")
+        for opt, typ, default, help_text in describe_options(cls.Options):
+            print(f"    {opt:<14} {typ:<6} default {default!r:<8} {help_text}")
+    print("Out-of-tree tasks: pass 'package.module:ClassName' wherever an environment name goes.")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from tinyzero.data import make_splits, write_split
+    from tinyzero.envs import make_env
+
+    env = make_env(args.env, _options(args.option))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    train, test = make_splits(env, args.train_size, args.test_size, args.seed, progress=True)
+    generated = time.perf_counter() - start
+    for split, problems in (("train", train), ("test", test)):
+        path = write_split(env, problems, split, args.template, out)
+        print(f"wrote {len(problems):,} {split} problems to {path}")
+    print(f"done in {time.perf_counter() - start:.1f} s (generation {generated:.1f} s)")
+    return 0
+
+
+def cmd_reward(args: argparse.Namespace) -> int:
+    from tinyzero.envs import make_env
+
+    env = make_env(args.env, _options(args.option))
+    write = sys.stdout.write
+    for number, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            continue
+        write(json.dumps(_score_line(env, line, number).to_dict()) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def _score_line(env, line: str, number: int):
+    try:
+        item = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise TinyZeroError(f"line {number}: not valid JSON ({err}); give one JSON object per line") from None
+    if not isinstance(item, dict) or not isinstance(item.get("completion"), str):
+        raise TinyZeroError(f'line {number}: expected {{"completion": str, "problem": {{...}}}}')
+    if not isinstance(item.get("problem"), dict):
+        raise TinyZeroError(f"line {number}: 'problem' must be an object such as the dataset stores")
+    try:
+        return env.reward(item["completion"], item["problem"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise TinyZeroError(f"line {number}: malformed problem for {env.name} ({err})") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinyzero", description="Pure-RL training on verifiable rewards (GRPO/PPO), CPU to multi-GPU."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("envs", help="list the registered environments and their options")
+    p.set_defaults(func=cmd_envs)
+
+    p = sub.add_parser("data", help="write train/test parquet files for an environment (verl columns)")
+    p.add_argument("env", help="environment name (see `tinyzero envs`) or module:Class")
+    p.add_argument("--out", required=True, help="output folder for train.parquet and test.parquet")
+    p.add_argument("--train-size", type=int, default=327_680, help="train problems (default: %(default)s)")
+    p.add_argument("--test-size", type=int, default=1024, help="test problems (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed; same seed → identical files")
+    p.add_argument("--template", choices=("base", "chat"), default="base", help="prompt template")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment option, repeatable (e.g. -o max_count=4)")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("reward", help="score JSONL completions from stdin; JSONL verdicts to stdout")
+    p.add_argument("env", help="environment name or module:Class")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment option, repeatable (e.g. -o format_score=0)")
+    p.set_defaults(func=cmd_reward)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TinyZeroError as err:
+        print(f"tinyzero: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tinyzero: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

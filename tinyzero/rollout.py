@@ -1,0 +1,294 @@
+"""Rollout workers: generate n completions per prompt, and take new weights from the learner in place.
+
+A `RolloutWorker` is a plain class (the job assembly wraps it with Ray where needed). It delegates to one of
+two engines with the same interface:
+
+- "vllm": a `vllm.LLM` running in this process. Weight sync is vLLM's documented in-place reload,
+  `collective_rpc("reload_weights", ...)`, followed by a prefix-cache reset; nothing is written to disk.
+- "hf": transformers `generate`, the fallback where vLLM is missing or a model is unsupported by it.
+
+Simplifications:
+- Prompts arrive as token ids (the environment renders and tokenises them), so both engines see exactly the
+  same inputs and no engine re-tokenises.
+- vLLM is seeded once per engine, not per request: per-request seeds crash vLLM's CPU sampler.
+- The in-process vLLM engine is forced (VLLM_ENABLE_V1_MULTIPROCESSING=0); multiprocess mode would need a
+  worker extension class for weight sync.
+- `device` only steers the "hf" engine; vLLM runs on whatever platform its installed build targets.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tinyzero.errors import TinyZeroError
+
+_HEAD = "lm_head.weight"
+_EMBED_SUFFIX = "embed_tokens.weight"
+
+
+@dataclass
+class Completion:
+    """One sampled continuation of a prompt."""
+
+    token_ids: list[int]  # generated tokens only (not the prompt); includes the stop token when finished
+    text: str  # the decoded tokens, special tokens skipped
+    finished: bool  # True: stopped at EOS / a stop token; False: cut off at max_new_tokens
+
+
+class RolloutWorker:
+    """Generates completions with vLLM (or HF transformers) and accepts in-place weight updates."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        backend: str = "vllm",
+        dtype: str = "float32",
+        seed: int = 0,
+        device: str = "auto",
+        max_model_len: int = 1024,
+        kv_cache_gib: int = 2,
+        gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        path = Path(model_path)
+        if not (path / "config.json").is_file():
+            raise TinyZeroError(
+                f"no model folder at {path} (config.json missing); resolve the model first with "
+                "tinyzero.models.resolve_model, or give the path of a local Hugging Face model folder."
+            )
+        if backend == "vllm":
+            self._engine = _VllmEngine(
+                path, dtype=dtype, seed=seed, max_model_len=max_model_len, kv_cache_gib=kv_cache_gib,
+                gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
+                cache_dir=cache_dir,
+            )  # fmt: skip
+        elif backend == "hf":
+            self._engine = _HfEngine(path, dtype=dtype, seed=seed, device=device)
+        else:
+            raise TinyZeroError(f"unknown rollout backend {backend!r}; use 'vllm' or 'hf'.")
+        self.backend = backend
+        self.ties_embeddings = _ties_embeddings(path)
+
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        *,
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+    ) -> list[list[Completion]]:
+        """Sample `n` completions for each prompt; returns one list of n completions per prompt, in order."""
+        if not prompt_token_ids:
+            return []
+        return self._engine.generate(prompt_token_ids, n, max_new_tokens, temperature, top_p)
+
+    def greedy(self, prompt_token_ids: list[list[int]], max_new_tokens: int) -> list[Completion]:
+        """The single most likely completion of each prompt (temperature 0), e.g. for evaluation."""
+        groups = self.generate(prompt_token_ids, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
+        return [group[0] for group in groups]
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the model's weights in place with (HF parameter name, tensor) pairs from the learner."""
+        weights = iter(named_tensors)
+        if self.ties_embeddings:
+            weights = _with_tied_head(weights)
+        self._engine.update_weights(weights)
+
+    def close(self) -> None:
+        """Release the engine and its memory; the worker cannot generate afterwards."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+def _ties_embeddings(path: Path) -> bool:
+    from transformers import AutoConfig
+
+    # AutoConfig rather than raw JSON: when the key is absent, the architecture's default decides.
+    config = AutoConfig.from_pretrained(path)
+    return bool(getattr(config.get_text_config(), "tie_word_embeddings", False))
+
+
+def _with_tied_head(weights: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Add `lm_head.weight` (= the input embeddings) when a tied model's weights arrive without it.
+
+    HF `save_pretrained` and `state_dict`-style exports of tied models often omit the head, but vLLM's
+    in-place reload rebuilds each layer from what it is given: without the head it keeps the old one and
+    silently samples from stale logits. Streaming keeps the pass lazy; the head is appended at the end.
+    """
+    embed, has_head = None, False
+    for name, tensor in weights:
+        has_head = has_head or name == _HEAD
+        if name.endswith(_EMBED_SUFFIX) and "vision" not in name:
+            embed = tensor
+        yield name, tensor
+    if embed is not None and not has_head:
+        yield _HEAD, embed
+
+
+def _completion(token_ids: list[int], finished: bool, tokenizer) -> Completion:
+    return Completion(list(token_ids), tokenizer.decode(token_ids, skip_special_tokens=True), finished)
+
+
+class _VllmEngine:
+    """vLLM in this process."""
+
+    def __init__(
+        self, path: Path, *, dtype: str, seed: int, max_model_len: int, kv_cache_gib: int,
+        gpu_memory_utilization: float, tensor_parallel_size: int, cache_dir: str | Path | None,
+    ) -> None:  # fmt: skip
+        _configure_vllm_env(kv_cache_gib, cache_dir)
+        try:
+            import vllm
+        except ImportError as exc:
+            raise TinyZeroError(
+                "the vLLM rollout backend needs vllm, which is not installed; run `make setup`, "
+                "or use the 'hf' backend."
+            ) from exc
+        self._vllm = vllm
+        # enforce_eager: on a 2-core CPU the tiny test model starts in ~8 s eager vs ~30 s with vLLM's
+        # default torch.compile + graph capture, and the compiled graph was not faster on tiny batches.
+        # GPUs keep the default (CUDA graphs pay off there).
+        self.llm = vllm.LLM(
+            model=str(path),
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=not torch.cuda.is_available(),
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, prompts, n, max_new_tokens, temperature, top_p) -> list[list[Completion]]:
+        params = self._vllm.SamplingParams(
+            n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p if temperature > 0 else 1.0
+        )
+        requests = [{"prompt_token_ids": list(ids)} for ids in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        return [
+            [_completion(out.token_ids, out.finish_reason == "stop", self.tokenizer) for out in request.outputs]
+            for request in outputs
+        ]
+
+    def update_weights(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+        # In-process engine: the iterator reaches the worker as a plain Python object. With tensor
+        # parallelism the executor serialises arguments, so hand it a list rather than a generator.
+        if self.llm.llm_engine.vllm_config.parallel_config.world_size > 1:
+            weights = iter(list(weights))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        # Cached KV blocks were computed with the old weights; reusing them would mix policies.
+        self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+        # Tear down vLLM's process-group state so another engine can start in this process.
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+        gc.collect()
+
+
+def _configure_vllm_env(kv_cache_gib: int, cache_dir: str | Path | None) -> None:
+    # In-process engine: fastest start on CPU, and weight sync becomes a plain function call.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    # Only the CPU build reads this; vLLM wants whole GiB.
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(kv_cache_gib)))
+    if cache_dir is not None:
+        root = Path(cache_dir)
+        os.environ["VLLM_CACHE_ROOT"] = str(root / "vllm")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
+    # vLLM caches its environment once an engine has started; re-read it so these settings apply.
+    envs = sys.modules.get("vllm.envs")
+    if envs is not None and hasattr(envs, "disable_envs_cache"):
+        envs.disable_envs_cache()
+
+
+class _HfEngine:
+    """transformers `generate` on one device."""
+
+    def __init__(self, path: Path, *, dtype: str, seed: int, device: str) -> None:
+        from transformers import AutoModelForCausalLM
+
+        from tinyzero.models import load_tokenizer
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.tokenizer = load_tokenizer(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device)
+        self.model.eval()
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        # transformers samples from the global generator; seed it once, as vLLM seeds its engine.
+        torch.manual_seed(seed)
+
+    def generate(self, prompts, n, max_new_tokens, temperature, top_p) -> list[list[Completion]]:
+        input_ids, attention_mask = _left_pad(prompts, self.tokenizer.pad_token_id, self.device)
+        sampling = temperature > 0
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=sampling,
+                temperature=temperature if sampling else None,
+                top_p=top_p if sampling else None,
+                top_k=0 if sampling else None,  # match vLLM: no top-k cut unless asked
+                num_return_sequences=n,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=sorted(self.eos_ids),
+            )
+        new_tokens = out[:, input_ids.shape[1] :].tolist()  # [B*n, <=max_new_tokens], prompt-major order
+        flat = [self._trim(row) for row in new_tokens]
+        return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def _trim(self, row: list[int]) -> Completion:
+        # generate pads finished rows up to the longest one; everything after the first EOS is padding.
+        for i, token in enumerate(row):
+            if token in self.eos_ids:
+                return _completion(row[: i + 1], True, self.tokenizer)
+        return _completion(row, False, self.tokenizer)
+
+    def update_weights(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        weights = list(weights)  # references only; checked in full before anything is overwritten
+        unknown = [name for name, _ in weights if name not in params]
+        if unknown:
+            raise ValueError(f"update_weights got names the model does not have: {unknown[:5]}")
+        with torch.no_grad():
+            for name, tensor in weights:
+                params[name].copy_(tensor.to(device=params[name].device, dtype=params[name].dtype))
+
+    def close(self) -> None:
+        del self.model
+        gc.collect()
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad so every prompt ends at the same column, where generation starts."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
+    return ids.to(device), mask.to(device)
