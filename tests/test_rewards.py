@@ -1,0 +1,199 @@
+"""Table-driven reward cases, hostile inputs included, plus property tests."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinyzero.rewards import arithmetic_reward, countdown_reward, extract_answer, last_integer_reward
+
+P = {"numbers": [3, 5, 7], "target": 22}  # 3 * 5 + 7
+
+
+def tag(body: str) -> str:
+    return f"<think>working</think> <answer>{body}</answer>"
+
+
+COUNTDOWN_CASES = [
+    # (completion, problem, score, correct, reason)
+    (tag("3 * 5 + 7"), P, 1.0, True, "correct"),
+    (tag("7 + 5 * 3"), P, 1.0, True, "correct"),
+    (tag("(3*5)+7"), P, 1.0, True, "correct"),
+    (tag("\n  3 * 5\n + 7 \t"), P, 1.0, True, "correct"),  # content spans lines
+    (tag("3 * 5 + 7") + "\n", P, 1.0, True, "correct"),  # newline after </answer> (reference: 0)
+    (tag("3 * 5 + 7") + " and that is my answer", P, 1.0, True, "correct"),
+    (tag("1 + 1") + " " + tag("3 * 5 + 7"), P, 1.0, True, "correct"),  # last complete pair wins
+    (tag("3 * 5 + 7") + " " + tag("1 + 1"), P, 0.1, False, "wrong_numbers"),
+    (tag("3 * 5 + 7") + " <answer>1 + 1", P, 1.0, True, "correct"),  # unfinished pair is ignored
+    ("<answer>junk<answer>3*5+7</answer>", P, 1.0, True, "correct"),
+    ("<answer>3*5+7</answer></answer>", P, 1.0, True, "correct"),
+    ("<Answer>3*5+7</Answer>", P, 0.0, False, "no_answer"),  # tags are case-sensitive
+    ("3 * 5 + 7", P, 0.0, False, "no_answer"),
+    ("<answer>3 * 5 + 7", P, 0.0, False, "no_answer"),
+    ("3 * 5 + 7</answer>", P, 0.0, False, "no_answer"),
+    ("", P, 0.0, False, "no_answer"),
+    (tag(""), P, 0.1, False, "empty"),
+    (tag("   "), P, 0.1, False, "empty"),
+    (tag("3.5 + 7"), P, 0.1, False, "bad_character"),  # reference: uses "3 and 5"
+    (tag("3 * 5 + 7.0"), P, 0.1, False, "bad_character"),
+    (tag("99**98**97"), {"numbers": [99, 98, 97], "target": 1}, 0.1, False, "syntax"),  # reference: hangs
+    (tag("3 ** 5 + 7"), P, 0.1, False, "syntax"),
+    (tag("3 ^ 5 + 7"), P, 0.1, False, "bad_character"),
+    (tag("-3 + 5 * 7"), {"numbers": [3, 5, 7], "target": 32}, 0.1, False, "syntax"),  # unary minus
+    (tag("5 * 7 + -3"), {"numbers": [3, 5, 7], "target": 32}, 0.1, False, "syntax"),
+    (tag("3 * 5 + 7 = 22"), P, 0.1, False, "bad_character"),
+    (tag("0x3 * 5 + 7"), P, 0.1, False, "bad_character"),
+    (tag("3 * 5 + 1_0"), {"numbers": [3, 5, 10], "target": 25}, 0.1, False, "bad_character"),
+    (tag("3e0 * 5 + 7"), P, 0.1, False, "bad_character"),
+    (tag("\u0663 * 5 + 7"), P, 0.1, False, "bad_character"),  # Arabic-Indic three
+    (tag("\uff13 * 5 + 7"), P, 0.1, False, "bad_character"),  # full-width three
+    (tag("3\u00a0* 5 + 7"), P, 0.1, False, "bad_character"),  # no-break space is not ASCII whitespace
+    (tag("\u20033 * 5 + 7"), P, 0.1, False, "bad_character"),  # Unicode space is not stripped
+    (tag("3 * 5 % 7"), P, 0.1, False, "bad_character"),
+    (tag("[3 * 5] + 7"), P, 0.1, False, "bad_character"),
+    (tag("3 5 + 7"), P, 0.1, False, "syntax"),  # two literals side by side
+    (tag("3 (5 + 7)"), P, 0.1, False, "syntax"),  # implicit multiplication
+    (tag("(3 * 5 + 7"), P, 0.1, False, "syntax"),
+    (tag("3 * 5) + 7"), P, 0.1, False, "syntax"),
+    (tag("()3 * 5 + 7"), P, 0.1, False, "syntax"),
+    (tag("3 * 5 + 7 +"), P, 0.1, False, "syntax"),
+    (tag("3 * 5 + 7 + 7"), P, 0.1, False, "wrong_numbers"),  # a number twice
+    (tag("3 * 5"), {"numbers": [3, 5, 7], "target": 15}, 0.1, False, "wrong_numbers"),  # one unused
+    (tag("35 - 7 - 6"), {"numbers": [3, 5, 7, 6], "target": 22}, 0.1, False, "wrong_numbers"),
+    (tag("3 * 5 - 7"), P, 0.1, False, "wrong_value"),
+    (tag("1 / 2 * 4"), {"numbers": [1, 2, 4], "target": 2}, 1.0, True, "correct"),  # exact rationals
+    (tag("4 / 3 * 3"), {"numbers": [4, 3, 3], "target": 4}, 1.0, True, "correct"),
+    (tag("7 / 2"), {"numbers": [7, 2], "target": 3}, 0.1, False, "wrong_value"),  # 3.5, not 3
+    (tag("3 + 5 / (5 - 5)"), {"numbers": [3, 5, 5, 5], "target": 3}, 0.1, False, "division_by_zero"),
+    (tag("03 * 5 + 7"), P, 1.0, True, "correct"),  # a leading zero does not change the value
+    (tag("(" * 300 + "3 * 5 + 7" + ")" * 300), P, 1.0, True, "correct"),  # deep nesting, no recursion
+    (tag("3 *" + " " * 992 + "5 + 7"), P, 1.0, True, "correct"),  # 1,000 characters exactly
+    (tag("3 *" + " " * 993 + "5 + 7"), P, 0.1, False, "too_long"),  # 1,001 characters
+    (tag(" " * 5000 + "3 * 5 + 7" + "\n" * 5000), P, 1.0, True, "correct"),  # outer whitespace is stripped
+    (tag("9" * 5000), P, 0.1, False, "too_long"),
+    # TinyZero's parquet names the numbers "nums"; the reward reads either name.
+    (tag("3*5+7"), {"nums": [3, 5, 7], "target": 22}, 1.0, True, "correct"),
+]
+
+
+@pytest.mark.parametrize("completion, problem, score, correct, reason", COUNTDOWN_CASES)
+def test_countdown_table(completion, problem, score, correct, reason):
+    result = countdown_reward(completion, problem)
+    assert (result.score, result.correct, result.reason) == (score, correct, reason)
+
+
+def test_countdown_format_score_is_configurable():
+    assert countdown_reward(tag("1+1"), P, format_score=0.0).score == 0.0
+    assert countdown_reward(tag("1+1"), P, format_score=0.25).score == 0.25
+    assert countdown_reward(tag("3*5+7"), P, format_score=0.0).score == 1.0
+
+
+A = {"answer": 47}
+
+ARITHMETIC_CASES = [
+    (tag("47"), A, 1.0, True),
+    (tag("  47\n"), A, 1.0, True),
+    (tag("047"), A, 1.0, True),
+    (tag("47") + "\nso that's it", A, 1.0, True),
+    (tag("46") + tag("47"), A, 1.0, True),
+    (tag("47") + tag("46"), A, 0.1, False),
+    (tag("+47"), A, 0.1, False),
+    (tag("47.0"), A, 0.1, False),
+    (tag("4 7"), A, 0.1, False),
+    (tag("4_7"), A, 0.1, False),
+    (tag("forty-seven"), A, 0.1, False),
+    (tag("-47"), A, 0.1, False),
+    (tag("\u0664\u0667"), A, 0.1, False),  # Arabic-Indic digits
+    (tag("47\u00a0"), A, 0.1, False),
+    (tag(""), A, 0.1, False),
+    (tag("9" * 5000), A, 0.1, False),  # simply wrong, not a crash
+    (tag("-12"), {"answer": -12}, 1.0, True),
+    (tag("- 12"), {"answer": -12}, 0.1, False),
+    (tag("--12"), {"answer": -12}, 0.1, False),
+    (tag("-0"), {"answer": 0}, 1.0, True),
+    (tag("0"), {"answer": 0}, 1.0, True),
+    (tag("9" * 5000), {"answer": int("9" * 4000)}, 0.1, False),
+    ("47", A, 0.0, False),
+    ("<answer>47", A, 0.0, False),
+    ("<ANSWER>47</ANSWER>", A, 0.0, False),
+]
+
+
+@pytest.mark.parametrize("completion, problem, score, correct", ARITHMETIC_CASES)
+def test_arithmetic_table(completion, problem, score, correct):
+    result = arithmetic_reward(completion, problem)
+    assert (result.score, result.correct) == (score, correct)
+
+
+@pytest.mark.parametrize(
+    "completion, answer, correct",
+    [
+        ("12 + 35 = 47.", 47, True),
+        ("The answer is 47", 47, True),
+        ("47 is wrong, it is 46", 47, False),
+        ("so 5-3 = 2", 2, True),
+        ("it is -3", -3, True),
+        ("5-3", 3, True),  # '-' after a digit is subtraction, not a sign
+        ("no digits here", 47, False),
+        ("", 47, False),
+        ("\u0664\u0667", 47, False),
+        ("9" * 10000, 47, False),
+    ],
+)
+def test_last_integer(completion, answer, correct):
+    assert last_integer_reward(completion, {"answer": answer}).correct is correct
+
+
+def test_extract_answer_spans_lines():
+    assert extract_answer("<answer>a\nb</answer>") == "a\nb"
+    assert extract_answer("</answer><answer>") is None
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "<answer>" * 100_000 + "</answer>",
+        "</answer>" * 100_000,
+        "<answer>" + "(" * 500_000 + "</answer>",
+        "<answer>" + "1+" * 400_000 + "1</answer>",
+        "x" * 1_000_000,
+        "<answer>" + "9" * 1_000_000 + "</answer>",
+        ("<answer>" + "3*5+7" + "</answer>") * 60_000,
+    ],
+)
+def test_hostile_megabyte_inputs_are_fast(completion):
+    for reward, problem in ((countdown_reward, P), (arithmetic_reward, A), (last_integer_reward, A)):
+        start = time.perf_counter()
+        result = reward(completion, problem)
+        elapsed = time.perf_counter() - start
+        assert 0.0 <= result.score <= 1.0
+        # A generous bound: it is a safety property (no hang), not a speed benchmark (see bench/).
+        assert elapsed < 1.0, f"{reward.__name__} took {elapsed:.2f} s"
+
+
+def test_malformed_problem_raises_value_error():
+    with pytest.raises(ValueError):
+        countdown_reward(tag("1"), {"target": 3})
+    with pytest.raises(ValueError):
+        arithmetic_reward(tag("1"), {"answer": "1"})
+
+
+tag_soup = st.lists(
+    st.sampled_from(["<answer>", "</answer>", "(", ")", "+", "-", "*", "/", " ", "\n", "3", "5", "7", "0"])
+    | st.text(max_size=5),
+    max_size=60,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=2000), tag_soup))
+def test_random_strings_never_raise(text):
+    for reward, problem in ((countdown_reward, P), (arithmetic_reward, A), (last_integer_reward, A)):
+        start = time.perf_counter()
+        result = reward(text, problem)
+        assert time.perf_counter() - start < 0.5
+        assert result.score in (0.0, 0.1, 1.0)
+        assert result.correct == (result.score == 1.0)
