@@ -37,7 +37,8 @@ def canonical_integer(text: str) -> str | None:
     """``"-007"`` -> ``"-7"``, ``"-0"`` -> ``"0"``; None unless text is ``-?[0-9]+`` in ASCII."""
     negative = text.startswith("-")
     digits = text[1:] if negative else text
-    if not digits or any(ch not in DIGITS for ch in digits):
+    # isascii() first: str.isdigit() alone would accept non-ASCII digits such as Arabic-Indic ones.
+    if not (digits.isascii() and digits.isdigit()):
         return None
     value = canonical_digits(digits)
     return "-" + value if negative and value != "0" else value
