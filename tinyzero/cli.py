@@ -83,6 +83,45 @@ def _score_line(env, line: str, number: int):
         raise TinyZeroError(f"line {number}: malformed problem for {env.name} ({err})") from None
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.help_config:
+        from tinyzero.config import describe
+
+        print(describe())
+        return 0
+    if args.recipe is None:
+        raise TinyZeroError("no recipe given: write e.g. `tinyzero train recipes/demo-cpu.yaml`")
+    return _finish(_train(args.recipe, args.overrides, None))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _finish(_train(None, args.overrides, args.run_dir))
+
+
+def _train(recipe, overrides, resume_dir):
+    _vllm_quiet()
+    from tinyzero.trainer import train
+
+    return train(recipe, overrides, resume_dir=resume_dir)
+
+
+def _vllm_quiet() -> None:
+    """vLLM logs several lines per engine call at INFO; the kit prints its own progress instead."""
+    import os
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+def _finish(summary: dict) -> int:
+    print(
+        f"held-out greedy accuracy: {summary['before']:.1%} before -> {summary['after']:.1%} after "
+        f"{summary['steps']} steps, on {summary['n']} problems never used in training"
+    )
+    print(f"run folder: {summary['run_dir']}")
+    print(f"TensorBoard: .venv/bin/tensorboard --logdir {summary['run_dir']}/tensorboard  (then open localhost:6006)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinyzero", description="Pure-RL training on verifiable rewards (GRPO/PPO), CPU to multi-GPU."
@@ -108,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="environment option, repeatable (e.g. -o format_score=0)")
     p.set_defaults(func=cmd_reward)
+
+    p = sub.add_parser("train", help="train a model from a YAML recipe (overrides as a.b.c=value)")
+    p.add_argument("recipe", nargs="?", help="YAML recipe, e.g. recipes/demo-cpu.yaml")
+    p.add_argument("overrides", nargs="*", metavar="a.b.c=value", help="override recipe values")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its default")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("resume", help="continue a run from its latest complete checkpoint")
+    p.add_argument("run_dir", help="the run folder, e.g. runs/demo")
+    p.add_argument("overrides", nargs="*", metavar="a.b.c=value", help="e.g. run.steps=40 to train longer")
+    p.set_defaults(func=cmd_resume)
     return parser
 
 
@@ -118,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     except TinyZeroError as err:
         print(f"tinyzero: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. piped into `head`
+        return 0
     except KeyboardInterrupt:
         print("tinyzero: interrupted", file=sys.stderr)
         return 130

@@ -182,7 +182,10 @@ class _VllmEngine:
         requests = [{"prompt_token_ids": list(ids)} for ids in prompts]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         return [
-            [_completion(out.token_ids, out.finish_reason == "stop", self.tokenizer) for out in request.outputs]
+            [
+                _completion(out.token_ids, out.finish_reason == "stop", self.tokenizer)
+                for out in request.outputs
+            ]
             for request in outputs
         ]
 

@@ -1,0 +1,168 @@
+"""Tests for tinyzero.rollout: completion shapes, EOS handling, and in-place weight sync into vLLM.
+
+The weight-sync test is the one that matters: after `update_weights`, vLLM's greedy tokens must equal
+transformers' greedy tokens on the same weights, for an untied model and for a tied-embedding model whose
+pushed weights lack `lm_head.weight` (as `save_pretrained` folders do).
+"""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tinyzero.errors import TinyZeroError
+from tinyzero.models import load_tokenizer
+from tinyzero.rollout import Completion, RolloutWorker, _with_tied_head
+
+MAX_NEW = 12
+QUESTIONS = ["What is 2+2?", "Name a colour.", "Count: 1, 2,"]
+
+
+def _prompts(model_dir) -> list[list[int]]:
+    tokenizer = load_tokenizer(model_dir)
+    messages = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    return [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True)["input_ids"]
+            for m in messages]  # fmt: skip
+
+
+def _hf_greedy(model, prompts, eos_id) -> list[list[int]]:
+    """Reference greedy decoding, one unpadded prompt at a time."""
+    result = []
+    for prompt in prompts:
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=MAX_NEW, do_sample=False,
+                             eos_token_id=eos_id, pad_token_id=eos_id)  # fmt: skip
+        tokens = out[0, len(prompt) :].tolist()
+        result.append(tokens[: tokens.index(eos_id) + 1] if eos_id in tokens else tokens)
+    return result
+
+
+def _perturbed(model_dir, seed: int):
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    return model
+
+
+def _pushable(model) -> list[tuple[str, torch.Tensor]]:
+    """The state dict as save_pretrained writes it: tied models without lm_head.weight."""
+    tied = model.config.tie_word_embeddings
+    return [(k, v) for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")]
+
+
+def _always_eos(model):
+    """Weights whose every next token is EOS: all embeddings and head rows equal e > 0, EOS's row 2e.
+
+    With attention and MLP outputs zeroed, the last hidden state is a token's embedding, so every logit is
+    the same positive number except EOS's, which is twice that — for tied and untied heads alike.
+    """
+    eos = model.config.eos_token_id
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                param.zero_()
+            elif name.endswith(("embed_tokens.weight", "lm_head.weight")):
+                param.fill_(1.0)
+                param[eos] = 2.0
+    return model
+
+
+@pytest.fixture(scope="module", params=["qwen2-untied", "llama-tied"])
+def model_dir(request):
+    name = "tiny_model_dir" if request.param == "qwen2-untied" else "tiny_tied_model_dir"
+    return request.getfixturevalue(name)
+
+
+@pytest.fixture(scope="module")
+def vllm_worker(model_dir, tmp_path_factory):
+    # One engine per model for the whole module: each start costs ~17 s on 2 cores.
+    cache = tmp_path_factory.mktemp("vllm-cache")
+    worker = RolloutWorker(
+        model_dir, backend="vllm", seed=0, max_model_len=512, kv_cache_gib=1, cache_dir=cache
+    )
+    yield worker
+    worker.close()
+
+
+def _check_shapes(groups, prompts, n, eos_id):
+    assert len(groups) == len(prompts) and all(len(group) == n for group in groups)
+    for completion in (c for group in groups for c in group):
+        assert isinstance(completion, Completion) and isinstance(completion.text, str)
+        assert 0 < len(completion.token_ids) <= MAX_NEW
+        if completion.finished:
+            assert completion.token_ids[-1] == eos_id
+        else:
+            assert len(completion.token_ids) == MAX_NEW and eos_id not in completion.token_ids
+
+
+@pytest.mark.slow
+def test_vllm_generate_returns_n_completions_per_prompt(vllm_worker, model_dir):
+    prompts = _prompts(model_dir)
+    eos_id = load_tokenizer(model_dir).eos_token_id
+    groups = vllm_worker.generate(prompts, n=3, max_new_tokens=MAX_NEW, temperature=1.0, top_p=0.9)
+    _check_shapes(groups, prompts, 3, eos_id)
+    assert len({tuple(c.token_ids) for c in groups[0]}) > 1  # sampling, not copies of one sample
+    assert vllm_worker.generate([], n=2, max_new_tokens=MAX_NEW, temperature=1.0) == []
+
+
+@pytest.mark.slow
+def test_vllm_weight_sync_matches_hf_greedy(vllm_worker, model_dir):
+    prompts = _prompts(model_dir)
+    original = AutoModelForCausalLM.from_pretrained(model_dir)
+    eos_id = original.config.eos_token_id
+    # Push the original weights first so the test does not depend on what earlier tests loaded.
+    vllm_worker.update_weights(_pushable(original))
+    before = [c.token_ids for c in vllm_worker.greedy(prompts, MAX_NEW)]
+    assert before == _hf_greedy(original, prompts, eos_id)
+
+    perturbed = _perturbed(model_dir, seed=1)
+    vllm_worker.update_weights(_pushable(perturbed))
+    after = [c.token_ids for c in vllm_worker.greedy(prompts, MAX_NEW)]
+    assert after == _hf_greedy(perturbed, prompts, eos_id)
+    assert after != before
+
+
+@pytest.mark.slow
+def test_vllm_stops_at_eos_and_marks_finished(vllm_worker, model_dir):
+    model = _always_eos(AutoModelForCausalLM.from_pretrained(model_dir))
+    vllm_worker.update_weights(_pushable(model))
+    groups = vllm_worker.generate(_prompts(model_dir), n=2, max_new_tokens=MAX_NEW, temperature=1.0)
+    eos_id = model.config.eos_token_id
+    assert all(c.token_ids == [eos_id] and c.finished and c.text == "" for g in groups for c in g)
+
+
+def test_hf_generate_shapes_and_padding(tiny_model_dir):
+    worker = RolloutWorker(tiny_model_dir, backend="hf", seed=0)
+    prompts = _prompts(tiny_model_dir)  # different lengths: exercises left padding
+    eos_id = load_tokenizer(tiny_model_dir).eos_token_id
+    _check_shapes(worker.generate(prompts, n=2, max_new_tokens=MAX_NEW, temperature=1.0), prompts, 2, eos_id)
+    # Padding must not change results: batched greedy equals one-prompt-at-a-time greedy.
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert [c.token_ids for c in worker.greedy(prompts, MAX_NEW)] == _hf_greedy(reference, prompts, eos_id)
+    worker.close()
+
+
+def test_hf_update_weights_and_eos(tiny_tied_model_dir):
+    worker = RolloutWorker(tiny_tied_model_dir, backend="hf", seed=0)
+    model = _always_eos(AutoModelForCausalLM.from_pretrained(tiny_tied_model_dir))
+    worker.update_weights(_pushable(model))
+    completions = worker.greedy(_prompts(tiny_tied_model_dir), MAX_NEW)
+    assert all(c.token_ids == [model.config.eos_token_id] and c.finished for c in completions)
+    with pytest.raises(ValueError, match="not_a_weight"):
+        worker.update_weights([("not_a_weight", torch.zeros(1))])
+
+
+def test_tied_head_is_added_only_when_missing():
+    embed, head = torch.ones(2), torch.zeros(2)
+    added = list(_with_tied_head(iter([("model.embed_tokens.weight", embed)])))
+    assert [name for name, _ in added] == ["model.embed_tokens.weight", "lm_head.weight"]
+    assert added[1][1] is embed
+    kept = list(_with_tied_head(iter([("model.embed_tokens.weight", embed), ("lm_head.weight", head)])))
+    assert len(kept) == 2 and kept[1][1] is head
+
+
+def test_user_errors_are_clear(tiny_model_dir, tmp_path):
+    with pytest.raises(TinyZeroError, match="unknown rollout backend"):
+        RolloutWorker(tiny_model_dir, backend="tensorrt")
+    with pytest.raises(TinyZeroError, match="no model folder"):
+        RolloutWorker(tmp_path / "missing", backend="hf")

@@ -1,0 +1,133 @@
+"""Typed messages between the roles, and the token layout every model-side role shares.
+
+Layout of a ``TokenBatch`` (N sequences): prompts are LEFT-padded to width P and responses RIGHT-padded to
+width T, so every response starts at column P. The logits that predict response token t sit at column
+P - 1 + t for every row, so one slice ``[:, P-1 : P-1+T]`` feeds the LM head — it is applied to completion
+positions only (an exact saving: prompt positions never need vocabulary logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class RolloutBatch:
+    """One step's completions, group-contiguous: prompt i's G samples are rows i*G .. i*G+G-1."""
+
+    prompt_ids: list[list[int]]  # [N] token ids of each row's prompt (repeated G times)
+    response_ids: list[list[int]]  # [N] generated token ids
+    texts: list[str]  # [N] decoded completions
+    finished: list[bool]  # [N] stopped at EOS (False: cut at max_new_tokens)
+    problems: list[dict]  # [N] the problem each row answers
+    prompts: list[str]  # [N] the prompt text (for logs)
+    group_size: int  # G
+
+
+@dataclass
+class ScoredBatch:
+    """A rollout batch with its rewards."""
+
+    rollout: RolloutBatch
+    scores: Tensor  # [N] float32, what the learner optimises
+    correct: Tensor  # [N] bool, what accuracy counts
+    reasons: list[str]  # [N]
+    components: dict[str, Tensor] = field(default_factory=dict)  # name -> [N]
+
+
+@dataclass
+class TokenBatch:
+    """Padded token tensors for the learner and the reference model (layout in the module docstring)."""
+
+    input_ids: Tensor  # [N, P+T] long
+    attention_mask: Tensor  # [N, P+T] long
+    position_ids: Tensor  # [N, P+T] long, counted from each row's first real token
+    response_mask: Tensor  # [N, T] float32, 1 on generated tokens
+    prompt_width: int  # P
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def response_ids(self) -> Tensor:  # [N, T]
+        return self.input_ids[:, self.prompt_width :]
+
+    def select(self, index: Tensor) -> TokenBatch:
+        return TokenBatch(
+            self.input_ids[index], self.attention_mask[index], self.position_ids[index],
+            self.response_mask[index], self.prompt_width,
+        )
+
+
+@dataclass
+class TrainBatch:
+    """What one learner update consumes."""
+
+    tokens: TokenBatch
+    advantages: Tensor  # [N, T]
+    old_logprobs: Tensor | None = None  # [N, T]; None: on-policy single pass, taken from the same forward
+    ref_logprobs: Tensor | None = None  # [N, T]; None: no KL loss term
+    returns: Tensor | None = None  # [N, T]; PPO critic targets
+    old_values: Tensor | None = None  # [N, T]; PPO critic values at rollout time
+
+    def select(self, index: Tensor) -> TrainBatch:
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return TrainBatch(
+            self.tokens.select(index), self.advantages[index], pick(self.old_logprobs),
+            pick(self.ref_logprobs), pick(self.returns), pick(self.old_values),
+        )
+
+
+def build_tokens(
+    prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, response_width: int | None = None
+) -> TokenBatch:
+    """Pack prompts (left-padded) and responses (right-padded) into one TokenBatch.
+
+    ``response_width`` pads responses to a fixed T (Dr. GRPO's constant length); default: the longest one.
+    """
+    n = len(prompt_ids)
+    p_width = max(len(p) for p in prompt_ids)
+    t_width = max(1, max(len(r) for r in response_ids), response_width or 0)
+    input_ids = torch.full((n, p_width + t_width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, p_width + t_width), dtype=torch.long)
+    response_mask = torch.zeros((n, t_width), dtype=torch.float32)
+    for i, (prompt, response) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+        input_ids[i, p_width - len(prompt) : p_width] = torch.tensor(prompt, dtype=torch.long)
+        attention[i, p_width - len(prompt) : p_width] = 1
+        if response:
+            input_ids[i, p_width : p_width + len(response)] = torch.tensor(response, dtype=torch.long)
+            attention[i, p_width : p_width + len(response)] = 1
+            response_mask[i, : len(response)] = 1.0
+    position_ids = (attention.cumsum(dim=1) - 1).clamp_min(0)  # [N, P+T]
+    return TokenBatch(input_ids, attention, position_ids, response_mask, p_width)
+
+
+def sequence_logprobs(
+    model, tokens: TokenBatch, *, with_entropy: bool = False, entropy_grad: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probs of the response tokens under ``model`` ([N, T]); entropy [N, T] when asked
+    (detached unless ``entropy_grad``: as a metric it needs no backward pass).
+
+    The transformer body runs on the whole sequence; the LM head only on the T completion positions.
+    """
+    from tinyzero.algos import entropy_from_logits, logprobs_from_logits
+
+    device = next(model.parameters()).device
+    body = model.base_model
+    hidden = body(
+        input_ids=tokens.input_ids.to(device),
+        attention_mask=tokens.attention_mask.to(device),
+        position_ids=tokens.position_ids.to(device),
+        use_cache=False,
+    ).last_hidden_state  # [N, P+T, H]
+    p, t = tokens.prompt_width, tokens.response_mask.shape[1]
+    logits = model.get_output_embeddings()(hidden[:, p - 1 : p - 1 + t])  # [N, T, V]
+    labels = tokens.response_ids.to(device)  # [N, T]
+    logprobs = logprobs_from_logits(logits, labels)  # [N, T] float32
+    entropy = None
+    if with_entropy:
+        entropy = entropy_from_logits(logits if entropy_grad else logits.detach())
+    return logprobs, entropy

@@ -1,0 +1,339 @@
+"""The one config source: frozen, typed dataclasses; a recipe is their values in YAML.
+
+Each section's docstring has one ``field: help`` line per field (``tinyzero train --help-config`` prints
+them). ``load_config(recipe, overrides)`` reads a YAML recipe, applies ``a.b.c=value`` overrides (values
+parsed as YAML scalars), and rejects unknown keys and wrong types with the key's dotted name.
+Simplification: ``env.options`` is a free mapping here; the environment's own Options dataclass checks it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tinyzero.errors import TinyZeroError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Run.
+
+    name: run name; the run folder is out_dir/name
+    out_dir: folder that holds run folders
+    seed: seed for data order, sampling and initialisation
+    steps: training steps (one rollout batch and its updates per step)
+    mode: local (roles as plain objects in one process) or ray (roles as Ray actors on placement groups)
+    threads: torch CPU threads (0: all cores)
+    """
+
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+    steps: int = 20
+    mode: str = "local"
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model.
+
+    name: smollm2-135m (bundled), an HF hub id, or a local HF folder
+    dtype: float32, bfloat16, or auto (bfloat16 on GPU, float32 on CPU where bf16 is slower)
+    gradient_checkpointing: recompute activations in the backward pass to save memory
+    """
+
+    name: str = "smollm2-135m"
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Environment.
+
+    name: a registered environment (tinyzero envs) or module:Class
+    template: chat (tokenizer's chat template) or base (plain-text User/Assistant prompt)
+    options: the environment's own options (see tinyzero envs)
+    """
+
+    name: str = "arithmetic"
+    template: str = "chat"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Rollout.
+
+    backend: vllm (engine with in-place weight sync) or hf (transformers generate, the fallback)
+    prompts_per_step: prompts sampled per step
+    samples_per_prompt: completions per prompt (the GRPO group size)
+    max_new_tokens: most tokens generated per completion
+    temperature: sampling temperature
+    top_p: nucleus sampling threshold
+    kv_cache_gib: vLLM CPU KV-cache size in GiB
+    gpu_memory_utilization: fraction of a GPU vLLM may take
+    tensor_parallel_size: GPUs per vLLM engine
+    """
+
+    backend: str = "vllm"
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 8
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    kv_cache_gib: int = 2
+    gpu_memory_utilization: float = 0.4
+    tensor_parallel_size: int = 1
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """Algorithm.
+
+    name: grpo (group-normalised advantages) or ppo (critic + GAE)
+    normalize_std: divide GRPO advantages by the group std (false: Dr. GRPO)
+    gamma: PPO discount
+    lam: PPO GAE lambda
+    clip_low: lower PPO clip range (ratio >= 1 - clip_low)
+    clip_high: upper PPO clip range (ratio <= 1 + clip_high; > clip_low is DAPO's clip-higher)
+    kl_coef: weight of the KL to the reference model (0: no reference model is loaded)
+    kl_estimator: k1, k2 or k3
+    kl_in: loss (a KL loss term) or reward (a per-token reward penalty)
+    entropy_coef: weight of the entropy bonus
+    loss_agg: token-mean, seq-mean-token-mean or seq-mean-token-sum-norm
+    epochs: passes over each rollout batch
+    mini_batches: optimizer steps per pass
+    vf_clip: PPO value clip range
+    """
+
+    name: str = "grpo"
+    normalize_std: bool = True
+    gamma: float = 1.0
+    lam: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    kl_in: str = "loss"
+    entropy_coef: float = 0.0
+    loss_agg: str = "token-mean"
+    epochs: int = 1
+    mini_batches: int = 1
+    vf_clip: float = 0.2
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser.
+
+    lr: AdamW learning rate of the policy
+    critic_lr: AdamW learning rate of the PPO critic
+    weight_decay: AdamW weight decay
+    grad_clip: clip the global gradient norm to this (0: off)
+    warmup_steps: linear learning-rate warm-up, in optimizer steps
+    micro_batch_size: sequences per forward/backward (gradients accumulate over micro-batches)
+    """
+
+    lr: float = 1e-6
+    critic_lr: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    micro_batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    """Placement.
+
+    strategy: colocate (all roles share the devices) or split (rollout on its own GPUs)
+    num_gpus: GPUs to use (0: CPU only)
+    rollout_gpus: GPUs given to rollout workers under split
+    """
+
+    strategy: str = "colocate"
+    num_gpus: int = 0
+    rollout_gpus: int = 1
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation (greedy decoding; accuracy counts `correct` only).
+
+    every: evaluate every this many steps (0: only before and after training)
+    size: held-out problems, never drawn for training
+    max_new_tokens: most tokens per evaluation completion
+    """
+
+    every: int = 10
+    size: int = 100
+    max_new_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Checkpoints.
+
+    every: save every this many steps (0: only at the end)
+    keep_last: how many checkpoints to keep
+    """
+
+    every: int = 10
+    keep_last: int = 2
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Logging.
+
+    tensorboard: write TensorBoard event files in the run folder
+    samples: completions logged as text per step
+    """
+
+    tensorboard: bool = True
+    samples: int = 2
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole training job."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+CHOICES = {
+    "run.mode": ("local", "ray"),
+    "model.dtype": ("auto", "float32", "bfloat16"),
+    "env.template": ("chat", "base"),
+    "rollout.backend": ("vllm", "hf"),
+    "algo.name": ("grpo", "ppo"),
+    "algo.kl_estimator": ("k1", "k2", "k3"),
+    "algo.kl_in": ("loss", "reward"),
+    "algo.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+    "placement.strategy": ("colocate", "split"),
+}
+POSITIVE = ("run.steps", "rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
+            "algo.epochs", "algo.mini_batches", "optim.micro_batch_size", "eval.size")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        where = prefix.rstrip(".") or "the recipe"
+        raise TinyZeroError(f"{where} must be a mapping of keys to values, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise TinyZeroError(f"unknown key {dotted}: valid keys here are {', '.join(sorted(names))}")
+        kwargs[key] = _value(hints[key], value, dotted)
+    return cls(**kwargs)
+
+
+def _value(hint: Any, value: Any, dotted: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, dotted + ".")
+    if hint is dict:
+        if not isinstance(value, Mapping):
+            raise TinyZeroError(f"{dotted} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads `1e-5` (no dot) as a string; accept it as the number it plainly is
+            return float(value)
+        except ValueError:
+            pass
+    if hint is bool and not isinstance(value, bool) or not isinstance(value, hint) or (
+        hint is int and isinstance(value, bool)
+    ):
+        raise TinyZeroError(f"{dotted} must be {hint.__name__}, got {value!r}")
+    choices = CHOICES.get(dotted)
+    if choices and value not in choices:
+        raise TinyZeroError(f"{dotted} must be one of {', '.join(choices)}, got {value!r}")
+    if dotted in POSITIVE and value < 1:
+        raise TinyZeroError(f"{dotted} must be at least 1, got {value!r}")
+    return value
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise TinyZeroError(f"override {dotted}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise TinyZeroError(f"override {text!r} is not a.b.c=value: write e.g. rollout.temperature=0.8")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults ← recipe YAML ← ``a.b.c=value`` overrides, checked."""
+    tree: dict = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise TinyZeroError(f"recipe {path} does not exist: give a YAML file such as recipes/demo-cpu.yaml")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise TinyZeroError(f"recipe {path} is not valid YAML ({str(err).splitlines()[0]}): fix it") from None
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    config = _build(Config, tree, "")
+    return config
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def describe() -> str:
+    """Every key with its default and help line, for ``--help-config``."""
+    lines = []
+    for section in dataclasses.fields(Config):
+        cls = section.type if isinstance(section.type, type) else typing.get_type_hints(Config)[section.name]
+        helps = {}
+        for line in (cls.__doc__ or "").splitlines():
+            name, sep, rest = line.strip().partition(":")
+            if sep and name.isidentifier():
+                helps[name] = rest.strip()
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {f.name}: {default!r}  # {helps.get(f.name, '')}")
+    return "\n".join(lines)

@@ -1,0 +1,279 @@
+"""The learner role: the policy (and, for PPO, a critic), AdamW, and the clipped-surrogate update.
+
+A plain class (no Ray import): the job assembly wraps it with ``ray.remote`` where roles become actors.
+Exact savings (the gradient is unchanged):
+- the LM head runs on completion positions only (see ``batches.sequence_logprobs``);
+- with one pass and one mini-batch the update is on-policy, so ``old_logprobs`` are the detached log-probs of
+  the same forward pass (ratio exactly 1) instead of a second forward;
+- with no KL loss and no entropy bonus, rows whose advantages are all zero (GRPO groups whose samples all got
+  the same reward) contribute exactly zero gradient, so they are skipped; the loss normaliser still counts
+  them, so the result is identical.
+Simplifications: one device per learner (FSDP2 sharding for several GPUs is applied by ``wrap_fsdp`` when the
+process group is initialised; not exercised on CPU); linear warm-up then constant learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tinyzero import algos
+from tinyzero.batches import TokenBatch, TrainBatch, sequence_logprobs
+from tinyzero.config import AlgoConfig, OptimConfig
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """``auto``: bfloat16 on GPU; float32 on CPU, where bf16 autocast measured 1.8× slower (no AMX)."""
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_causal_lm(path: str | Path, dtype: torch.dtype, device: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return model.to(device)
+
+
+class Critic(nn.Module):
+    """A value model: the policy's transformer body plus a scalar head, initialised from the policy weights."""
+
+    def __init__(self, path: str | Path, dtype: torch.dtype):
+        super().__init__()
+        from transformers import AutoModelForCausalLM
+
+        lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        self.body = lm.base_model
+        self.head = nn.Linear(lm.config.hidden_size, 1, dtype=dtype)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, tokens: TokenBatch) -> torch.Tensor:
+        device = self.head.weight.device
+        hidden = self.body(
+            input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device),
+            position_ids=tokens.position_ids.to(device), use_cache=False,
+        ).last_hidden_state  # [N, P+T, H]
+        p, t = tokens.prompt_width, tokens.response_mask.shape[1]
+        return self.head(hidden[:, p - 1 : p - 1 + t]).squeeze(-1).float()  # [N, T]: V(state before token t)
+
+
+class Learner:
+    """Policy (+ critic for PPO) and their optimisers."""
+
+    def __init__(
+        self, model_path: str | Path, algo: AlgoConfig, optim: OptimConfig, *, dtype: str = "auto",
+        device: str = "auto", gradient_checkpointing: bool = False, seed: int = 0,
+    ):
+        torch.manual_seed(seed)
+        self.algo, self.optim_cfg = algo, optim
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.policy = load_causal_lm(model_path, self.dtype, self.device)
+        if gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+        self.policy.config.use_cache = False
+        self.optimizer = torch.optim.AdamW(
+            self.policy.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, foreach=True
+        )
+        self.critic = None
+        self.critic_optimizer = None
+        if algo.name == "ppo":
+            self.critic = Critic(model_path, self.dtype).to(self.device)
+            self.critic_optimizer = torch.optim.AdamW(
+                self.critic.parameters(), lr=optim.critic_lr, weight_decay=optim.weight_decay
+            )
+        self.updates = 0  # optimizer steps taken (drives the warm-up schedule)
+        self.rng = torch.Generator().manual_seed(seed)
+
+    # ----------------------------------------------------------------------------------- inference
+    def _chunks(self, n: int) -> list[torch.Tensor]:
+        return list(torch.arange(n).split(self.optim_cfg.micro_batch_size))
+
+    @torch.no_grad()
+    def logprobs(self, tokens: TokenBatch) -> torch.Tensor:
+        """Log-probs of the responses under the current policy, [N, T] (no gradient)."""
+        self.policy.eval()
+        parts = [sequence_logprobs(self.policy, tokens.select(i))[0].cpu() for i in self._chunks(len(tokens))]
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def values(self, tokens: TokenBatch) -> torch.Tensor:
+        """Critic values, [N, T] (PPO only)."""
+        assert self.critic is not None, "values() needs algo.name=ppo"
+        self.critic.eval()
+        return torch.cat([self.critic(tokens.select(i)).cpu() for i in self._chunks(len(tokens))])
+
+    # -------------------------------------------------------------------------------------- update
+    def _lr_scale(self) -> float:
+        warm = self.optim_cfg.warmup_steps
+        return 1.0 if warm <= 0 else min(1.0, (self.updates + 1) / warm)
+
+    def _units(self, batch: TrainBatch, rows: torch.Tensor) -> float:
+        """The loss normaliser's share of ``rows``: tokens for token-mean, non-empty sequences otherwise."""
+        mask = batch.tokens.response_mask[rows]
+        if self.algo.loss_agg == "token-mean":
+            return float(mask.sum())
+        return float((mask.sum(dim=1) > 0).sum())
+
+    def _can_skip_zero_rows(self, batch: TrainBatch) -> bool:
+        no_kl_loss = self.algo.kl_coef == 0 or self.algo.kl_in != "loss" or batch.ref_logprobs is None
+        return no_kl_loss and self.algo.entropy_coef == 0 and self.critic is None
+
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        """All optimizer steps for one rollout batch; returns averaged ``train/`` metrics."""
+        self.policy.train()
+        n = len(batch.tokens)
+        totals: dict[str, float] = {}
+        count = 0
+        for _ in range(self.algo.epochs):
+            order = torch.randperm(n, generator=self.rng) if self.algo.epochs * self.algo.mini_batches > 1 \
+                else torch.arange(n)
+            for mini in order.chunk(self.algo.mini_batches):
+                stats = self._mini_batch_step(batch, mini)
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0.0) + value
+                count += 1
+        return {key: value / count for key, value in totals.items()}
+
+    def _mini_batch_step(self, batch: TrainBatch, rows: torch.Tensor) -> dict[str, float]:
+        units_all = max(self._units(batch, rows), 1.0)
+        keep = rows
+        if self._can_skip_zero_rows(batch):
+            nonzero = (batch.advantages[rows] != 0).any(dim=1)
+            keep = rows[nonzero]
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.optim_cfg.lr * self._lr_scale()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = {"pg_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl": 0.0}
+        weight_seen = 0.0
+        for micro in keep.split(self.optim_cfg.micro_batch_size):
+            part = batch.select(micro)
+            weight = self._units(batch, micro) / units_all
+            stats = self._micro_step(part, weight)
+            for key in sums:
+                sums[key] += stats.get(key, 0.0) * weight
+            weight_seen += weight
+        grad_norm = self._clip_and_step(self.policy, self.optimizer)
+        out = {key: (value / weight_seen if weight_seen else 0.0) for key, value in sums.items()}
+        out.update(grad_norm=grad_norm, lr=self.optim_cfg.lr * self._lr_scale(),
+                   skipped_frac=1.0 - len(keep) / max(len(rows), 1))
+        if self.critic is not None:
+            out.update(self._critic_step(batch, rows))
+        self.updates += 1
+        return out
+
+    def _micro_step(self, part: TrainBatch, weight: float) -> dict[str, float]:
+        algo = self.algo
+        mask = part.tokens.response_mask.to(self.device)
+        logprobs, entropy = sequence_logprobs(
+            self.policy, part.tokens, with_entropy=True, entropy_grad=algo.entropy_coef > 0
+        )
+        old = logprobs.detach() if part.old_logprobs is None else part.old_logprobs.to(self.device)
+        adv = part.advantages.to(self.device)
+        loss, stats = algos.clipped_policy_loss(
+            logprobs, old, adv, mask, algo.clip_low, algo.clip_high, algo.loss_agg
+        )
+        out = {"pg_loss": float(loss.detach()), "clip_frac": float(stats["clip_frac"]),
+               "approx_kl": float(stats["approx_kl"]), "entropy": float(algos.masked_mean(entropy.detach(), mask))}
+        if part.ref_logprobs is not None:
+            ref = part.ref_logprobs.to(self.device)
+            kl = algos.kl_loss(logprobs, ref, mask, algo.kl_estimator, algo.loss_agg)
+            out["kl"] = float(kl.detach())
+            if algo.kl_coef > 0 and algo.kl_in == "loss":
+                loss = loss + algo.kl_coef * kl
+        if algo.entropy_coef > 0:
+            loss = loss - algo.entropy_coef * algos.entropy_bonus(entropy, mask, algo.loss_agg)
+        (loss * weight).backward()
+        return out
+
+    def _clip_and_step(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+        params = [p for p in module.parameters() if p.grad is not None]
+        if not params:  # every row was skipped: nothing to learn from this mini-batch
+            return 0.0
+        max_norm = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        optimizer.step()
+        return float(norm)
+
+    def _critic_step(self, batch: TrainBatch, rows: torch.Tensor) -> dict[str, float]:
+        assert self.critic is not None and batch.returns is not None and batch.old_values is not None
+        self.critic.train()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        units_all = max(self._units(batch, rows), 1.0)
+        vf_loss_total, clip_total = 0.0, 0.0
+        for micro in rows.split(self.optim_cfg.micro_batch_size):
+            part = batch.select(micro)
+            weight = self._units(batch, micro) / units_all
+            values = self.critic(part.tokens)
+            mask = part.tokens.response_mask.to(values.device)
+            loss, stats = algos.clipped_value_loss(
+                values, part.old_values.to(values.device), part.returns.to(values.device), mask,
+                self.algo.vf_clip, self.algo.loss_agg,
+            )
+            (loss * weight).backward()
+            vf_loss_total += float(loss.detach()) * weight
+            clip_total += float(stats["vf_clip_frac"]) * weight
+        norm = self._clip_and_step(self.critic, self.critic_optimizer)
+        return {"vf_loss": vf_loss_total, "vf_clip_frac": clip_total, "critic_grad_norm": norm}
+
+    # ------------------------------------------------------------------------------ weights / state
+    def named_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """The policy's weights for the rollout workers (CPU tensors, detached)."""
+        return [(name, t.detach().to("cpu")) for name, t in self.policy.state_dict().items()]
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.policy.save_pretrained(folder / "policy", safe_serialization=True)
+        state = {"optimizer": self.optimizer.state_dict(), "updates": self.updates,
+                 "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state()}
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
+            state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        torch.save(state, folder / "learner.pt")
+
+    def load(self, folder: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        weights = {}
+        for shard in sorted((folder / "policy").glob("*.safetensors")):
+            weights.update(load_file(str(shard)))
+        missing, unexpected = self.policy.load_state_dict(weights, strict=False)
+        tied = {"lm_head.weight"} if getattr(self.policy.config, "tie_word_embeddings", False) else set()
+        if set(missing) - tied or unexpected:
+            raise RuntimeError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
+        state = torch.load(folder / "learner.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = state["updates"]
+        self.rng.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.critic is not None:
+            self.critic.load_state_dict(state["critic"])
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+
+
+class ReferenceModel:
+    """A frozen copy of the initial policy; gives ``ref_logprobs`` for the KL term."""
+
+    def __init__(self, model_path: str | Path, *, dtype: str = "auto", device: str = "auto",
+                 micro_batch_size: int = 16):
+        self.device = resolve_device(device)
+        self.model = load_causal_lm(model_path, resolve_dtype(dtype, self.device), self.device).eval()
+        self.model.requires_grad_(False)
+        self.micro_batch_size = micro_batch_size
+
+    @torch.no_grad()
+    def logprobs(self, tokens: TokenBatch) -> torch.Tensor:
+        chunks = torch.arange(len(tokens)).split(self.micro_batch_size)
+        return torch.cat([sequence_logprobs(self.model, tokens.select(i))[0].cpu() for i in chunks])

@@ -1,0 +1,111 @@
+"""Everything a run writes for people and for later analysis.
+
+- TensorBoard scalars (namespaced ``rollout/``, ``reward/``, ``train/``, ``eval/``, ``time/``; each explained in
+  docs/metrics.md), the resolved config and sample completions as text;
+- ``metrics.jsonl``: the same scalars, one JSON object per step (for scripts and tests);
+- ``rollouts.jsonl.gz``: every completion of every step (prompt, completion, reward, correct, step); gzip
+  members are appended per step, which any gzip reader reads as one stream;
+- one progress line per step on stdout: step, reward, accuracy, seconds per step and ETA.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, total_steps: int, *, tensorboard: bool = True, samples: int = 2,
+                 stream=None):
+        self.run_dir = run_dir
+        self.total_steps = total_steps
+        self.samples = samples
+        self.stream = stream or sys.stdout
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.step_times: list[float] = []
+
+    def say(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def config(self, yaml_text: str) -> None:
+        if self.writer is not None:
+            self.writer.add_text("config", "```\n" + yaml_text + "\n```", 0)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": step, **values}) + "\n")
+
+    def text(self, tag: str, step: int, rows: list[dict]) -> None:
+        if self.writer is None or not rows:
+            return
+        blocks = []
+        for row in rows:
+            blocks.append(
+                f"**score {row['score']:.2f}, correct {row['correct']}**\n\n"
+                f"```\n{row['prompt'][-400:]}\n```\n\n```\n{row['completion']}\n```"
+            )
+        self.writer.add_text(tag, "\n\n---\n\n".join(blocks), step)
+
+    def rollouts(self, step: int, rows: list[dict]) -> None:
+        with gzip.open(self.run_dir / "rollouts.jsonl.gz", "at", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps({"step": step, **row}) + "\n")
+
+    def progress(self, step: int, values: dict[str, float], seconds: float) -> None:
+        self.step_times.append(seconds)
+        recent = self.step_times[-5:]
+        eta = (self.total_steps - step) * sum(recent) / len(recent)
+        self.say(
+            f"step {step}/{self.total_steps} | reward {values.get('reward/mean', 0):.3f} "
+            f"| acc {values.get('reward/accuracy', 0):.3f} | len {values.get('rollout/response_length_mean', 0):.0f} "
+            f"| {seconds:.1f} s/step (rollout {values.get('time/rollout', 0):.1f}, "
+            f"learner {values.get('time/learner', 0):.1f}) | ETA {_fmt_duration(eta)}"
+        )
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Timer:
+    """``with timer("rollout"): ...`` accumulates seconds per phase."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        return _Phase(self, name)
+
+
+class _Phase:
+    def __init__(self, timer: Timer, name: str):
+        self.timer, self.name = timer, name
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.seconds[self.name] = self.timer.seconds.get(self.name, 0.0) + time.perf_counter() - self.start
+        return False

@@ -1,0 +1,316 @@
+"""The driver: one training step read top to bottom, held-out evaluation, checkpoints and resume.
+
+    sample prompts (env, seeded) → rollout workers generate G completions per prompt
+    → rewards score each completion → reference log-probs (only when a KL term is on)
+    → advantages (GRPO group-normalised | PPO + GAE with a critic) → learner updates
+    → push new weights to the rollout workers in place → log → every k steps: eval, checkpoint
+
+Data order is a pure function of (seed, cursor): the training stream is re-created and fast-forwarded on
+resume, so a resumed run sees exactly the problems an uninterrupted one would. Sampling is reseeded each
+step from (seed, step) for the same reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from tinyzero import algos
+from tinyzero.batches import RolloutBatch, ScoredBatch, TrainBatch, build_tokens
+from tinyzero.checkpoint import latest_checkpoint, read_state, save_checkpoint
+from tinyzero.config import Config, load_config, to_yaml
+from tinyzero.data import iter_train, sample_test
+from tinyzero.envs import make_env, render_prompt
+from tinyzero.errors import TinyZeroError
+from tinyzero.rewards.result import RewardResult
+from tinyzero.runlog import RunLog, Timer
+
+PARALLEL_SCORING_MIN = 512  # below this many completions, scoring in-process beats a process pool
+
+
+class Trainer:
+    def __init__(self, config: Config, *, resume: bool = False, stream=None, roles=None):
+        self.config = config
+        self.run_dir = Path(config.run.out_dir) / config.run.name
+        self._prepare_run_dir(resume)
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        self.env = make_env(config.env.name, config.env.options)
+        from tinyzero.models import load_tokenizer, resolve_model
+
+        self.model_path = resolve_model(config.model.name)
+        self.tokenizer = load_tokenizer(self.model_path)
+        self.eval_problems = sample_test(self.env, config.eval.size, config.run.seed)
+        self._eval_keys = {self.env.key(p) for p in self.eval_problems}
+        self.step = 0
+        self.cursor = 0  # training problems drawn so far
+        self.history: list[dict] = []  # eval results
+        self.log = RunLog(self.run_dir, config.run.steps, tensorboard=config.log.tensorboard,
+                          samples=config.log.samples, stream=stream)
+        cache = self.run_dir / "cache"
+        from tinyzero.roles import build_roles
+
+        self.roles = roles or build_roles(config, self.model_path, cache)
+        self._pool = None
+        if resume:
+            self._restore()
+        else:
+            (self.run_dir / "config.yaml").write_text(to_yaml(config))
+            self.log.config(to_yaml(config))
+        self._stream = iter_train(self.env, config.run.seed, self._eval_keys)
+        for _ in range(self.cursor):  # fast-forward: same data order as an uninterrupted run
+            next(self._stream)
+
+    # --------------------------------------------------------------------------------- set-up
+    def _prepare_run_dir(self, resume: bool) -> None:
+        if resume:
+            if not (self.run_dir / "config.yaml").is_file():
+                raise TinyZeroError(f"no run to resume at {self.run_dir}: start it with `tinyzero train RECIPE`")
+            return
+        if latest_checkpoint(self.run_dir) is not None or (self.run_dir / "metrics.jsonl").exists():
+            raise TinyZeroError(
+                f"{self.run_dir} already holds a run: continue it with `tinyzero resume {self.run_dir}` "
+                "or pick another run.name"
+            )
+        shutil.rmtree(self.run_dir, ignore_errors=True)  # a folder from a run that never finished a step
+        self.run_dir.mkdir(parents=True)
+
+    def _restore(self) -> None:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            raise TinyZeroError(f"{self.run_dir} has no complete checkpoint to resume from: start a new run")
+        state = read_state(ckpt)
+        self.step, self.cursor, self.history = state["step"], state["cursor"], state["history"]
+        self.roles.learner.call("load", str(ckpt))
+        self.roles.sync_weights()
+        self._truncate_logs(self.step)
+        self.log.say(f"resumed {self.run_dir} at step {self.step} from {ckpt.name}")
+
+    def _truncate_logs(self, step: int) -> None:
+        """Drop metrics logged after the checkpoint, so a resumed run's logs read like an uninterrupted one's."""
+        import json
+
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    # -------------------------------------------------------------------------------- prompts
+    def encode(self, problem: dict) -> tuple[str, list[int]]:
+        rendered = render_prompt(self.env, problem, self.config.env.template)
+        if isinstance(rendered, list):
+            text = self.tokenizer.apply_chat_template(rendered, add_generation_prompt=True, tokenize=False)
+            return text, self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return rendered, self.tokenizer(rendered)["input_ids"]
+
+    # ------------------------------------------------------------------------------------ steps
+    def run(self) -> dict:
+        c = self.config
+        if self.step == 0 and not self.history:
+            self.evaluate()
+        try:
+            while self.step < c.run.steps:
+                self.train_step()
+                last = self.step == c.run.steps
+                if (c.eval.every and self.step % c.eval.every == 0) or last:
+                    if not (self.history and self.history[-1]["step"] == self.step):
+                        self.evaluate()
+                if (c.checkpoint.every and self.step % c.checkpoint.every == 0) or last:
+                    self.save()
+        finally:
+            self.log.flush()
+        return self.summary()
+
+    def _sample_problems(self) -> list[dict]:
+        problems = [next(self._stream) for _ in range(self.config.rollout.prompts_per_step)]
+        self.cursor += len(problems)
+        return problems
+
+    def _reseed(self, salt: int) -> None:
+        for handle in self.roles.rollout:
+            handle.call("reseed", self.config.run.seed * 1_000_003 + salt)
+
+    def rollout(self, problems: list[dict]) -> RolloutBatch:
+        r = self.config.rollout
+        encoded = [self.encode(p) for p in problems]
+        self._reseed(self.step)
+        groups = self.roles.generate("generate", [ids for _, ids in encoded], n=r.samples_per_prompt,
+                                     max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p)
+        rows = [(text, ids, p, c) for (text, ids), p, group in zip(encoded, problems, groups, strict=True)
+                for c in group]
+        return RolloutBatch(
+            prompt_ids=[ids for _, ids, _, _ in rows], response_ids=[c.token_ids for *_, c in rows],
+            texts=[c.text for *_, c in rows], finished=[c.finished for *_, c in rows],
+            problems=[p for _, _, p, _ in rows], prompts=[t for t, *_ in rows], group_size=r.samples_per_prompt,
+        )
+
+    def score(self, batch: RolloutBatch) -> ScoredBatch:
+        results = self._score_texts(batch.texts, batch.problems)
+        comps = sorted({k for res in results for k in res.components})
+        return ScoredBatch(
+            rollout=batch,
+            scores=torch.tensor([res.score for res in results], dtype=torch.float32),
+            correct=torch.tensor([res.correct for res in results], dtype=torch.bool),
+            reasons=[res.reason for res in results],
+            components={k: torch.tensor([res.components.get(k, 0.0) for res in results]) for k in comps},
+        )
+
+    def _score_texts(self, texts: list[str], problems: list[dict]) -> list[RewardResult]:
+        if len(texts) < PARALLEL_SCORING_MIN:
+            return [self.env.reward(t, p) for t, p in zip(texts, problems, strict=True)]
+        if self._pool is None:
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor()
+        return list(self._pool.map(_score_one, [self.env] * len(texts), texts, problems, chunksize=64))
+
+    def advantages(self, scored: ScoredBatch, tokens, timer: Timer) -> TrainBatch:
+        a, roles = self.config.algo, self.roles
+        mask = tokens.response_mask  # [N, T]
+        ref = old = None
+        if a.kl_coef > 0 and roles.reference is not None:
+            with timer("reference"):
+                ref = roles.reference.call("logprobs", tokens)  # [N, T]
+        need_old = a.epochs * a.mini_batches > 1 or (ref is not None and a.kl_in == "reward")
+        if need_old:
+            with timer("old_logprobs"):
+                old = roles.learner.call("logprobs", tokens)  # [N, T]
+        kl_tokens = algos.kl_estimate(old, ref, a.kl_estimator) if (ref is not None and old is not None) else None
+        penalty = a.kl_coef if (kl_tokens is not None and a.kl_in == "reward") else 0.0
+        if a.name == "grpo":
+            scores = scored.scores
+            if penalty:
+                scores = scores - penalty * algos.masked_sum(kl_tokens, mask, dim=1)  # [N]
+            seq_adv = algos.grpo_advantages(scores, scored.rollout.group_size, a.normalize_std)  # [N]
+            return TrainBatch(tokens, algos.broadcast_sequence_advantages(seq_adv, mask), old,
+                              ref if a.kl_in == "loss" else None)
+        values = roles.learner.call("values", tokens)  # [N, T]
+        kl_for_reward = kl_tokens if kl_tokens is not None else torch.zeros_like(mask)
+        token_rewards = algos.kl_penalised_rewards(scored.scores, kl_for_reward, mask, penalty)  # [N, T]
+        adv, returns = algos.gae_advantages(token_rewards, values, mask, a.gamma, a.lam)
+        adv = algos.masked_whiten(adv, mask)
+        return TrainBatch(tokens, adv, old, ref if a.kl_in == "loss" else None, returns, values)
+
+    def train_step(self) -> dict:
+        c, timer = self.config, Timer()
+        start = time.perf_counter()
+        problems = self._sample_problems()
+        with timer("rollout"):
+            batch = self.rollout(problems)
+        with timer("reward"):
+            scored = self.score(batch)
+        width = c.rollout.max_new_tokens if c.algo.loss_agg == "seq-mean-token-sum-norm" else None
+        tokens = build_tokens(batch.prompt_ids, batch.response_ids, self._pad_id(), width)
+        train_batch = self.advantages(scored, tokens, timer)
+        with timer("learner"):
+            stats = self.roles.learner.call("update", train_batch)
+        with timer("sync"):
+            self.roles.sync_weights()
+        self.step += 1
+        seconds = time.perf_counter() - start
+        values = self._step_metrics(scored, stats, timer, seconds)
+        self.log.scalars(self.step, values)
+        self.log.rollouts(self.step, self._rows(scored))
+        self.log.text("samples/train", self.step, self._rows(scored)[: c.log.samples])
+        self.log.progress(self.step, values, seconds)
+        return values
+
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+    def _rows(self, scored: ScoredBatch) -> list[dict]:
+        b = scored.rollout
+        return [
+            {"prompt": b.prompts[i], "completion": b.texts[i], "score": float(scored.scores[i]),
+             "correct": bool(scored.correct[i]), "reason": scored.reasons[i], "problem": b.problems[i]}
+            for i in range(len(b.texts))
+        ]
+
+    def _step_metrics(self, scored: ScoredBatch, stats: dict, timer: Timer, seconds: float) -> dict:
+        b = scored.rollout
+        lengths = torch.tensor([len(r) for r in b.response_ids], dtype=torch.float32)
+        values = {
+            "reward/mean": float(scored.scores.mean()),
+            "reward/std": float(scored.scores.std()) if len(scored.scores) > 1 else 0.0,
+            "reward/accuracy": float(scored.correct.float().mean()),
+            "reward/format_rate": float(scored.components["format"].mean()) if "format" in scored.components else 0.0,
+            "rollout/response_length_mean": float(lengths.mean()),
+            "rollout/response_length_max": float(lengths.max()),
+            "rollout/clipped_frac": 1.0 - sum(b.finished) / len(b.finished),
+            "rollout/tokens_per_s": float(lengths.sum()) / max(timer.seconds.get("rollout", 0.0), 1e-9),
+            "time/step": seconds,
+        }
+        values.update({f"train/{k}": v for k, v in stats.items()})
+        values.update({f"time/{k}": v for k, v in timer.seconds.items()})
+        values["data/cursor"] = float(self.cursor)
+        return values
+
+    # ------------------------------------------------------------------------------- eval, save
+    def evaluate(self) -> dict:
+        """Greedy decoding on the held-out problems; accuracy counts ``correct`` only."""
+        start = time.perf_counter()
+        encoded = [self.encode(p) for p in self.eval_problems]
+        outs = self.roles.generate("greedy", [ids for _, ids in encoded],
+                                   max_new_tokens=self.config.eval.max_new_tokens)
+        results = self._score_texts([o.text for o in outs], self.eval_problems)
+        n = len(results)
+        values = {
+            "eval/accuracy": sum(r.correct for r in results) / n,
+            "eval/format_rate": sum(r.components.get("format", 0.0) for r in results) / n,
+            "eval/response_length": sum(len(o.token_ids) for o in outs) / n,
+            "eval/seconds": time.perf_counter() - start,
+        }
+        self.history.append({"step": self.step, **values, "n": n})
+        if self.log.writer is not None:
+            for key, value in values.items():
+                self.log.writer.add_scalar(key, value, self.step)
+        rows = [{"prompt": t, "completion": o.text, "score": r.score, "correct": r.correct}
+                for (t, _), o, r in zip(encoded, outs, results, strict=True)]
+        self.log.text("samples/eval", self.step, rows[: self.config.log.samples])
+        self.log.say(f"eval at step {self.step}: greedy accuracy {values['eval/accuracy']:.1%} on {n} held-out "
+                     f"problems, format {values['eval/format_rate']:.1%}, length {values['eval/response_length']:.0f}")
+        return values
+
+    def save(self) -> Path:
+        state = {"step": self.step, "cursor": self.cursor, "history": self.history,
+                 "config": dataclasses.asdict(self.config)}
+        path = save_checkpoint(self.run_dir, self.step, state,
+                               lambda folder: self.roles.learner.call("save", str(folder)),
+                               self.config.checkpoint.keep_last)
+        return path
+
+    def summary(self) -> dict:
+        first, last = self.history[0], self.history[-1]
+        return {"before": first["eval/accuracy"], "after": last["eval/accuracy"], "n": last["n"],
+                "steps": self.step, "run_dir": str(self.run_dir)}
+
+    def close(self) -> None:
+        self.log.close()
+        if self._pool is not None:
+            self._pool.shutdown()
+        self.roles.close()
+
+
+def _score_one(env, text: str, problem: dict) -> RewardResult:
+    return env.reward(text, problem)
+
+
+def train(recipe: str | None, overrides: list[str], *, resume_dir: str | None = None, stream=None) -> dict:
+    """Run (or resume) a training job; returns the summary."""
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        config = load_config(run_dir / "config.yaml", overrides)
+        config = dataclasses.replace(
+            config, run=dataclasses.replace(config.run, out_dir=str(run_dir.parent), name=run_dir.name))
+        trainer = Trainer(config, resume=True, stream=stream)
+    else:
+        trainer = Trainer(load_config(recipe, overrides), stream=stream)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
