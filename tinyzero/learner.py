@@ -157,7 +157,7 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         sums = {"pg_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl": 0.0}
         weight_seen = 0.0
-        for micro in keep.split(self.optim_cfg.micro_batch_size):
+        for micro in keep.split(self.optim_cfg.micro_batch_size) if len(keep) else []:
             part = batch.select(micro)
             weight = self._units(batch, micro) / units_all
             stats = self._micro_step(part, weight)

@@ -100,11 +100,19 @@ class Roles:
             ray.shutdown()
 
 
-def _rollout_kwargs(config: Config, cache_dir: Path, seed: int) -> dict:
+def _max_model_len(model_path: Path, cap: int = 4096) -> int:
+    """The model's own context limit, capped: prompts here are short, and the cap bounds KV-cache planning."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None) or cap
+    return int(min(limit, cap))
+
+
+def _rollout_kwargs(config: Config, cache_dir: Path, seed: int, model_path: Path) -> dict:
     r = config.rollout
     return dict(
         backend=r.backend, dtype=_dtype_name(config.model.dtype), seed=seed,
-        max_model_len=2048, kv_cache_gib=r.kv_cache_gib, gpu_memory_utilization=r.gpu_memory_utilization,
+        max_model_len=_max_model_len(model_path), kv_cache_gib=r.kv_cache_gib, gpu_memory_utilization=r.gpu_memory_utilization,
         tensor_parallel_size=r.tensor_parallel_size, cache_dir=cache_dir,
     )
 
@@ -151,7 +159,7 @@ def build_roles(config: Config, model_path: Path, cache_dir: Path) -> Roles:
 
     need_ref = config.algo.kl_coef > 0
     if config.run.mode == "local":
-        rollout = RolloutWorker(model_path, **_rollout_kwargs(config, cache_dir, config.run.seed))
+        rollout = RolloutWorker(model_path, **_rollout_kwargs(config, cache_dir, config.run.seed, model_path))
         learner = Learner(model_path, **_learner_kwargs(config))
         reference = ReferenceModel(model_path, dtype=config.model.dtype,
                                    micro_batch_size=config.optim.micro_batch_size) if need_ref else None
@@ -201,7 +209,7 @@ def _build_ray_roles(config: Config, model_path: Path, cache_dir: Path, need_ref
 
     rollout = [
         RayHandle(place(RolloutWorker, b, gpu_rollout).remote(
-            model_path, **_rollout_kwargs(config, cache_dir, config.run.seed + i)))
+            model_path, **_rollout_kwargs(config, cache_dir, config.run.seed + i, model_path)))
         for i, b in enumerate(rollout_bundles)
     ]
     learner = RayHandle(place(Learner, learner_bundle, gpu_learner).remote(model_path, **_learner_kwargs(config)))

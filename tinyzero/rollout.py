@@ -99,6 +99,16 @@ class RolloutWorker:
         groups = self.generate(prompt_token_ids, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
         return [group[0] for group in groups]
 
+    def reseed(self, seed: int) -> None:
+        """Reseed sampling, so a step's samples depend on (seed, step) only — a resumed run repeats them.
+
+        Both engines run in this process and draw from torch's global generator when no per-request seed
+        is given (per-request seeds crash vLLM's CPU sampler), so seeding torch is enough.
+        """
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
+
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the model's weights in place with (HF parameter name, tensor) pairs from the learner."""
         weights = iter(named_tensors)

@@ -39,6 +39,7 @@ class Trainer:
         self._prepare_run_dir(resume)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
+        _quiet_libraries()
         self.env = make_env(config.env.name, config.env.options)
         from tinyzero.models import load_tokenizer, resolve_model
 
@@ -294,6 +295,14 @@ class Trainer:
         if self._pool is not None:
             self._pool.shutdown()
         self.roles.close()
+
+
+def _quiet_libraries() -> None:
+    """The kit prints one progress line per step; per-shard loading bars from transformers drown it."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _score_one(env, text: str, problem: dict) -> RewardResult:
