@@ -109,7 +109,7 @@ def _vllm_quiet() -> None:
     """vLLM logs several lines per engine call at INFO; the kit prints its own progress instead."""
     import os
 
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 
 def _finish(summary: dict) -> int:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tinyzero import algos
-from tinyzero.batches import TokenBatch, TrainBatch, sequence_logprobs
+from tinyzero.batches import TokenBatch, TrainBatch, response_hidden, sequence_logprobs
 from tinyzero.config import AlgoConfig, OptimConfig
 
 
@@ -59,13 +59,8 @@ class Critic(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, tokens: TokenBatch) -> torch.Tensor:
-        device = self.head.weight.device
-        hidden = self.body(
-            input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device),
-            position_ids=tokens.position_ids.to(device), use_cache=False,
-        ).last_hidden_state  # [N, P+T, H]
-        p, t = tokens.prompt_width, tokens.response_mask.shape[1]
-        return self.head(hidden[:, p - 1 : p - 1 + t]).squeeze(-1).float()  # [N, T]: V(state before token t)
+        hidden = response_hidden(self.body, tokens, self.head.weight.device)  # [N, T, H]
+        return self.head(hidden).squeeze(-1).float()  # [N, T]: V(state before token t)
 
 
 class Learner:

@@ -1,0 +1,151 @@
+"""End-to-end training runs with a tiny random model: local and Ray modes, resume, and user errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tinyzero.trainer import train
+
+STEPS = 3
+
+
+def overrides(model: Path, out: Path, name: str, *extra: str) -> list[str]:
+    return [
+        f"model.name={model}", f"run.out_dir={out}", f"run.name={name}", f"run.steps={STEPS}",
+        "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=12",
+        "eval.size=8", "eval.max_new_tokens=12", "eval.every=2", "checkpoint.every=2", "checkpoint.keep_last=2",
+        "env.options={digits: 1, ops: '+', answer_format: last_integer}", "optim.lr=1e-3", *extra,
+    ]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def read_rollouts(run_dir: Path) -> list[dict]:
+    with gzip.open(run_dir / "rollouts.jsonl.gz", "rt") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def check_run_folder(run_dir: Path, steps: int = STEPS) -> None:
+    assert (run_dir / "config.yaml").is_file()
+    metrics = read_metrics(run_dir)
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    for key in ("reward/mean", "reward/accuracy", "rollout/response_length_mean", "rollout/clipped_frac",
+                "train/grad_norm", "train/entropy", "train/clip_frac", "time/rollout", "time/learner",
+                "time/sync", "rollout/tokens_per_s"):
+        assert key in metrics[0], key
+    rows = read_rollouts(run_dir)
+    assert len(rows) == steps * 16
+    assert {"step", "prompt", "completion", "score", "correct"} <= set(rows[0])
+    assert list(run_dir.glob("tensorboard/events.out.tfevents.*"))
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["step_000002", "step_000003"]
+
+
+@pytest.mark.slow
+def test_local_mode_with_vllm(tiny_model_dir, tmp_path):
+    summary = train(None, overrides(tiny_model_dir, tmp_path, "local"))
+    assert summary["steps"] == STEPS and summary["n"] == 8
+    check_run_folder(tmp_path / "local")
+
+
+@pytest.mark.slow
+def test_ray_mode_with_vllm(tiny_tied_model_dir, tmp_path):
+    summary = train(None, overrides(tiny_tied_model_dir, tmp_path, "ray", "run.mode=ray"))
+    assert summary["steps"] == STEPS
+    check_run_folder(tmp_path / "ray")
+
+
+def test_ppo_with_kl_runs(tiny_model_dir, tmp_path):
+    summary = train(None, overrides(tiny_model_dir, tmp_path, "ppo", "rollout.backend=hf", "algo.name=ppo",
+                                    "algo.kl_coef=0.05", "algo.kl_in=reward", "algo.mini_batches=2"))
+    assert summary["steps"] == STEPS
+    metrics = read_metrics(tmp_path / "ppo")
+    assert "train/vf_loss" in metrics[-1] and "time/reference" in metrics[-1]
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    extra = ("rollout.backend=hf", "checkpoint.every=1", "run.steps=4", "algo.kl_coef=0.01")
+    train(None, overrides(tiny_model_dir, tmp_path, "straight", *extra))
+    # The same run, interrupted after step 2 (its recipe said 2 steps), then resumed to 4.
+    train(None, overrides(tiny_model_dir, tmp_path, "interrupted", *extra, "run.steps=2"))
+    train(None, ["run.steps=4"], resume_dir=str(tmp_path / "interrupted"))
+    straight, resumed = tmp_path / "straight", tmp_path / "interrupted"
+    a, b = read_rollouts(straight), read_rollouts(resumed)
+    assert [(r["step"], r["prompt"], r["completion"]) for r in a] == [
+        (r["step"], r["prompt"], r["completion"]) for r in b
+    ]
+    ma, mb = read_metrics(straight), read_metrics(resumed)
+    assert [m["step"] for m in mb] == [1, 2, 3, 4]
+    for x, y in zip(ma, mb, strict=True):
+        assert x["reward/mean"] == y["reward/mean"] and x["data/cursor"] == y["data/cursor"]
+    wa = load_file(str(straight / "checkpoints/step_000004/policy/model.safetensors"))
+    wb = load_file(str(resumed / "checkpoints/step_000004/policy/model.safetensors"))
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], atol=1e-6, rtol=1e-5)
+
+
+def test_incomplete_checkpoint_is_ignored(tiny_model_dir, tmp_path):
+    from tinyzero.checkpoint import latest_checkpoint
+
+    train(None, overrides(tiny_model_dir, tmp_path, "crash", "rollout.backend=hf", "run.steps=2",
+                          "checkpoint.every=1"))
+    run_dir = tmp_path / "crash"
+    # a crash mid-write leaves a temporary folder and no marker: it must never be taken for a checkpoint
+    half = run_dir / "checkpoints" / ".tmp-step_000003-999"
+    half.mkdir()
+    (half / "state.json").write_text("{}")
+    fake = run_dir / "checkpoints" / "step_000009"
+    fake.mkdir()
+    (fake / "state.json").write_text("{}")
+    assert latest_checkpoint(run_dir).name == "step_000002"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tinyzero.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "recipes/demo-cpu.yaml", "rollout.samples_per_promt=4"], "unknown key rollout.samples_per_promt"),
+        (["train", "recipes/demo-cpu.yaml", "algo.clip_low=wide"], "algo.clip_low must be float"),
+        (["train", "recipes/nonexistent.yaml"], "does not exist"),
+        (["train", "recipes/demo-cpu.yaml", "placement.num_gpus=8", "model.name=/nonexistent/model"],
+         "no model"),
+        (["resume", "/nonexistent/run"], "no run to resume"),
+    ],
+)
+def test_user_errors_are_one_sentence(args, fragment, tmp_path):
+    result = cli(*args, f"run.out_dir={tmp_path}") if args[0] == "train" else cli(*args)
+    assert result.returncode != 0
+    assert fragment in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_gpu_layout_the_machine_cannot_serve(tiny_model_dir, tmp_path):
+    if torch.cuda.device_count() >= 8:
+        pytest.skip("this machine really has 8 GPUs")
+    result = cli("train", "recipes/demo-cpu.yaml", f"model.name={tiny_model_dir}", f"run.out_dir={tmp_path}",
+                 "placement.num_gpus=8")
+    assert result.returncode != 0
+    assert "asks for 8 GPU(s)" in result.stderr and "placement.num_gpus" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_existing_run_is_not_overwritten(tiny_model_dir, tmp_path):
+    args = overrides(tiny_model_dir, tmp_path, "twice", "rollout.backend=hf", "run.steps=1")
+    train(None, args)
+    result = cli("train", "recipes/demo-cpu.yaml", *args)
+    assert result.returncode != 0 and "already holds a run" in result.stderr
+    assert (tmp_path / "twice" / "metrics.jsonl").is_file()
