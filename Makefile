@@ -16,7 +16,7 @@ TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # pip on this kind of machine prints a warning per package for absent local indexes; hide only those.
 QUIET  := grep -v -E "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup test lint format demo bench clean-venv countdown-data
+.PHONY: setup test lint format demo bench countdown-3b clean-venv countdown-data
 
 setup: $(STAMP)
 
@@ -53,7 +53,11 @@ demo: setup
 	$(VENV)/bin/tinyzero train recipes/demo-cpu.yaml
 
 bench: setup
+	$(PY) bench/rewards.py
 	$(PY) bench/step_time.py
+
+countdown-3b: setup
+	$(VENV)/bin/tinyzero train recipes/countdown-3b.yaml
 
 countdown-data: setup
 	$(VENV)/bin/tinyzero data countdown --out data/countdown

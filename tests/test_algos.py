@@ -364,3 +364,18 @@ def test_gradients_flow_end_to_end(mode):
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
     assert logits.grad[:3].abs().sum() > 0
     assert logits.grad[3].abs().sum() == 0  # the empty row gets no gradient
+
+
+def test_fused_token_logprobs_and_entropy_match_the_separate_functions():
+    torch.manual_seed(0)
+    logits = torch.randn(7, 11, dtype=torch.float64, requires_grad=True)  # [K, V]
+    labels = torch.randint(0, 11, (7,))
+    lp, ent = algos.token_logprobs_and_entropy(logits, labels, with_entropy=True, entropy_grad=True)
+    torch.testing.assert_close(lp, algos.logprobs_from_logits(logits[None], labels[None])[0].to(lp.dtype))
+    torch.testing.assert_close(ent, algos.entropy_from_logits(logits[None])[0].to(ent.dtype))
+    (lp.sum() + ent.sum()).backward()
+    assert torch.isfinite(logits.grad).all()
+    _, detached = algos.token_logprobs_and_entropy(logits, labels, entropy_grad=False)
+    assert not detached.requires_grad
+    lp_only, none = algos.token_logprobs_and_entropy(logits, labels, with_entropy=False)
+    assert none is None and lp_only.shape == (7,)

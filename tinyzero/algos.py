@@ -46,6 +46,7 @@ __all__ = [
     "masked_mean",
     "masked_sum",
     "masked_whiten",
+    "token_logprobs_and_entropy",
 ]
 
 
@@ -98,6 +99,25 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
 def entropy_from_logits(logits: Tensor) -> Tensor:
     """Entropy of softmax(logits) per position: [B, T, V] -> [B, T] in float32, one row at a time."""
     return torch.stack([_row_entropy(row.float()) for row in logits])  # [B, T]
+
+
+def token_logprobs_and_entropy(
+    logits: Tensor, labels: Tensor, *, with_entropy: bool = True, entropy_grad: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Log-prob of each label and (optionally) the entropy, from one fused float32 log-softmax.
+
+    logits [K, V], labels [K] -> logprobs [K], entropy [K] (detached unless ``entropy_grad``).
+    Same values as ``logprobs_from_logits`` and ``entropy_from_logits``, for a flat run of K tokens; one
+    log-softmax serves both (its backward is a single fused kernel), which measured faster on CPU than the
+    logsumexp route. The caller bounds K so the [K, V] float32 intermediate fits in memory.
+    """
+    log_probs = torch.log_softmax(logits.float(), dim=-1)  # [K, V]
+    picked = log_probs.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)  # [K]
+    if not with_entropy:
+        return picked, None
+    source = log_probs if entropy_grad else log_probs.detach()
+    entropy = -(source.exp() * source).sum(-1)  # [K]
+    return picked, entropy
 
 
 def _row_entropy(row: Tensor) -> Tensor:

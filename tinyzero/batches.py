@@ -114,7 +114,7 @@ def sequence_logprobs(
     The LM head and the log-softmax run only on real response tokens (not on prompts, not on padding):
     exact savings, since no other position's vocabulary distribution is ever used.
     """
-    from tinyzero.algos import entropy_from_logits, logprobs_from_logits
+    from tinyzero.algos import token_logprobs_and_entropy
 
     device = next(model.parameters()).device
     hidden = response_hidden(model.base_model, tokens, device)  # [N, T, H]
@@ -124,10 +124,12 @@ def sequence_logprobs(
     head = model.get_output_embeddings()
     lp_parts, ent_parts = [], []
     for start in range(0, picked_hidden.shape[0], _HEAD_CHUNK):
-        logits = head(picked_hidden[start : start + _HEAD_CHUNK]).unsqueeze(0)  # [1, k, V]
-        lp_parts.append(logprobs_from_logits(logits, labels[start : start + _HEAD_CHUNK].unsqueeze(0))[0])
-        if with_entropy:
-            ent_parts.append(entropy_from_logits(logits if entropy_grad else logits.detach())[0])
+        logits = head(picked_hidden[start : start + _HEAD_CHUNK])  # [k, V]
+        lp, ent = token_logprobs_and_entropy(logits, labels[start : start + _HEAD_CHUNK],
+                                             with_entropy=with_entropy, entropy_grad=entropy_grad)
+        lp_parts.append(lp)
+        if ent is not None:
+            ent_parts.append(ent)
     logprobs = _scatter(mask, lp_parts)  # [N, T] float32, 0 off the mask
     entropy = _scatter(mask, ent_parts) if with_entropy else None
     return logprobs, entropy
