@@ -121,8 +121,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
         (["train", "recipes/demo-cpu.yaml", "rollout.samples_per_promt=4"], "unknown key rollout.samples_per_promt"),
         (["train", "recipes/demo-cpu.yaml", "algo.clip_low=wide"], "algo.clip_low must be float"),
         (["train", "recipes/nonexistent.yaml"], "does not exist"),
-        (["train", "recipes/demo-cpu.yaml", "placement.num_gpus=8", "model.name=/nonexistent/model"],
-         "no model"),
+        (["train", "recipes/demo-cpu.yaml", "model.name=/nonexistent/model"], "neither a local folder"),
         (["resume", "/nonexistent/run"], "no run to resume"),
     ],
 )

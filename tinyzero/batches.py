@@ -61,6 +61,17 @@ class TokenBatch:
             self.response_mask[index], self.prompt_width,
         )
 
+    def trim_width(self) -> int:
+        """The response width these rows need: their longest response (>= 1)."""
+        lengths = self.response_mask.sum(dim=1)
+        return max(1, int(lengths.max())) if len(lengths) else 1
+
+    def crop(self, width: int) -> TokenBatch:
+        """Drop response columns past ``width`` (padding only when width >= trim_width())."""
+        end = self.prompt_width + width
+        return TokenBatch(self.input_ids[:, :end], self.attention_mask[:, :end], self.position_ids[:, :end],
+                          self.response_mask[:, :width], self.prompt_width)
+
 
 @dataclass
 class TrainBatch:
@@ -73,10 +84,14 @@ class TrainBatch:
     returns: Tensor | None = None  # [N, T]; PPO critic targets
     old_values: Tensor | None = None  # [N, T]; PPO critic values at rollout time
 
-    def select(self, index: Tensor) -> TrainBatch:
-        pick = lambda t: None if t is None else t[index]  # noqa: E731
+    def select(self, index: Tensor, trim: bool = False) -> TrainBatch:
+        """Rows ``index``; with ``trim``, also drop the response columns that are padding for all of them
+        (exact: those columns are masked out of every loss, so only the compute spent on them changes)."""
+        tokens = self.tokens.select(index)
+        width = tokens.trim_width() if trim else tokens.response_mask.shape[1]
+        pick = lambda t: None if t is None else t[index][:, :width]  # noqa: E731
         return TrainBatch(
-            self.tokens.select(index), self.advantages[index], pick(self.old_logprobs),
+            tokens.crop(width), self.advantages[index][:, :width], pick(self.old_logprobs),
             pick(self.ref_logprobs), pick(self.returns), pick(self.old_values),
         )
 

@@ -121,6 +121,11 @@ class Learner:
             return float(mask.sum())
         return float((mask.sum(dim=1) > 0).sum())
 
+    @property
+    def _can_trim(self) -> bool:
+        """Cropping padding columns is exact except for Dr. GRPO's sum-norm, which divides by the width."""
+        return self.algo.loss_agg != "seq-mean-token-sum-norm"
+
     def _can_skip_zero_rows(self, batch: TrainBatch) -> bool:
         no_kl_loss = self.algo.kl_coef == 0 or self.algo.kl_in != "loss" or batch.ref_logprobs is None
         return no_kl_loss and self.algo.entropy_coef == 0 and self.critic is None
@@ -152,8 +157,14 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         sums = {"pg_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl": 0.0}
         weight_seen = 0.0
+        if self._can_trim and len(keep):
+            # Longest responses first: micro-batches then hold rows of similar length, so cropping each to
+            # its longest row removes most padding. Prompts still repeat within a micro-batch (a step has few
+            # distinct prompts), so the shared prompt pass keeps most of its saving.
+            lengths = batch.tokens.response_mask[keep].sum(dim=1)
+            keep = keep[torch.argsort(lengths, descending=True, stable=True)]
         for micro in keep.split(self.optim_cfg.micro_batch_size) if len(keep) else []:
-            part = batch.select(micro)
+            part = batch.select(micro, trim=self._can_trim)
             weight = self._units(batch, micro) / units_all
             stats = self._micro_step(part, weight)
             for key in sums:
@@ -208,7 +219,7 @@ class Learner:
         units_all = max(self._units(batch, rows), 1.0)
         vf_loss_total, clip_total = 0.0, 0.0
         for micro in rows.split(self.optim_cfg.micro_batch_size):
-            part = batch.select(micro)
+            part = batch.select(micro, trim=self._can_trim)
             weight = self._units(batch, micro) / units_all
             values = self.critic(part.tokens)
             mask = part.tokens.response_mask.to(values.device)

@@ -36,6 +36,9 @@ class Trainer:
     def __init__(self, config: Config, *, resume: bool = False, stream=None, roles=None):
         self.config = config
         self.run_dir = Path(config.run.out_dir) / config.run.name
+        from tinyzero.roles import build_roles, check_gpus
+
+        check_gpus(config)  # before anything loads: a layout this machine cannot serve fails in a second
         self._prepare_run_dir(resume)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
@@ -53,8 +56,6 @@ class Trainer:
         self.log = RunLog(self.run_dir, config.run.steps, tensorboard=config.log.tensorboard,
                           samples=config.log.samples, stream=stream)
         cache = self.run_dir / "cache"
-        from tinyzero.roles import build_roles
-
         self.roles = roles or build_roles(config, self.model_path, cache)
         self._pool = None
         if resume:
@@ -313,6 +314,9 @@ def train(recipe: str | None, overrides: list[str], *, resume_dir: str | None = 
     """Run (or resume) a training job; returns the summary."""
     if resume_dir is not None:
         run_dir = Path(resume_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise TinyZeroError(f"no run to resume at {run_dir}: give a run folder such as runs/demo, "
+                                "or start one with `tinyzero train RECIPE`")
         config = load_config(run_dir / "config.yaml", overrides)
         config = dataclasses.replace(
             config, run=dataclasses.replace(config.run, out_dir=str(run_dir.parent), name=run_dir.name))
