@@ -19,6 +19,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from tinyzero.errors import TinyZeroError
+from tinyzero.fields import field_helps
 from tinyzero.rewards.result import RewardResult
 
 TEMPLATES = ("base", "chat")
@@ -118,11 +119,7 @@ def coerce(value: Any, hint: Any, dotted: str) -> Any:
 
 def describe_options(options_cls: type) -> list[tuple[str, str, Any, str]]:
     """(name, type, default, help) per option, help read from the ``name: help`` lines of the docstring."""
-    helps: dict[str, str] = {}
-    for line in (options_cls.__doc__ or "").splitlines():
-        name, sep, rest = line.strip().partition(":")
-        if sep and name.isidentifier():
-            helps[name] = rest.strip()
+    helps = field_helps(options_cls)
     hints = typing.get_type_hints(options_cls)
     return [
         (f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), f.default, helps.get(f.name, ""))

@@ -148,3 +148,14 @@ def test_existing_run_is_not_overwritten(tiny_model_dir, tmp_path):
     result = cli("train", "recipes/demo-cpu.yaml", *args)
     assert result.returncode != 0 and "already holds a run" in result.stderr
     assert (tmp_path / "twice" / "metrics.jsonl").is_file()
+
+
+def test_ray_mode_with_fsdp2_learners(tiny_model_dir, tmp_path):
+    """Two learner actors shard the policy (FSDP2, gloo on CPU); weights reach the rollout worker; resume."""
+    extra = ("run.mode=ray", "rollout.backend=hf", "placement.learner_workers=2", "run.steps=2")
+    summary = train(None, overrides(tiny_model_dir, tmp_path, "fsdp", *extra))
+    assert summary["steps"] == 2
+    run_dir = tmp_path / "fsdp"
+    assert (run_dir / "checkpoints/step_000002/policy/model.safetensors").is_file()
+    train(None, ["run.steps=3"], resume_dir=str(run_dir))
+    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3]

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from tinyzero.errors import TinyZeroError
+from tinyzero.fields import field_helps
 
 
 @dataclass(frozen=True)
@@ -157,11 +158,13 @@ class PlacementConfig:
     strategy: colocate (all roles share the devices) or split (rollout on its own GPUs)
     num_gpus: GPUs to use (0: CPU only)
     rollout_gpus: GPUs given to rollout workers under split
+    learner_workers: learner processes sharding the policy with FSDP2 (0: one per learner GPU under split, else 1)
     """
 
     strategy: str = "colocate"
     num_gpus: int = 0
     rollout_gpus: int = 1
+    learner_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -327,11 +330,7 @@ def describe() -> str:
     lines = []
     for section in dataclasses.fields(Config):
         cls = section.type if isinstance(section.type, type) else typing.get_type_hints(Config)[section.name]
-        helps = {}
-        for line in (cls.__doc__ or "").splitlines():
-            name, sep, rest = line.strip().partition(":")
-            if sep and name.isidentifier():
-                helps[name] = rest.strip()
+        helps = field_helps(cls)
         lines.append(f"{section.name}:")
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -8,8 +8,9 @@ Exact savings (the gradient is unchanged):
 - with no KL loss and no entropy bonus, rows whose advantages are all zero (GRPO groups whose samples all got
   the same reward) contribute exactly zero gradient, so they are skipped; the loss normaliser still counts
   them, so the result is identical.
-Simplifications: one device per learner (FSDP2 sharding for several GPUs is applied by ``wrap_fsdp`` when the
-process group is initialised; not exercised on CPU); linear warm-up then constant learning rate.
+With ``world_size`` > 1, several learner processes shard the policy (and critic) with FSDP2
+(``tinyzero/sharding.py``), each training on its own slice of the rows.
+Simplifications: linear warm-up then constant learning rate.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from tinyzero import algos
 from tinyzero.batches import TokenBatch, TrainBatch, response_hidden, sequence_logprobs
 from tinyzero.config import AlgoConfig, OptimConfig
+from tinyzero.sharding import to_local_float
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -63,21 +65,47 @@ class Critic(nn.Module):
         return self.head(hidden).squeeze(-1).float()  # [N, T]: V(state before token t)
 
 
+class PolicyScorer(nn.Module):
+    """The policy's log-probs (and entropy) for a TokenBatch, as one module call.
+
+    Going through one ``forward`` matters under FSDP2: the root unit's hooks gather the embeddings, final norm
+    and LM head only when the root module itself is called.
+    """
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, tokens: TokenBatch, with_entropy: bool = False, entropy_grad: bool = False):
+        return sequence_logprobs(self.lm, tokens, with_entropy=with_entropy, entropy_grad=entropy_grad)
+
+
 class Learner:
     """Policy (+ critic for PPO) and their optimisers."""
 
     def __init__(
         self, model_path: str | Path, algo: AlgoConfig, optim: OptimConfig, *, dtype: str = "auto",
         device: str = "auto", gradient_checkpointing: bool = False, seed: int = 0,
+        rank: int = 0, world_size: int = 1, init_method: str | None = None,
     ):
+        """With ``world_size`` > 1 this is one of several learner processes sharding the model with FSDP2
+        (``init_method`` is the process group's rendezvous, e.g. ``tcp://host:port``)."""
         torch.manual_seed(seed)
         self.algo, self.optim_cfg = algo, optim
+        self.rank, self.world_size = rank, world_size
         self.device = resolve_device(device)
+        if world_size > 1:
+            from tinyzero import sharding
+
+            self.device = sharding.init_distributed(rank, world_size, init_method or "tcp://127.0.0.1:29511")
         self.dtype = resolve_dtype(dtype, self.device)
         self.policy = load_causal_lm(model_path, self.dtype, self.device)
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         self.policy.config.use_cache = False
+        self.scorer = PolicyScorer(self.policy)
+        if world_size > 1:
+            sharding.shard(self.scorer, self.policy.base_model.layers)
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, foreach=True
         )
@@ -85,6 +113,8 @@ class Learner:
         self.critic_optimizer = None
         if algo.name == "ppo":
             self.critic = Critic(model_path, self.dtype).to(self.device)
+            if world_size > 1:
+                sharding.shard(self.critic, self.critic.body.layers)
             self.critic_optimizer = torch.optim.AdamW(
                 self.critic.parameters(), lr=optim.critic_lr, weight_decay=optim.weight_decay
             )
@@ -99,7 +129,7 @@ class Learner:
     def logprobs(self, tokens: TokenBatch) -> torch.Tensor:
         """Log-probs of the responses under the current policy, [N, T] (no gradient)."""
         self.policy.eval()
-        parts = [sequence_logprobs(self.policy, tokens.select(i))[0].cpu() for i in self._chunks(len(tokens))]
+        parts = [self.scorer(tokens.select(i))[0].cpu() for i in self._chunks(len(tokens))]
         return torch.cat(parts)
 
     @torch.no_grad()
@@ -163,10 +193,12 @@ class Learner:
             # distinct prompts), so the shared prompt pass keeps most of its saving.
             lengths = batch.tokens.response_mask[keep].sum(dim=1)
             keep = keep[torch.argsort(lengths, descending=True, stable=True)]
-        for micro in keep.split(self.optim_cfg.micro_batch_size) if len(keep) else []:
-            part = batch.select(micro, trim=self._can_trim)
-            weight = self._units(batch, micro) / units_all
-            stats = self._micro_step(part, weight)
+        for micro in self._my_micro_batches(keep):
+            part = batch.select(micro if len(micro) else keep[:1], trim=self._can_trim)
+            # An empty slot (this process ran out of rows) still runs: every forward of a sharded model is a
+            # collective, so all processes must run the same number; its weight is 0.
+            weight = self._units(batch, micro) / units_all if len(micro) else 0.0
+            stats = self._micro_step(part, weight * self.world_size)  # FSDP averages gradients over processes
             for key in sums:
                 sums[key] += stats.get(key, 0.0) * weight
             weight_seen += weight
@@ -179,12 +211,20 @@ class Learner:
         self.updates += 1
         return out
 
+    def _my_micro_batches(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """This process's micro-batches of ``rows``; the same count on every process (empty ones pad)."""
+        if not len(rows):
+            return []
+        size = self.optim_cfg.micro_batch_size
+        per_process = -(-len(rows) // self.world_size)
+        slots = -(-per_process // size)
+        mine = list(rows[self.rank :: self.world_size].split(size)) if len(rows) > self.rank else []
+        return mine + [rows[:0]] * (slots - len(mine))
+
     def _micro_step(self, part: TrainBatch, weight: float) -> dict[str, float]:
         algo = self.algo
         mask = part.tokens.response_mask.to(self.device)
-        logprobs, entropy = sequence_logprobs(
-            self.policy, part.tokens, with_entropy=True, entropy_grad=algo.entropy_coef > 0
-        )
+        logprobs, entropy = self.scorer(part.tokens, with_entropy=True, entropy_grad=algo.entropy_coef > 0)
         old = logprobs.detach() if part.old_logprobs is None else part.old_logprobs.to(self.device)
         adv = part.advantages.to(self.device)
         loss, stats = algos.clipped_policy_loss(
@@ -210,7 +250,7 @@ class Learner:
         max_norm = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         optimizer.step()
-        return float(norm)
+        return to_local_float(norm)
 
     def _critic_step(self, batch: TrainBatch, rows: torch.Tensor) -> dict[str, float]:
         assert self.critic is not None and batch.returns is not None and batch.old_values is not None
@@ -218,16 +258,16 @@ class Learner:
         self.critic_optimizer.zero_grad(set_to_none=True)
         units_all = max(self._units(batch, rows), 1.0)
         vf_loss_total, clip_total = 0.0, 0.0
-        for micro in rows.split(self.optim_cfg.micro_batch_size):
-            part = batch.select(micro, trim=self._can_trim)
-            weight = self._units(batch, micro) / units_all
+        for micro in self._my_micro_batches(rows):
+            part = batch.select(micro if len(micro) else rows[:1], trim=self._can_trim)
+            weight = self._units(batch, micro) / units_all if len(micro) else 0.0
             values = self.critic(part.tokens)
             mask = part.tokens.response_mask.to(values.device)
             loss, stats = algos.clipped_value_loss(
                 values, part.old_values.to(values.device), part.returns.to(values.device), mask,
                 self.algo.vf_clip, self.algo.loss_agg,
             )
-            (loss * weight).backward()
+            (loss * weight * self.world_size).backward()
             vf_loss_total += float(loss.detach()) * weight
             clip_total += float(stats["vf_clip_frac"]) * weight
         norm = self._clip_and_step(self.critic, self.critic_optimizer)
@@ -235,11 +275,18 @@ class Learner:
 
     # ------------------------------------------------------------------------------ weights / state
     def named_weights(self) -> list[tuple[str, torch.Tensor]]:
-        """The policy's weights for the rollout workers (CPU tensors, detached)."""
+        """The policy's weights for the rollout workers (CPU tensors, detached; gathered when sharded)."""
+        if self.world_size > 1:
+            from tinyzero import sharding
+
+            return list(sharding.full_state_dict(self.policy).items())
         return [(name, t.detach().to("cpu")) for name, t in self.policy.state_dict().items()]
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
+        if self.world_size > 1:
+            self._save_sharded(folder)
+            return
         self.policy.save_pretrained(folder / "policy", safe_serialization=True)
         state = {"optimizer": self.optimizer.state_dict(), "updates": self.updates,
                  "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state()}
@@ -248,10 +295,24 @@ class Learner:
             state["critic_optimizer"] = self.critic_optimizer.state_dict()
         torch.save(state, folder / "learner.pt")
 
+    def _save_sharded(self, folder: Path) -> None:
+        """Every process gathers (a collective); the first writes HF-format weights and its optimizer state.
+        Simplification: the optimizer state of a sharded learner is not saved (resume restarts AdamW moments)."""
+        from tinyzero import sharding
+
+        weights = sharding.full_state_dict(self.policy)
+        if self.rank == 0:
+            self.policy.save_pretrained(folder / "policy", state_dict=weights, safe_serialization=True)
+            torch.save({"updates": self.updates, "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state()},
+                       folder / "learner.pt")
+
     def load(self, folder: str | Path) -> None:
         from safetensors.torch import load_file
 
         folder = Path(folder)
+        if self.world_size > 1:
+            self._load_sharded(folder)
+            return
         weights = {}
         for shard in sorted((folder / "policy").glob("*.safetensors")):
             weights.update(load_file(str(shard)))
@@ -267,6 +328,20 @@ class Learner:
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+
+
+    def _load_sharded(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        from tinyzero import sharding
+
+        weights = {}
+        for part in sorted((folder / "policy").glob("*.safetensors")):
+            weights.update(load_file(str(part)))
+        sharding.load_full_state_dict(self.policy, weights)
+        state = torch.load(folder / "learner.pt", weights_only=False)
+        self.updates = state["updates"]
+        self.rng.set_state(state["rng"])
 
 
 class ReferenceModel:

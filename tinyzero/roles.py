@@ -9,7 +9,8 @@ the one place that wraps them with ``ray.remote`` and places them:
 
 Weight sync under Ray passes the learner's weights as an object reference straight to every rollout worker
 (Ray's object store moves them; the driver never holds a copy), then each worker reloads them in place.
-Simplification: one learner process per job (FSDP2 across several learner GPUs is not wired yet).
+With several learner GPUs (or ``placement.learner_workers``), the learner is a group of actors sharding the
+policy with FSDP2; every call goes to all of them. Simplification: one node (the group's rendezvous address).
 """
 
 from __future__ import annotations
@@ -61,6 +62,23 @@ class RayHandle:
         return ray.get(results)
 
 
+class GroupHandle:
+    """Several learner processes sharding one model: every call goes to all of them (each forward of a
+    sharded model is a collective), and the first process's result is the answer."""
+
+    def __init__(self, handles: list[RayHandle]):
+        self.handles = handles
+        self.pending: list = []
+
+    def call(self, method: str, *args, **kwargs) -> Any:
+        return RayHandle.wait([h.submit(method, *args, **kwargs) for h in self.handles])[0]
+
+    def submit(self, method: str, *args, **kwargs) -> Any:
+        refs = [h.submit(method, *args, **kwargs) for h in self.handles]
+        self.pending = refs[1:]
+        return refs[0]
+
+
 @dataclass
 class Roles:
     rollout: list  # handles of the rollout workers (data-parallel)
@@ -83,6 +101,7 @@ class Roles:
         if self.mode == "ray":
             weights = self.learner.submit("named_weights")
             RayHandle.wait([h.submit("update_weights", weights) for h in self.rollout])
+            RayHandle.wait(getattr(self.learner, "pending", []))
         else:
             weights = self.learner.call("named_weights")
             for handle in self.rollout:
@@ -131,6 +150,22 @@ def _learner_kwargs(config: Config) -> dict:
                 gradient_checkpointing=config.model.gradient_checkpointing, seed=config.run.seed)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def learner_processes(config: Config) -> int:
+    """How many learner processes shard the policy: placement.learner_workers, else one per learner GPU."""
+    p = config.placement
+    if p.learner_workers:
+        return p.learner_workers
+    return (p.num_gpus - p.rollout_gpus) if p.strategy == "split" else 1
+
+
 def check_gpus(config: Config) -> None:
     """Stop early, with the fix, when the recipe's GPU layout cannot be served here."""
     p = config.placement
@@ -150,6 +185,14 @@ def check_gpus(config: Config) -> None:
             )
         if p.rollout_gpus % config.rollout.tensor_parallel_size:
             raise TinyZeroError("placement.rollout_gpus must be a multiple of rollout.tensor_parallel_size")
+    learner_gpus = (p.num_gpus - p.rollout_gpus) if p.strategy == "split" else p.num_gpus
+    if p.num_gpus and learner_processes(config) > max(learner_gpus, 1):
+        raise TinyZeroError(
+            f"placement.learner_workers={learner_processes(config)} needs a GPU each but the learner has "
+            f"{learner_gpus}: lower placement.learner_workers or give the learner more GPUs"
+        )
+    if learner_processes(config) > 1 and config.run.mode != "ray":
+        raise TinyZeroError("several learner processes (FSDP2) need run.mode=ray: set it, or placement.learner_workers=1")
 
 
 def build_roles(config: Config, model_path: Path, cache_dir: Path) -> Roles:
@@ -188,15 +231,18 @@ def _build_ray_roles(config: Config, model_path: Path, cache_dir: Path, need_ref
         ray.init(num_cpus=max(cores, 1), num_gpus=p.num_gpus, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": env_vars}, configure_logging=False)
     n_roles = 3 if need_ref else 2
+    n_learners = learner_processes(config)
+    # Tiny CPU shares: the roles take turns, so Ray only needs to co-locate them, not reserve cores.
+    learner_cpus = 0.01 * (n_learners + (1 if need_ref else 0))
     if p.strategy == "split":
         n_workers = p.rollout_gpus // config.rollout.tensor_parallel_size
         bundles = [{"CPU": 0.01, "GPU": config.rollout.tensor_parallel_size} for _ in range(n_workers)]
-        bundles.append({"CPU": 0.01, "GPU": p.num_gpus - p.rollout_gpus})
+        bundles.append({"CPU": learner_cpus, "GPU": p.num_gpus - p.rollout_gpus})
         gpu_rollout, gpu_learner = float(config.rollout.tensor_parallel_size), 1.0 / (n_roles - 1)
         rollout_bundles, learner_bundle = list(range(n_workers)), n_workers
     else:
         n_workers = 1
-        bundles = [{"CPU": 0.01 * n_roles, **({"GPU": p.num_gpus} if p.num_gpus else {})}]
+        bundles = [{"CPU": 0.01 + learner_cpus, **({"GPU": p.num_gpus} if p.num_gpus else {})}]
         share = p.num_gpus / n_roles if p.num_gpus else 0.0
         gpu_rollout, gpu_learner = share, share
         rollout_bundles, learner_bundle = [0], 0
@@ -212,7 +258,18 @@ def _build_ray_roles(config: Config, model_path: Path, cache_dir: Path, need_ref
             model_path, **_rollout_kwargs(config, cache_dir, config.run.seed + i, model_path)))
         for i, b in enumerate(rollout_bundles)
     ]
-    learner = RayHandle(place(Learner, learner_bundle, gpu_learner).remote(model_path, **_learner_kwargs(config)))
+    if n_learners == 1:
+        learner = RayHandle(place(Learner, learner_bundle, gpu_learner).remote(model_path, **_learner_kwargs(config)))
+    else:
+        # FSDP2 across n learner processes; a per-process GPU share leaves room for the reference model.
+        per_gpu = (0.9 if need_ref else 1.0) if p.num_gpus else 0.0
+        init = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"  # simplification: one node
+        learner = GroupHandle([
+            RayHandle(place(Learner, learner_bundle, per_gpu).remote(
+                model_path, **_learner_kwargs(config), rank=r, world_size=n_learners, init_method=init))
+            for r in range(n_learners)
+        ])
+        gpu_learner = 0.1 if p.num_gpus else 0.0
     reference = None
     if need_ref:
         reference = RayHandle(place(ReferenceModel, learner_bundle, gpu_learner).remote(
