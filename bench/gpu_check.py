@@ -1,6 +1,6 @@
 """GPU check: the engine's learner and driver on CUDA in bf16, with a 0.5B-shaped random model.
 
-Run on a GPU box: python bench/gpu_check.py OUT_DIR
+Run on a GPU box: python bench/gpu_check.py OUT_DIR [a.b.c=value ...]   (extra overrides, e.g. algo.name=ppo)
 It needs only torch and transformers (plus this repo on the path): rollouts use the HF backend, so it runs
 where vLLM and Ray are not installed. It reports the device and dtype the roles chose, per-phase seconds,
 learner throughput, peak GPU memory, and checks that a resumed run repeats an uninterrupted one.
@@ -43,7 +43,7 @@ def main() -> None:
     common = [f"model.name={model}", f"run.out_dir={out}", "rollout.backend=hf", "rollout.prompts_per_step=16",
               "rollout.samples_per_prompt=8", "rollout.max_new_tokens=128", "eval.size=32", "eval.every=0",
               "checkpoint.every=1", "env.options={digits: 2, ops: '+', answer_format: last_integer}",
-              "optim.lr=1e-6", "algo.kl_coef=0.001", "optim.micro_batch_size=64"]
+              "optim.lr=1e-6", "algo.kl_coef=0.001", "optim.micro_batch_size=64", *sys.argv[2:]]
     start = time.perf_counter()
     train(None, common + ["run.name=straight", "run.steps=4"])
     straight_s = time.perf_counter() - start
