@@ -204,6 +204,8 @@ class Learner:
             weight_seen += weight
         grad_norm = self._clip_and_step(self.policy, self.optimizer)
         out = {key: (value / weight_seen if weight_seen else 0.0) for key, value in sums.items()}
+        if batch.ref_logprobs is None:
+            del out["kl"]  # no reference model this run: a constant 0 would read as "no drift"
         out.update(grad_norm=grad_norm, lr=self.optim_cfg.lr * self._lr_scale(),
                    skipped_frac=1.0 - len(keep) / max(len(rows), 1))
         if self.critic is not None:
