@@ -285,65 +285,70 @@ class Learner:
         return [(name, t.detach().to("cpu")) for name, t in self.policy.state_dict().items()]
 
     def save(self, folder: str | Path) -> None:
+        """HF-format policy (``policy/``) and critic body (``critic/`` + ``value_head.pt``), and ``learner.pt``.
+
+        Sharded: every process gathers (a collective) and the first writes. Simplification: a sharded learner's
+        AdamW moments are not saved (a resumed run restarts them)."""
         folder = Path(folder)
-        if self.world_size > 1:
-            self._save_sharded(folder)
+        weights = self._full_state(self.policy)
+        critic = self._full_state(self.critic) if self.critic is not None else None
+        if self.rank != 0:
             return
-        self.policy.save_pretrained(folder / "policy", safe_serialization=True)
-        state = {"optimizer": self.optimizer.state_dict(), "updates": self.updates,
-                 "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state()}
-        if self.critic is not None:
-            state["critic"] = self.critic.state_dict()
-            state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        self.policy.save_pretrained(folder / "policy", state_dict=weights, safe_serialization=True)
+        state = {"updates": self.updates, "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state()}
+        if self.world_size == 1:
+            state["optimizer"] = self.optimizer.state_dict()
+            if self.critic is not None:
+                state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        if critic is not None:
+            body = {k.removeprefix("body."): v for k, v in critic.items() if k.startswith("body.")}
+            self.critic.body.save_pretrained(folder / "critic", state_dict=body, safe_serialization=True)
+            torch.save({k: v for k, v in critic.items() if k.startswith("head.")}, folder / "critic" / "value_head.pt")
         torch.save(state, folder / "learner.pt")
 
-    def _save_sharded(self, folder: Path) -> None:
-        """Every process gathers (a collective); the first writes HF-format weights and its optimizer state.
-        Simplification: the optimizer state of a sharded learner is not saved (resume restarts AdamW moments)."""
-        from tinyzero import sharding
+    def _full_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        if self.world_size > 1:
+            from tinyzero import sharding
 
-        weights = sharding.full_state_dict(self.policy)
-        if self.rank == 0:
-            self.policy.save_pretrained(folder / "policy", state_dict=weights, safe_serialization=True)
-            torch.save({"updates": self.updates, "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state()},
-                       folder / "learner.pt")
+            return sharding.full_state_dict(module)
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
     def load(self, folder: str | Path) -> None:
-        from safetensors.torch import load_file
-
         folder = Path(folder)
-        if self.world_size > 1:
-            self._load_sharded(folder)
-            return
-        weights = {}
-        for shard in sorted((folder / "policy").glob("*.safetensors")):
-            weights.update(load_file(str(shard)))
-        missing, unexpected = self.policy.load_state_dict(weights, strict=False)
-        tied = {"lm_head.weight"} if getattr(self.policy.config, "tie_word_embeddings", False) else set()
-        if set(missing) - tied or unexpected:
-            raise RuntimeError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
+        self._load_weights(self.policy, _read_safetensors(folder / "policy"))
+        if self.critic is not None:
+            critic = {f"body.{k}": v for k, v in _read_safetensors(folder / "critic").items()}
+            critic.update(torch.load(folder / "critic" / "value_head.pt", weights_only=True))
+            self._load_weights(self.critic, critic)
         state = torch.load(folder / "learner.pt", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
         self.updates = state["updates"]
         self.rng.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
-        if self.critic is not None:
-            self.critic.load_state_dict(state["critic"])
-            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        if "optimizer" in state and self.world_size == 1:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.critic is not None:
+                self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+
+    def _load_weights(self, module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+        if self.world_size > 1:
+            from tinyzero import sharding
+
+            sharding.load_full_state_dict(module, weights)
+            return
+        missing, unexpected = module.load_state_dict(weights, strict=False)
+        config = getattr(module, "config", None)
+        tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+        if set(missing) - tied or unexpected:
+            raise RuntimeError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
 
 
-    def _load_sharded(self, folder: Path) -> None:
-        from safetensors.torch import load_file
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
 
-        from tinyzero import sharding
-
-        weights = {}
-        for part in sorted((folder / "policy").glob("*.safetensors")):
-            weights.update(load_file(str(part)))
-        sharding.load_full_state_dict(self.policy, weights)
-        state = torch.load(folder / "learner.pt", weights_only=False)
-        self.updates = state["updates"]
-        self.rng.set_state(state["rng"])
+    weights: dict[str, torch.Tensor] = {}
+    for part in sorted(folder.glob("*.safetensors")):
+        weights.update(load_file(str(part)))
+    return weights
 
 
 class ReferenceModel:
