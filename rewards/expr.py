@@ -129,8 +129,3 @@ def evaluate(parsed: Parsed, values: dict[str, int]) -> Fraction:
             stack.append(Fraction(values[tok]))
     return stack[0]
 
-
-def evaluate_exact(values: list[int], ops_rpn: list[str]) -> Fraction:
-    """Evaluate a reverse Polish token list of ints and operators (used by the problem generator)."""
-    parsed = Parsed(tuple(ops_rpn), ())
-    return evaluate(parsed, {tok: int(tok) for tok in ops_rpn if tok not in OPERATORS})

@@ -47,6 +47,11 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype, device: str):
     return model.to(device)
 
 
+def in_chunks(fn, tokens: TokenBatch, size: int) -> torch.Tensor:
+    """``fn`` over ``size``-row slices of ``tokens`` (bounded activation memory), concatenated on CPU, [N, T]."""
+    return torch.cat([fn(tokens.select(rows)).cpu() for rows in torch.arange(len(tokens)).split(size)])
+
+
 class Critic(nn.Module):
     """A value model: the policy's transformer body plus a scalar head, initialised from the policy weights."""
 
@@ -122,22 +127,18 @@ class Learner:
         self.rng = torch.Generator().manual_seed(seed)
 
     # ----------------------------------------------------------------------------------- inference
-    def _chunks(self, n: int) -> list[torch.Tensor]:
-        return list(torch.arange(n).split(self.optim_cfg.micro_batch_size))
-
     @torch.no_grad()
     def logprobs(self, tokens: TokenBatch) -> torch.Tensor:
         """Log-probs of the responses under the current policy, [N, T] (no gradient)."""
         self.policy.eval()
-        parts = [self.scorer(tokens.select(i))[0].cpu() for i in self._chunks(len(tokens))]
-        return torch.cat(parts)
+        return in_chunks(lambda part: self.scorer(part)[0], tokens, self.optim_cfg.micro_batch_size)
 
     @torch.no_grad()
     def values(self, tokens: TokenBatch) -> torch.Tensor:
         """Critic values, [N, T] (PPO only)."""
         assert self.critic is not None, "values() needs algo.name=ppo"
         self.critic.eval()
-        return torch.cat([self.critic(tokens.select(i)).cpu() for i in self._chunks(len(tokens))])
+        return in_chunks(self.critic, tokens, self.optim_cfg.micro_batch_size)
 
     # -------------------------------------------------------------------------------------- update
     def _lr_scale(self) -> float:
@@ -193,11 +194,7 @@ class Learner:
             # distinct prompts), so the shared prompt pass keeps most of its saving.
             lengths = batch.tokens.response_mask[keep].sum(dim=1)
             keep = keep[torch.argsort(lengths, descending=True, stable=True)]
-        for micro in self._my_micro_batches(keep):
-            part = batch.select(micro if len(micro) else keep[:1], trim=self._can_trim)
-            # An empty slot (this process ran out of rows) still runs: every forward of a sharded model is a
-            # collective, so all processes must run the same number; its weight is 0.
-            weight = self._units(batch, micro) / units_all if len(micro) else 0.0
+        for part, weight in self._weighted_parts(batch, keep, units_all):
             stats = self._micro_step(part, weight * self.world_size)  # FSDP averages gradients over processes
             for key in sums:
                 sums[key] += stats.get(key, 0.0) * weight
@@ -212,6 +209,15 @@ class Learner:
             out.update(self._critic_step(batch, rows))
         self.updates += 1
         return out
+
+    def _weighted_parts(self, batch: TrainBatch, rows: torch.Tensor, units_all: float):
+        """(micro-batch, its share of the loss normaliser) for this process's slice of ``rows``.
+
+        An empty slot (this process ran out of rows) still yields one row with weight 0: every forward of a
+        sharded model is a collective, so all processes must run the same number of micro-batches."""
+        for micro in self._my_micro_batches(rows):
+            part = batch.select(micro if len(micro) else rows[:1], trim=self._can_trim)
+            yield part, (self._units(batch, micro) / units_all if len(micro) else 0.0)
 
     def _my_micro_batches(self, rows: torch.Tensor) -> list[torch.Tensor]:
         """This process's micro-batches of ``rows``; the same count on every process (empty ones pad)."""
@@ -260,9 +266,7 @@ class Learner:
         self.critic_optimizer.zero_grad(set_to_none=True)
         units_all = max(self._units(batch, rows), 1.0)
         vf_loss_total, clip_total = 0.0, 0.0
-        for micro in self._my_micro_batches(rows):
-            part = batch.select(micro if len(micro) else rows[:1], trim=self._can_trim)
-            weight = self._units(batch, micro) / units_all if len(micro) else 0.0
+        for part, weight in self._weighted_parts(batch, rows, units_all):
             values = self.critic(part.tokens)
             mask = part.tokens.response_mask.to(values.device)
             loss, stats = algos.clipped_value_loss(
@@ -278,11 +282,7 @@ class Learner:
     # ------------------------------------------------------------------------------ weights / state
     def named_weights(self) -> list[tuple[str, torch.Tensor]]:
         """The policy's weights for the rollout workers (CPU tensors, detached; gathered when sharded)."""
-        if self.world_size > 1:
-            from tinyzero import sharding
-
-            return list(sharding.full_state_dict(self.policy).items())
-        return [(name, t.detach().to("cpu")) for name, t in self.policy.state_dict().items()]
+        return list(self._full_state(self.policy).items())
 
     def save(self, folder: str | Path) -> None:
         """HF-format policy (``policy/``) and critic body (``critic/`` + ``value_head.pt``), and ``learner.pt``.
@@ -363,5 +363,4 @@ class ReferenceModel:
 
     @torch.no_grad()
     def logprobs(self, tokens: TokenBatch) -> torch.Tensor:
-        chunks = torch.arange(len(tokens)).split(self.micro_batch_size)
-        return torch.cat([sequence_logprobs(self.model, tokens.select(i))[0].cpu() for i in chunks])
+        return in_chunks(lambda part: sequence_logprobs(self.model, part)[0], tokens, self.micro_batch_size)

@@ -137,12 +137,10 @@ def _rollout_kwargs(config: Config, cache_dir: Path, seed: int, model_path: Path
 
 
 def _dtype_name(name: str) -> str:
-    """``auto``: bfloat16 on GPU, float32 on CPU (bf16 is slower on CPUs without AMX)."""
-    if name != "auto":
-        return name
-    import torch
+    """The learner's dtype rule (``resolve_dtype``), as the string vLLM and the HF engine take."""
+    from tinyzero.learner import resolve_device, resolve_dtype
 
-    return "bfloat16" if torch.cuda.is_available() else "float32"
+    return str(resolve_dtype(name, resolve_device())).removeprefix("torch.")
 
 
 def _learner_kwargs(config: Config) -> dict:
@@ -196,7 +194,7 @@ def check_gpus(config: Config) -> None:
 
 
 def build_roles(config: Config, model_path: Path, cache_dir: Path) -> Roles:
-    check_gpus(config)
+    """Build the roles; call ``check_gpus(config)`` first (the trainer does, before the model loads)."""
     from tinyzero.learner import Learner, ReferenceModel
     from tinyzero.rollout import RolloutWorker
 

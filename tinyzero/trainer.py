@@ -61,17 +61,16 @@ class Trainer:
         if resume:
             self._restore()
         else:
-            (self.run_dir / "config.yaml").write_text(to_yaml(config))
-            self.log.config(to_yaml(config))
+            resolved = to_yaml(config)
+            (self.run_dir / "config.yaml").write_text(resolved)
+            self.log.config(resolved)
         self._stream = iter_train(self.env, config.run.seed, self._eval_keys)
         for _ in range(self.cursor):  # fast-forward: same data order as an uninterrupted run
             next(self._stream)
 
     # --------------------------------------------------------------------------------- set-up
     def _prepare_run_dir(self, resume: bool) -> None:
-        if resume:
-            if not (self.run_dir / "config.yaml").is_file():
-                raise TinyZeroError(f"no run to resume at {self.run_dir}: start it with `tinyzero train RECIPE`")
+        if resume:  # `train()` has checked the run folder holds a config
             return
         if latest_checkpoint(self.run_dir) is not None or (self.run_dir / "metrics.jsonl").exists():
             raise TinyZeroError(
@@ -215,9 +214,10 @@ class Trainer:
         self.step += 1
         seconds = time.perf_counter() - start
         values = self._step_metrics(scored, stats, timer, seconds)
+        rows = self._rows(scored)
         self.log.scalars(self.step, values)
-        self.log.rollouts(self.step, self._rows(scored))
-        self.log.text("samples/train", self.step, self._rows(scored)[: c.log.samples])
+        self.log.rollouts(self.step, rows)
+        self.log.text("samples/train", self.step, rows[: c.log.samples])
         self.log.progress(self.step, values, seconds)
         return values
 
