@@ -1,4 +1,4 @@
-"""GPU check: the engine's learner and driver on CUDA in bf16, with a 0.5B-shaped random model.
+"""GPU check: the engine's learner and driver on CUDA (bf16 compute, fp32 masters), with a 0.5B-shaped random model.
 
 Run on a GPU box: python bench/gpu_check.py OUT_DIR [a.b.c=value ...]   (extra overrides, e.g. algo.name=ppo)
 It needs only torch and transformers (plus this repo on the path): rollouts use the HF backend, so it runs
@@ -43,7 +43,8 @@ def main() -> None:
     common = [f"model.name={model}", f"run.out_dir={out}", "rollout.backend=hf", "rollout.prompts_per_step=16",
               "rollout.samples_per_prompt=8", "rollout.max_new_tokens=128", "eval.size=32", "eval.every=0",
               "checkpoint.every=1", "env.options={digits: 2, ops: '+', answer_format: last_integer}",
-              "optim.lr=1e-6", "algo.kl_coef=0.001", "optim.micro_batch_size=64", *sys.argv[2:]]
+              "optim.lr=1e-6", "algo.kl_coef=0.001", "optim.micro_batch_size=64", "placement.num_gpus=1",
+              *sys.argv[2:]]
     start = time.perf_counter()
     train(None, common + ["run.name=straight", "run.steps=4"])
     straight_s = time.perf_counter() - start
@@ -54,7 +55,7 @@ def main() -> None:
     same = [x["reward/mean"] == y["reward/mean"] for x, y in zip(a, b, strict=True)]
     learner_tokens = [m["rollout/response_length_mean"] * 128 for m in a]
     print(json.dumps({
-        "device": torch.cuda.get_device_name(0), "params": n_params, "dtype_auto": "bfloat16",
+        "device": torch.cuda.get_device_name(0), "params": n_params, "compute_dtype_auto": "bfloat16", "master_dtype": "float32",
         "straight_run_s": round(straight_s, 1),
         "median_phase_s": {k: sorted(m[k] for m in a[1:])[len(a[1:]) // 2] for k in a[0] if k.startswith("time/")},
         "response_tokens_per_step": learner_tokens,

@@ -111,3 +111,52 @@ def test_sequence_logprobs_entropy_is_detached_unless_asked(tiny_model_dir, toke
     assert not ent.requires_grad
     _, ent = sequence_logprobs(learner.policy, tokens, with_entropy=True, entropy_grad=True)
     assert ent.requires_grad
+
+
+def test_bf16_compute_keeps_fp32_masters_so_a_tiny_lr_still_moves_weights(tiny_model_dir, tokens):
+    """At lr 1e-6 an Adam step (about lr per element) is far below half a bf16 ulp (2.4e-4 at 0.1, this model's
+    weight scale): bf16 master weights would not move at all. fp32 masters with bf16 compute must."""
+    learner = Learner(tiny_model_dir, AlgoConfig(), OptimConfig(lr=1e-6, micro_batch_size=6), compute_dtype="bfloat16")
+    assert learner.compute_dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in learner.policy.parameters())
+    fp32 = Learner(tiny_model_dir, AlgoConfig(), OptimConfig(), compute_dtype="float32")
+    lp_bf16, lp_fp32 = learner.logprobs(tokens), fp32.logprobs(tokens)
+    mask = tokens.response_mask > 0
+    # The forward really ran in bf16 (different rounding), and stayed close to fp32.
+    assert not torch.equal(lp_bf16[mask], lp_fp32[mask])
+    torch.testing.assert_close(lp_bf16[mask], lp_fp32[mask], atol=0.1, rtol=0.05)
+    scores = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    adv = algos.broadcast_sequence_advantages(algos.grpo_advantages(scores, 2), tokens.response_mask)
+    before = {n: p.detach().clone() for n, p in learner.policy.named_parameters()}
+    learner.update(TrainBatch(tokens, adv))
+    total = moved = 0
+    for name, p in learner.policy.named_parameters():
+        touched = p.grad != 0  # embedding rows of tokens absent from the batch get no gradient, and stay
+        total += int(touched.sum())
+        moved += int((p.detach() != before[name])[touched].sum())
+    assert total > 50_000 and moved / total > 0.99, (moved, total)
+    states = [s for state in learner.optimizer.state.values() for s in state.values() if torch.is_tensor(s)]
+    assert states and all(s.dtype == torch.float32 for s in states if s.dim() > 0)
+    # What a pure-bf16 AdamW would have done with the same gradient sign: nothing at all.
+    bf16 = {n: v.to(torch.bfloat16) for n, v in before.items()}
+    assert all(torch.equal((v + 1e-6).to(torch.bfloat16), v) for v in bf16.values() if v.abs().min() > 0.01)
+    # The rollout engine gets the weights in its own dtype (half the bytes), rounded from the fp32 masters.
+    pushed = dict(learner.named_weights("bfloat16"))
+    assert all(t.dtype == torch.bfloat16 for t in pushed.values())
+    name = next(iter(pushed))
+    assert torch.equal(pushed[name], dict(learner.policy.named_parameters())[name].detach().to(torch.bfloat16))
+
+
+def test_gpu_learner_benchmark_runs_on_cpu_with_a_tiny_shape(tmp_path):
+    """The GPU benchmark (bench/gpu_learner.py) must not rot between GPU sessions: its tiny shape runs here."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "bench" / "gpu_learner.py"
+    spec = importlib.util.spec_from_file_location("gpu_learner", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (result,) = bench.main([str(tmp_path), "--shapes", "tiny", "--seqs", "8", "--prompt", "6", "--response", "10",
+                            "--micro", "4", "--updates", "1"])
+    assert result["master_dtype"] == "torch.float32" and result["moved_frac_after_one_update"] > 0.5
+    assert result["s_per_update_median"] > 0 and result["tokens_per_s"] > 0

@@ -5,13 +5,22 @@ transformers' greedy tokens on the same weights, for an untied model and for a t
 pushed weights lack `lm_head.weight` (as `save_pretrained` folders do).
 """
 
+import logging
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from tinyzero.errors import TinyZeroError
 from tinyzero.models import load_tokenizer
-from tinyzero.rollout import Completion, RolloutWorker, _with_tied_head
+from tinyzero.rollout import (
+    _RELOAD_LOGGER,
+    Completion,
+    RolloutWorker,
+    _RopeReloadFilter,
+    _with_tied_head,
+    quiet_rope_reload_warning,
+)
 
 MAX_NEW = 12
 QUESTIONS = ["What is 2+2?", "Name a colour.", "Count: 1, 2,"]
@@ -166,3 +175,38 @@ def test_user_errors_are_clear(tiny_model_dir, tmp_path):
         RolloutWorker(tiny_model_dir, backend="tensorrt")
     with pytest.raises(TinyZeroError, match="no model folder"):
         RolloutWorker(tmp_path / "missing", backend="hf")
+
+
+def _record(msg, *args, level=logging.WARNING):
+    return logging.LogRecord(_RELOAD_LOGGER, level, "layerwise.py", 266, msg, args, None)
+
+
+def test_rope_reload_filter_drops_only_the_rotary_embedding_warning():
+    keep = _RopeReloadFilter().filter
+    assert not keep(_record("%s: Failed to load weights", "RotaryEmbedding"))
+    assert keep(_record("%s: Failed to load weights", "QKVParallelLinear"))  # a real failure stays
+    assert keep(_record("%s: Failed to load weights", "FourierRotaryEmbedding"))  # has learned weights
+    assert keep(_record("Allocating %.1f MB of device memory to buffers to load %s layers.", 1.0, "[]"))
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_rope_reload_filter_is_installed_once_on_vllms_logger():
+    logger, capture = logging.getLogger(_RELOAD_LOGGER), _Capture()
+    quiet_rope_reload_warning()
+    quiet_rope_reload_warning()
+    assert sum(isinstance(f, _RopeReloadFilter) for f in logger.filters) == 1
+    logger.addHandler(capture)
+    try:
+        logger.warning("%s: Failed to load weights", "RotaryEmbedding")
+        logger.warning("%s: Failed to load weights", "VocabParallelEmbedding")
+    finally:
+        logger.removeHandler(capture)
+    assert capture.messages == ["VocabParallelEmbedding: Failed to load weights"]

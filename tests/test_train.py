@@ -136,10 +136,13 @@ def test_gpu_layout_the_machine_cannot_serve(tiny_model_dir, tmp_path):
     if torch.cuda.device_count() >= 8:
         pytest.skip("this machine really has 8 GPUs")
     result = cli("train", "recipes/demo-cpu.yaml", f"model.name={tiny_model_dir}", f"run.out_dir={tmp_path}",
-                 "placement.num_gpus=8")
+                 "placement.num_gpus=8", "run.mode=ray")
     assert result.returncode != 0
-    assert "asks for 8 GPU(s)" in result.stderr and "placement.num_gpus" in result.stderr
+    have = torch.cuda.device_count()
+    fragment = "has none" if have == 0 else f"asks for 8 GPU(s) but this machine has {have}"
+    assert "8 GPU(s)" in result.stderr and fragment in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "demo").exists()  # stopped before the run folder or any model was made
 
 
 def test_existing_run_is_not_overwritten(tiny_model_dir, tmp_path):

@@ -46,12 +46,12 @@ class ModelConfig:
     """Model.
 
     name: smollm2-135m (bundled), an HF hub id, or a local HF folder
-    dtype: float32, bfloat16, or auto (bfloat16 on GPU, float32 on CPU where bf16 is slower)
+    compute_dtype: dtype of the matmuls, the rollout engine and the reference model: float32, bfloat16, or auto (bfloat16 on GPU, float32 on CPU); the learner's master weights and AdamW states are always float32
     gradient_checkpointing: recompute activations in the backward pass to save memory
     """
 
     name: str = "smollm2-135m"
-    dtype: str = "auto"
+    compute_dtype: str = "auto"
     gradient_checkpointing: bool = False
 
 
@@ -156,9 +156,9 @@ class PlacementConfig:
     """Placement.
 
     strategy: colocate (all roles share the devices) or split (rollout on its own GPUs)
-    num_gpus: GPUs to use (0: CPU only)
-    rollout_gpus: GPUs given to rollout workers under split
-    learner_workers: learner processes sharding the policy with FSDP2 (0: one per learner GPU under split, else 1)
+    num_gpus: GPUs to use (0: CPU only, every role on the CPU)
+    rollout_gpus: GPUs given to rollout workers under split (the reference model shares the first one)
+    learner_workers: learner processes sharding the policy with FSDP2 (0: one per learner GPU; 1 on CPU)
     """
 
     strategy: str = "colocate"
@@ -223,7 +223,7 @@ class Config:
 
 CHOICES = {
     "run.mode": ("local", "ray"),
-    "model.dtype": ("auto", "float32", "bfloat16"),
+    "model.compute_dtype": ("auto", "float32", "bfloat16"),
     "env.template": ("chat", "base"),
     "rollout.backend": ("vllm", "hf"),
     "algo.name": ("grpo", "ppo"),
@@ -232,6 +232,8 @@ CHOICES = {
     "algo.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     "placement.strategy": ("colocate", "split"),
 }
+# Keys that older recipes and run folders may still hold, with the key that replaced them.
+RENAMED = {"model.dtype": "model.compute_dtype (master weights are always float32)"}
 POSITIVE = ("run.steps", "rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
             "algo.epochs", "algo.mini_batches", "optim.micro_batch_size", "eval.size")
 
@@ -246,6 +248,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in names:
+            if dotted in RENAMED:
+                raise TinyZeroError(f"{dotted} was renamed: write {RENAMED[dotted]} instead")
             raise TinyZeroError(f"unknown key {dotted}: valid keys here are {', '.join(sorted(names))}")
         kwargs[key] = _value(hints[key], value, dotted)
     return cls(**kwargs)

@@ -1,16 +1,16 @@
-"""Assembling the roles: plain objects in one process (``local``) or Ray actors on placement groups (``ray``).
+"""Assembling the roles: plain objects in one process (``local``) or Ray actors on one placement group (``ray``).
 
-The roles themselves (``RolloutWorker``, ``Learner``, ``ReferenceModel``) never import Ray; this module is
-the one place that wraps them with ``ray.remote`` and places them:
+The roles themselves (``RolloutWorker``, ``Learner``, ``ReferenceModel``) never import Ray. This module builds
+them along one path for both modes: ``tinyzero.placement.plan_layout`` says where each role goes, a backend
+(``_LocalBackend`` or ``_RayBackend``) creates it there, and typed facades (``RolloutPool``, ``LearnerGroup``,
+``ReferenceHandle``) are what the driver calls — ``roles.learner.update(batch)``, never a method name string.
 
-- ``colocate``: one placement-group bundle holds every role; they share its CPUs/GPUs (fractional GPUs).
-- ``split``: rollout workers get their own GPUs (one data-parallel vLLM engine per ``tensor_parallel_size``
-  GPUs), learner and reference share the rest — the TinyZero 2-GPU layout.
-
-Weight sync under Ray passes the learner's weights as an object reference straight to every rollout worker
-(Ray's object store moves them; the driver never holds a copy), then each worker reloads them in place.
-With several learner GPUs (or ``placement.learner_workers``), the learner is a group of actors sharding the
-policy with FSDP2; every call goes to all of them. Simplification: one node (the group's rendezvous address).
+Start order: a role that shares a GPU with vLLM is created only after every engine is ready, because vLLM
+counts every byte that disappears during its start-up profiling as its own (roles on other GPUs load meanwhile).
+Weight sync under Ray passes the learner's weights (already cast to the rollout dtype) as one object reference
+straight to every rollout worker; the driver never holds a copy. With several learner processes (FSDP2) every
+call goes to all of them and the first one's answer is returned.
+Simplification: one node (the learner group's rendezvous address is this node's).
 """
 
 from __future__ import annotations
@@ -22,101 +22,220 @@ from typing import Any
 
 from tinyzero.config import Config
 from tinyzero.errors import TinyZeroError
+from tinyzero.placement import CPU_PER_ACTOR, Layout, Slot, plan_layout
 
 
-class LocalHandle:
-    """Calls methods on a plain object."""
+# ------------------------------------------------------------------------------------------- backends
+class _LocalBackend:
+    """Roles are plain objects; a call runs at once and its "future" is its result."""
 
-    def __init__(self, obj: Any):
-        self.obj = obj
+    def spawn(self, cls, slot: Slot, env: dict[str, str], *args, **kwargs) -> Any:
+        return cls(*args, **kwargs)
 
-    def call(self, method: str, *args, **kwargs) -> Any:
-        return getattr(self.obj, method)(*args, **kwargs)
+    def submit(self, target: Any, method: str, *args, **kwargs) -> Any:
+        return getattr(target, method)(*args, **kwargs)
 
-    def submit(self, method: str, *args, **kwargs) -> Any:
-        return self.call(method, *args, **kwargs)
+    def get(self, futures: list) -> list:
+        return list(futures)
 
-    @staticmethod
-    def wait(results: list) -> list:
-        return results
+    def close(self) -> None:
+        pass
 
 
-class RayHandle:
-    """Calls methods on a Ray actor."""
+class _RayBackend:
+    """Roles are Ray actors on one placement group of one-GPU bundles (see ``tinyzero.placement``)."""
 
-    def __init__(self, actor: Any):
-        self.actor = actor
+    def __init__(self, layout: Layout, *, cores: int, env_vars: dict[str, str], ready_timeout_s: float = 600):
+        import ray
+        from ray.util.placement_group import placement_group
 
-    def call(self, method: str, *args, **kwargs) -> Any:
+        if not ray.is_initialized():
+            ray.init(num_cpus=max(cores, 1), num_gpus=layout.num_gpus, include_dashboard=False,
+                     log_to_driver=True, runtime_env={"env_vars": env_vars}, configure_logging=False)
+        have = ray.cluster_resources().get("GPU", 0)
+        if layout.num_gpus > have:
+            raise TinyZeroError(f"the Ray cluster has {have:g} GPU(s) but placement.num_gpus={layout.num_gpus}: "
+                                "lower placement.num_gpus or add GPU nodes to the cluster")
+        self.group = placement_group(list(layout.bundles), strategy="PACK")
+        # A bounded wait: a placement group that cannot be placed fails here instead of hanging the run.
+        if not self.group.wait(ready_timeout_s):
+            raise TinyZeroError(f"Ray could not reserve {list(layout.bundles)} within {ready_timeout_s:.0f} s: "
+                                "another job holds the GPUs, or placement.num_gpus is more than the cluster has")
+
+    def spawn(self, cls, slot: Slot, env: dict[str, str], *args, **kwargs) -> Any:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        strategy = PlacementGroupSchedulingStrategy(placement_group=self.group,
+                                                    placement_group_bundle_index=slot.bundle)
+        options: dict[str, Any] = dict(num_cpus=CPU_PER_ACTOR, num_gpus=slot.gpus, scheduling_strategy=strategy)
+        if env:
+            options["runtime_env"] = {"env_vars": env}  # merged with the job's env_vars by Ray
+        return ray.remote(cls).options(**options).remote(*args, **kwargs)
+
+    def submit(self, target: Any, method: str, *args, **kwargs) -> Any:
+        return getattr(target, method).remote(*args, **kwargs)
+
+    def get(self, futures: list) -> list:
         import ray
 
-        return ray.get(getattr(self.actor, method).remote(*args, **kwargs))
+        return ray.get(list(futures))
 
-    def submit(self, method: str, *args, **kwargs) -> Any:
-        return getattr(self.actor, method).remote(*args, **kwargs)
-
-    @staticmethod
-    def wait(results: list) -> list:
+    def close(self) -> None:
         import ray
 
-        return ray.get(results)
+        ray.shutdown()
 
 
-class GroupHandle:
-    """Several learner processes sharding one model: every call goes to all of them (each forward of a
-    sharded model is a collective), and the first process's result is the answer."""
+# ---------------------------------------------------------------------------------------- facades
+class RolloutPool:
+    """The data-parallel rollout workers: prompts are split across them and results concatenated in order."""
 
-    def __init__(self, handles: list[RayHandle]):
-        self.handles = handles
-        self.pending: list = []
+    def __init__(self, backend, workers: list, *, sleeps: bool, dtype: str):
+        self.backend, self.workers, self.sleeps, self.dtype = backend, workers, sleeps, dtype
+        self.asleep = False
 
-    def call(self, method: str, *args, **kwargs) -> Any:
-        return RayHandle.wait([h.submit(method, *args, **kwargs) for h in self.handles])[0]
+    def _map(self, method: str, prompts: list, seeds: list[int] | None, **kwargs) -> list:
+        size = -(-len(prompts) // len(self.workers))
+        futures = []
+        for i, worker in enumerate(self.workers):
+            chunk = prompts[i * size : (i + 1) * size]
+            if chunk:
+                extra = {"seeds": seeds[i * size : (i + 1) * size]} if seeds is not None else {}
+                futures.append(self.backend.submit(worker, method, chunk, **kwargs, **extra))
+        return [item for part in self.backend.get(futures) for item in part]
 
-    def submit(self, method: str, *args, **kwargs) -> Any:
-        refs = [h.submit(method, *args, **kwargs) for h in self.handles]
-        self.pending = refs[1:]
-        return refs[0]
+    def generate(self, prompts: list[list[int]], *, n: int, max_new_tokens: int, temperature: float,
+                 top_p: float = 1.0, seeds: list[int] | None = None) -> list:
+        """``n`` completions per prompt (``seeds``: one per prompt, used where the platform supports them)."""
+        self.wake_up()
+        return self._map("generate", prompts, seeds, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                         top_p=top_p)
+
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list:
+        self.wake_up()
+        return self._map("greedy", prompts, None, max_new_tokens=max_new_tokens)
+
+    def reseed(self, seed: int) -> None:
+        self.backend.get([self.backend.submit(w, "reseed", seed) for w in self.workers])
+
+    def sleep(self) -> None:
+        """Free the engines' GPU memory for the update (colocated layouts only; elsewhere nothing to free)."""
+        if self.sleeps and not self.asleep:
+            self.backend.get([self.backend.submit(w, "sleep") for w in self.workers])
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.backend.get([self.backend.submit(w, "wake_up") for w in self.workers])
+            self.asleep = False
+
+    def update_weights(self, weights: Any) -> None:
+        self.wake_up()
+        self.backend.get([self.backend.submit(w, "update_weights", weights) for w in self.workers])
+
+    def close(self) -> None:
+        for worker in self.workers:
+            try:
+                self.backend.get([self.backend.submit(worker, "close")])
+            except Exception as exc:  # shutting down anyway: say so, then go on with the others
+                print(f"tinyzero: a rollout worker did not close cleanly ({type(exc).__name__}: {exc})")
+
+
+class LearnerGroup:
+    """One learner, or several processes sharding it (FSDP2): every call goes to all, rank 0 answers."""
+
+    def __init__(self, backend, processes: list):
+        self.backend, self.processes = backend, processes
+
+    def _all(self, method: str, *args, **kwargs) -> Any:
+        return self.backend.get([self.backend.submit(p, method, *args, **kwargs) for p in self.processes])[0]
+
+    def update(self, batch) -> dict[str, float]:
+        return self._all("update", batch)
+
+    def logprobs(self, tokens):
+        return self._all("logprobs", tokens)
+
+    def values(self, tokens):
+        return self._all("values", tokens)
+
+    def save(self, folder: str) -> None:
+        self._all("save", folder)
+
+    def load(self, folder: str) -> None:
+        self._all("load", folder)
+
+    def submit_named_weights(self, dtype: str) -> list:
+        """Futures of every process's ``named_weights(dtype)`` (all must gather); the first holds the weights."""
+        return [self.backend.submit(p, "named_weights", dtype) for p in self.processes]
+
+
+class ReferenceHandle:
+    def __init__(self, backend, model):
+        self.backend, self.model = backend, model
+
+    def logprobs(self, tokens):
+        return self.backend.get([self.backend.submit(self.model, "logprobs", tokens)])[0]
 
 
 @dataclass
 class Roles:
-    rollout: list  # handles of the rollout workers (data-parallel)
-    learner: Any
-    reference: Any | None
-    mode: str
-
-    def generate(self, method: str, prompts: list, **kwargs) -> list:
-        """Split prompts across rollout workers, run them concurrently, concatenate in order."""
-        k = len(self.rollout)
-        size = -(-len(prompts) // k)
-        chunks = [prompts[i * size : (i + 1) * size] for i in range(k)]
-        pending = [h.submit(method, chunk, **kwargs) for h, chunk in zip(self.rollout, chunks, strict=True) if chunk]
-        out: list = []
-        for part in self.rollout[0].wait(pending):
-            out.extend(part)
-        return out
+    rollout: RolloutPool
+    learner: LearnerGroup
+    reference: ReferenceHandle | None
+    layout: Layout
+    backend: Any
 
     def sync_weights(self) -> None:
-        if self.mode == "ray":
-            weights = self.learner.submit("named_weights")
-            RayHandle.wait([h.submit("update_weights", weights) for h in self.rollout])
-            RayHandle.wait(getattr(self.learner, "pending", []))
-        else:
-            weights = self.learner.call("named_weights")
-            for handle in self.rollout:
-                handle.call("update_weights", weights)
+        """Push the learner's weights, cast to the rollout engine's dtype, into every rollout worker in place."""
+        futures = self.learner.submit_named_weights(self.rollout.dtype)
+        self.rollout.update_weights(futures[0])  # Ray: an object reference, resolved inside each worker
+        self.backend.get(futures[1:])
 
     def close(self) -> None:
-        for handle in self.rollout:
-            try:
-                handle.call("close")
-            except Exception:  # best effort on shutdown
-                pass
-        if self.mode == "ray":
-            import ray
+        self.rollout.close()
+        self.backend.close()
 
-            ray.shutdown()
+
+# ------------------------------------------------------------------------------------------ building
+def check_gpus(config: Config, available: int | None = None) -> Layout:
+    """Stop early, with the fix, when the recipe's layout is impossible or this machine cannot serve it."""
+    layout = plan_layout(config)
+    if available is None:
+        import torch
+
+        available = torch.cuda.device_count()
+    if config.run.mode == "ray" and _ray_address():
+        return layout  # a cluster: its GPUs are counted when Ray starts
+    if layout.num_gpus > available:
+        raise TinyZeroError(gpu_shortfall(layout.num_gpus, available))
+    return layout
+
+
+def gpu_shortfall(asked: int, have: int) -> str:
+    """What to do when a recipe asks for more GPUs than the machine has."""
+    if have == 0:
+        return (f"this recipe needs {asked} GPU(s) and this machine has none: run it on a GPU box, or try the "
+                "kit here with the CPU demo (`make demo`, recipes/demo-cpu.yaml)")
+    return (f"this recipe asks for {asked} GPU(s) but this machine has {have}: rent a box with {asked}, or run a "
+            f"smaller layout here (placement.num_gpus={have}, with placement.strategy=colocate for one GPU; "
+            "a model of 1.5B or less fits one GPU)")
+
+
+def _ray_address() -> str:
+    return os.environ.get("RAY_ADDRESS", "")
+
+
+def rollout_dtype(config: Config) -> str:
+    """The dtype the rollout engine and reference model hold weights in: the compute dtype."""
+    from tinyzero.learner import resolve_dtype
+
+    return str(resolve_dtype(config.model.compute_dtype, _device(config))).removeprefix("torch.")
+
+
+def _device(config: Config) -> str:
+    return "cuda" if config.placement.num_gpus else "cpu"
 
 
 def _max_model_len(model_path: Path, cap: int = 4096) -> int:
@@ -127,27 +246,6 @@ def _max_model_len(model_path: Path, cap: int = 4096) -> int:
     return int(min(limit, cap))
 
 
-def _rollout_kwargs(config: Config, cache_dir: Path, seed: int, model_path: Path) -> dict:
-    r = config.rollout
-    return dict(
-        backend=r.backend, dtype=_dtype_name(config.model.dtype), seed=seed,
-        max_model_len=_max_model_len(model_path), kv_cache_gib=r.kv_cache_gib, gpu_memory_utilization=r.gpu_memory_utilization,
-        tensor_parallel_size=r.tensor_parallel_size, cache_dir=cache_dir,
-    )
-
-
-def _dtype_name(name: str) -> str:
-    """The learner's dtype rule (``resolve_dtype``), as the string vLLM and the HF engine take."""
-    from tinyzero.learner import resolve_device, resolve_dtype
-
-    return str(resolve_dtype(name, resolve_device())).removeprefix("torch.")
-
-
-def _learner_kwargs(config: Config) -> dict:
-    return dict(algo=config.algo, optim=config.optim, dtype=config.model.dtype,
-                gradient_checkpointing=config.model.gradient_checkpointing, seed=config.run.seed)
-
-
 def _free_port() -> int:
     import socket
 
@@ -156,68 +254,50 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def learner_processes(config: Config) -> int:
-    """How many learner processes shard the policy: placement.learner_workers, else one per learner GPU."""
-    p = config.placement
-    if p.learner_workers:
-        return p.learner_workers
-    return (p.num_gpus - p.rollout_gpus) if p.strategy == "split" else 1
-
-
-def check_gpus(config: Config) -> None:
-    """Stop early, with the fix, when the recipe's GPU layout cannot be served here."""
-    p = config.placement
-    import torch
-
-    have = torch.cuda.device_count()
-    if p.num_gpus > have:
-        raise TinyZeroError(
-            f"the recipe asks for {p.num_gpus} GPU(s) but this machine has {have}: set placement.num_gpus={have} "
-            "(0 runs on CPU) or run on a machine with more GPUs"
-        )
-    if p.strategy == "split":
-        if p.num_gpus < 2 or not 1 <= p.rollout_gpus < p.num_gpus:
-            raise TinyZeroError(
-                "placement.strategy=split needs at least 2 GPUs with 1 <= placement.rollout_gpus < num_gpus: "
-                "use strategy=colocate on one GPU"
-            )
-        if p.rollout_gpus % config.rollout.tensor_parallel_size:
-            raise TinyZeroError("placement.rollout_gpus must be a multiple of rollout.tensor_parallel_size")
-    learner_gpus = (p.num_gpus - p.rollout_gpus) if p.strategy == "split" else p.num_gpus
-    if p.num_gpus and learner_processes(config) > max(learner_gpus, 1):
-        raise TinyZeroError(
-            f"placement.learner_workers={learner_processes(config)} needs a GPU each but the learner has "
-            f"{learner_gpus}: lower placement.learner_workers or give the learner more GPUs"
-        )
-    if learner_processes(config) > 1 and config.run.mode != "ray":
-        raise TinyZeroError("several learner processes (FSDP2) need run.mode=ray: set it, or placement.learner_workers=1")
-
-
-def build_roles(config: Config, model_path: Path, cache_dir: Path) -> Roles:
-    """Build the roles; call ``check_gpus(config)`` first (the trainer does, before the model loads)."""
+def build_roles(config: Config, model_path: Path, cache_dir: Path, layout: Layout | None = None) -> Roles:
+    """Create every role where ``layout`` (default: ``check_gpus(config)``) puts it, vLLM first."""
     from tinyzero.learner import Learner, ReferenceModel
     from tinyzero.rollout import RolloutWorker
 
-    need_ref = config.algo.kl_coef > 0
+    layout = layout or check_gpus(config)
+    backend = _make_backend(config, layout)
+    r, device, dtype = config.rollout, _device(config), rollout_dtype(config)
+    engines = [
+        backend.spawn(RolloutWorker, e.actor, e.env(), model_path, backend=r.backend, dtype=dtype,
+                      seed=config.run.seed + i, device=device, max_model_len=_max_model_len(model_path),
+                      kv_cache_gib=r.kv_cache_gib, gpu_memory_utilization=r.gpu_memory_utilization,
+                      tensor_parallel_size=r.tensor_parallel_size, cache_dir=cache_dir,
+                      sleep_mode=layout.rollout_sleeps)
+        for i, e in enumerate(layout.engines)
+    ]
+    n = len(layout.learners)
+    init = f"tcp://{_node_ip(config)}:{_free_port()}" if n > 1 else None
+    learner_kwargs = dict(algo=config.algo, optim=config.optim, compute_dtype=config.model.compute_dtype,
+                          device=device, gradient_checkpointing=config.model.gradient_checkpointing,
+                          seed=config.run.seed)
+    specs: list[tuple[Slot, Any]] = [
+        (slot, lambda rank=rank, slot=slot: backend.spawn(
+            Learner, slot, {}, model_path, **learner_kwargs, rank=rank, world_size=n, init_method=init))
+        for rank, slot in enumerate(layout.learners)
+    ]
+    if layout.reference is not None:
+        specs.append((layout.reference, lambda: backend.spawn(
+            ReferenceModel, layout.reference, {}, model_path, dtype=dtype, device=device,
+            micro_batch_size=config.optim.micro_batch_size)))
+    made = {i: make() for i, (slot, make) in enumerate(specs) if not layout.waits_for_rollout(slot)}
+    if len(made) < len(specs):
+        backend.get([backend.submit(e, "ready") for e in engines])
+        made.update({i: make() for i, (_, make) in enumerate(specs) if i not in made})
+    objects = [made[i] for i in range(len(specs))]
+    learner = LearnerGroup(backend, objects[:n])
+    reference = ReferenceHandle(backend, objects[n]) if layout.reference is not None else None
+    return Roles(RolloutPool(backend, engines, sleeps=layout.rollout_sleeps, dtype=dtype), learner, reference,
+                 layout, backend)
+
+
+def _make_backend(config: Config, layout: Layout):
     if config.run.mode == "local":
-        rollout = RolloutWorker(model_path, **_rollout_kwargs(config, cache_dir, config.run.seed, model_path))
-        learner = Learner(model_path, **_learner_kwargs(config))
-        reference = ReferenceModel(model_path, dtype=config.model.dtype,
-                                   micro_batch_size=config.optim.micro_batch_size) if need_ref else None
-        return Roles([LocalHandle(rollout)], LocalHandle(learner),
-                     LocalHandle(reference) if reference else None, "local")
-    return _build_ray_roles(config, model_path, cache_dir, need_ref)
-
-
-def _build_ray_roles(config: Config, model_path: Path, cache_dir: Path, need_ref: bool) -> Roles:
-    import ray
-    from ray.util.placement_group import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    from tinyzero.learner import Learner, ReferenceModel
-    from tinyzero.rollout import RolloutWorker
-
-    p = config.placement
+        return _LocalBackend()
     cores = config.run.threads or os.cpu_count() or 1
     env_vars = {
         # A Ray actor computes on one thread unless told otherwise (measured: vLLM CPU in an actor).
@@ -225,51 +305,12 @@ def _build_ray_roles(config: Config, model_path: Path, cache_dir: Path, need_ref
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    if not ray.is_initialized():
-        ray.init(num_cpus=max(cores, 1), num_gpus=p.num_gpus, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": env_vars}, configure_logging=False)
-    n_roles = 3 if need_ref else 2
-    n_learners = learner_processes(config)
-    # Tiny CPU shares: the roles take turns, so Ray only needs to co-locate them, not reserve cores.
-    learner_cpus = 0.01 * (n_learners + (1 if need_ref else 0))
-    if p.strategy == "split":
-        n_workers = p.rollout_gpus // config.rollout.tensor_parallel_size
-        bundles = [{"CPU": 0.01, "GPU": config.rollout.tensor_parallel_size} for _ in range(n_workers)]
-        bundles.append({"CPU": learner_cpus, "GPU": p.num_gpus - p.rollout_gpus})
-        gpu_rollout, gpu_learner = float(config.rollout.tensor_parallel_size), 1.0 / (n_roles - 1)
-        rollout_bundles, learner_bundle = list(range(n_workers)), n_workers
-    else:
-        n_workers = 1
-        bundles = [{"CPU": 0.01 + learner_cpus, **({"GPU": p.num_gpus} if p.num_gpus else {})}]
-        share = p.num_gpus / n_roles if p.num_gpus else 0.0
-        gpu_rollout, gpu_learner = share, share
-        rollout_bundles, learner_bundle = [0], 0
-    group = placement_group(bundles, strategy="PACK")
-    ray.get(group.ready())
+    return _RayBackend(layout, cores=cores, env_vars=env_vars)
 
-    def place(cls, bundle: int, gpus: float):
-        strategy = PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=bundle)
-        return ray.remote(num_cpus=0.01, num_gpus=gpus, scheduling_strategy=strategy)(cls)
 
-    rollout = [
-        RayHandle(place(RolloutWorker, b, gpu_rollout).remote(
-            model_path, **_rollout_kwargs(config, cache_dir, config.run.seed + i, model_path)))
-        for i, b in enumerate(rollout_bundles)
-    ]
-    if n_learners == 1:
-        learner = RayHandle(place(Learner, learner_bundle, gpu_learner).remote(model_path, **_learner_kwargs(config)))
-    else:
-        # FSDP2 across n learner processes; a per-process GPU share leaves room for the reference model.
-        per_gpu = (0.9 if need_ref else 1.0) if p.num_gpus else 0.0
-        init = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"  # simplification: one node
-        learner = GroupHandle([
-            RayHandle(place(Learner, learner_bundle, per_gpu).remote(
-                model_path, **_learner_kwargs(config), rank=r, world_size=n_learners, init_method=init))
-            for r in range(n_learners)
-        ])
-        gpu_learner = 0.1 if p.num_gpus else 0.0
-    reference = None
-    if need_ref:
-        reference = RayHandle(place(ReferenceModel, learner_bundle, gpu_learner).remote(
-            model_path, dtype=config.model.dtype, micro_batch_size=config.optim.micro_batch_size))
-    return Roles(rollout, learner, reference, "ray")
+def _node_ip(config: Config) -> str:
+    if config.run.mode == "local":
+        return "127.0.0.1"
+    import ray
+
+    return ray.util.get_node_ip_address()

