@@ -113,6 +113,8 @@ def _vllm_quiet() -> None:
 
 
 def _finish(summary: dict) -> int:
+    if summary.get("usd") is not None:
+        print(f"cost: ${summary['usd']:.2f} ({summary['gpu_hours']:.2f} GPU-hours)")
     print(
         f"held-out greedy accuracy: {summary['before']:.1%} before -> {summary['after']:.1%} after "
         f"{summary['steps']} steps, on {summary['n']} problems never used in training"

@@ -31,6 +31,7 @@ class RunConfig:
     steps: training steps (one rollout batch and its updates per step)
     mode: local (roles as plain objects in one process) or ray (roles as Ray actors on placement groups)
     threads: torch CPU threads (0: all cores)
+    budget_usd: stop cleanly, with a checkpoint, before the cost meter would pass this many dollars (0: no budget)
     """
 
     name: str = "run"
@@ -39,6 +40,7 @@ class RunConfig:
     steps: int = 20
     mode: str = "local"
     threads: int = 0
+    budget_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,26 @@ class PlacementConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Ray cluster (run.mode=ray).
+
+    address: empty: start a Ray instance on this machine; auto: join the cluster running here (ray start --head); or host:port of its head
+    """
+
+    address: str = ""
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """Cost meter (cost/ metrics, the progress line, run.budget_usd).
+
+    usd_per_gpu_hour: price of one GPU for one hour (0: read $TINYZERO_USD_PER_GPU_HOUR; unset: dollars are not shown); a CPU-only run is billed as one unit
+    """
+
+    usd_per_gpu_hour: float = 0.0
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Held-out evaluation (greedy decoding; accuracy counts `correct` only).
 
@@ -216,6 +238,8 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -236,6 +260,7 @@ CHOICES = {
 RENAMED = {"model.dtype": "model.compute_dtype (master weights are always float32)"}
 POSITIVE = ("run.steps", "rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
             "algo.epochs", "algo.mini_batches", "optim.micro_batch_size", "eval.size")
+NON_NEGATIVE = ("run.budget_usd", "cost.usd_per_gpu_hour")
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -263,10 +288,10 @@ def _value(hint: Any, value: Any, dotted: str) -> Any:
             raise TinyZeroError(f"{dotted} must be a mapping, got {value!r}")
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if hint is float and isinstance(value, str):
         try:  # YAML 1.1 reads `1e-5` (no dot) as a string; accept it as the number it plainly is
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if hint is bool and not isinstance(value, bool) or not isinstance(value, hint) or (
@@ -278,6 +303,8 @@ def _value(hint: Any, value: Any, dotted: str) -> Any:
         raise TinyZeroError(f"{dotted} must be one of {', '.join(choices)}, got {value!r}")
     if dotted in POSITIVE and value < 1:
         raise TinyZeroError(f"{dotted} must be at least 1, got {value!r}")
+    if dotted in NON_NEGATIVE and value < 0:
+        raise TinyZeroError(f"{dotted} must be 0 or more, got {value!r}")
     return value
 
 

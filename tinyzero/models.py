@@ -58,6 +58,19 @@ def resolve_model(name: str, cache_dir: str | Path | None = None) -> Path:
     return _download_from_hub(name, cache)
 
 
+def model_config(name: str, cache_dir: str | Path | None = None):
+    """The model's HF config without its weights (for the preflight): a hub id fetches config.json only."""
+    from transformers import AutoConfig
+
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if name == BUNDLED or Path(name).expanduser().is_dir():
+        return AutoConfig.from_pretrained(resolve_model(name, cache))
+    try:
+        return AutoConfig.from_pretrained(name, cache_dir=str(cache / "hub"))
+    except Exception as exc:  # any failure means one of the same few things to the user
+        raise _hub_error(name, exc) from exc
+
+
 def _download_from_hub(repo_id: str, cache: Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -65,11 +78,19 @@ def _download_from_hub(repo_id: str, cache: Path) -> Path:
         # Only what the kit loads: skips other frameworks' weights, which can be larger than the model.
         patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
         return Path(snapshot_download(repo_id, cache_dir=cache / "hub", allow_patterns=patterns))
-    except Exception as exc:  # any failure means the same to the user
-        raise TinyZeroError(
-            f"model {repo_id!r} is neither a local folder nor downloadable from the Hugging Face hub "
-            f"({type(exc).__name__}); give the path of a local model folder, or check the id and the network."
-        ) from exc
+    except Exception as exc:  # any failure means one of the same few things to the user
+        raise _hub_error(repo_id, exc) from exc
+
+
+def _hub_error(repo_id: str, exc: Exception) -> TinyZeroError:
+    text = f"{type(exc).__name__}: {exc}"
+    if "GatedRepo" in text or "401" in text or "403" in text:
+        return TinyZeroError(
+            f"model {repo_id!r} needs a Hugging Face token: accept its licence on its hub page, then set HF_TOKEN "
+            "(or run `huggingface-cli login`) and start again.")
+    return TinyZeroError(
+        f"model {repo_id!r} is neither a local folder nor downloadable from the Hugging Face hub "
+        f"({type(exc).__name__}); give the path of a local model folder, or check the id and the network.")
 
 
 def _find_bundled_gguf() -> Path:

@@ -1,11 +1,11 @@
 """Everything a run writes for people and for later analysis.
 
-- TensorBoard scalars (namespaced ``rollout/``, ``reward/``, ``train/``, ``eval/``, ``time/``; each explained in
+- TensorBoard scalars (namespaced ``rollout/``, ``reward/``, ``train/``, ``eval/``, ``time/``, ``cost/``; each explained in
   docs/metrics.md), the resolved config and sample completions as text;
 - ``metrics.jsonl``: the same scalars, one JSON object per step (for scripts and tests);
 - ``rollouts.jsonl.gz``: every completion of every step (prompt, completion, reward, correct, step); gzip
   members are appended per step, which any gzip reader reads as one stream;
-- one progress line per step on stdout: step, reward, accuracy, seconds per step and ETA.
+- one progress line per step on stdout: step, reward, accuracy, seconds per step, ETA and, with a price, dollars.
 """
 
 from __future__ import annotations
@@ -68,15 +68,20 @@ class RunLog:
             for row in rows:
                 fh.write(json.dumps({"step": step, **row}) + "\n")
 
-    def progress(self, step: int, values: dict[str, float], seconds: float) -> None:
+    def progress(self, step: int, values: dict[str, float], seconds: float, usd_per_s: float = 0.0) -> None:
+        """One line: step, reward, accuracy, length, seconds per step and phase, ETA, and with a price the
+        dollars spent so far and projected at the end."""
         self.step_times.append(seconds)
         recent = self.step_times[-5:]
         eta = (self.total_steps - step) * sum(recent) / len(recent)
+        cost = ""
+        if "cost/usd" in values:
+            cost = f" | ${values['cost/usd']:.2f} spent, ~${values['cost/usd'] + eta * usd_per_s:.2f} at the end"
         self.say(
             f"step {step}/{self.total_steps} | reward {values.get('reward/mean', 0):.3f} "
             f"| acc {values.get('reward/accuracy', 0):.3f} | len {values.get('rollout/response_length_mean', 0):.0f} "
             f"| {seconds:.1f} s/step (rollout {values.get('time/rollout', 0):.1f}, "
-            f"learner {values.get('time/learner', 0):.1f}) | ETA {_fmt_duration(eta)}"
+            f"learner {values.get('time/learner', 0):.1f}) | ETA {_fmt_duration(eta)}{cost}"
         )
 
     def flush(self) -> None:

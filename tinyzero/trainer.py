@@ -29,6 +29,7 @@ from tinyzero.config import Config, load_config, to_yaml
 from tinyzero.data import iter_train, sample_test
 from tinyzero.envs import make_env, render_prompt
 from tinyzero.errors import TinyZeroError
+from tinyzero.preflight import preflight
 from tinyzero.rewards.result import RewardResult
 from tinyzero.runlog import RunLog, Timer
 
@@ -40,9 +41,17 @@ class Trainer:
     def __init__(self, config: Config, *, resume: bool = False, stream=None, roles=None):
         self.config = config
         self.run_dir = Path(config.run.out_dir) / config.run.name
+        from tinyzero.cost import CostMeter, billed_units, check_budget, usd_per_gpu_hour
         from tinyzero.roles import build_roles, check_gpus
 
+        # The meter starts first: loading models is rented time too.
+        self.meter = CostMeter(usd_per_gpu_hour(config), billed_units(config))
+        check_budget(config)
         layout = check_gpus(config)  # before anything loads: a layout this machine cannot serve fails at once
+        from tinyzero.models import model_config
+
+        model_cfg = model_config(config.model.name)  # config.json only: the preflight needs no weights
+        needs = preflight(config, layout, model_cfg)
         self._prepare_run_dir(resume)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
@@ -57,11 +66,17 @@ class Trainer:
         self.step = 0
         self.cursor = 0  # training problems drawn so far
         self.history: list[dict] = []  # eval results
+        self.stopped = ""  # why the run ended early ("budget"), if it did
+        self._iteration_s: list[float] = []  # wall seconds of each step with its eval and checkpoint
         self.log = RunLog(self.run_dir, config.run.steps, tensorboard=config.log.tensorboard,
                           samples=config.log.samples, stream=stream)
         cache = self.run_dir / "cache"
         if roles is None:
             self.log.say(f"layout: {layout.describe()}")
+            for need in needs:
+                self.log.say(f"GPU {need.gpu}: about {need.peak / 1e9:.0f} GB at peak ({need.describe()} GB)")
+            if not resume:
+                self._say_estimate(model_cfg)
             roles = build_roles(config, self.model_path, cache, layout)
         self.roles = roles
         self._pool = None
@@ -76,6 +91,18 @@ class Trainer:
             next(self._stream)
 
     # --------------------------------------------------------------------------------- set-up
+    def _say_estimate(self, model_cfg) -> None:
+        import torch
+
+        from tinyzero.cost import estimate_run
+        from tinyzero.preflight import ModelShape
+
+        card = torch.cuda.get_device_name(0) if self.config.placement.num_gpus and torch.cuda.is_available() else None
+        est = estimate_run(self.config, ModelShape.from_config(model_cfg).params, card)
+        cost = f", ${est.usd:.2f}" if est.usd is not None else " (set cost.usd_per_gpu_hour to see dollars)"
+        self.log.say(f"estimate: about {est.step_s:.0f} s a step, {est.total_s / 3600:.1f} h for {self.config.run.steps} "
+                     f"steps{cost} — {est.basis}; `tinyzero smoke` measures instead")
+
     def _prepare_run_dir(self, resume: bool) -> None:
         if resume:  # `train()` has checked the run folder holds a config
             return
@@ -93,6 +120,7 @@ class Trainer:
             raise TinyZeroError(f"{self.run_dir} has no complete checkpoint to resume from: start a new run")
         state = read_state(ckpt)
         self.step, self.cursor, self.history = state["step"], state["cursor"], state["history"]
+        self.meter.spent_s += state.get("wall_s", 0.0)  # what the run's earlier sessions spent
         self.roles.learner.load(str(ckpt))
         self.roles.sync_weights()
         self._truncate_logs(self.step)
@@ -122,16 +150,39 @@ class Trainer:
             self.evaluate()
         try:
             while self.step < c.run.steps:
+                start = time.monotonic()
                 self.train_step()
                 last = self.step == c.run.steps
                 if (c.eval.every and self.step % c.eval.every == 0) or last:
                     if not (self.history and self.history[-1]["step"] == self.step):
                         self.evaluate()
-                if (c.checkpoint.every and self.step % c.checkpoint.every == 0) or last:
+                saved = (c.checkpoint.every and self.step % c.checkpoint.every == 0) or last
+                if saved:
                     self.save()
+                self._iteration_s.append(time.monotonic() - start)
+                if not last and not self.meter.next_step_fits(c.run.budget_usd, self._next_step_s()):
+                    self._stop_for_budget(saved)
+                    break
         finally:
             self.log.flush()
         return self.summary()
+
+    def _next_step_s(self) -> float:
+        """Expected wall time of the next step: the slowest of the last few (evaluations and checkpoints in)."""
+        return max(self._iteration_s[-5:])
+
+    def _stop_for_budget(self, saved: bool) -> None:
+        c, meter = self.config, self.meter
+        if not saved:
+            self.save()
+        remaining = (c.run.steps - self.step) * sum(self._iteration_s[-5:]) / len(self._iteration_s[-5:])
+        need = meter.usd + meter.usd_for(remaining)
+        self.stopped = "budget"
+        self.log.say(
+            f"budget: ${meter.usd:.2f} of run.budget_usd={c.run.budget_usd:g} spent after step {self.step}, and one "
+            f"more step (about ${meter.usd_for(self._next_step_s()):.2f}) would pass it; stopped with a checkpoint. "
+            f"To finish the {c.run.steps} steps (about ${need:.2f} in all): tinyzero resume {self.run_dir} "
+            f"run.budget_usd={need * 1.1:.2f}")
 
     def _sample_problems(self) -> list[dict]:
         problems = [next(self._stream) for _ in range(self.config.rollout.prompts_per_step)]
@@ -224,7 +275,7 @@ class Trainer:
         self.log.scalars(self.step, values)
         self.log.rollouts(self.step, rows)
         self.log.text("samples/train", self.step, rows[: c.log.samples])
-        self.log.progress(self.step, values, seconds)
+        self.log.progress(self.step, values, seconds, usd_per_s=self.meter.usd_for(1.0))
         return values
 
     def _pad_id(self) -> int:
@@ -256,6 +307,7 @@ class Trainer:
         values.update({f"train/{k}": v for k, v in stats.items()})
         values.update({f"time/{k}": v for k, v in timer.seconds.items()})
         values["data/cursor"] = float(self.cursor)
+        values.update(self.meter.metrics())
         return values
 
     # ------------------------------------------------------------------------------- eval, save
@@ -285,7 +337,7 @@ class Trainer:
 
     def save(self) -> Path:
         state = {"step": self.step, "cursor": self.cursor, "history": self.history,
-                 "config": dataclasses.asdict(self.config)}
+                 "config": dataclasses.asdict(self.config), "wall_s": self.meter.seconds}
         path = save_checkpoint(self.run_dir, self.step, state,
                                lambda folder: self.roles.learner.save(str(folder)),
                                self.config.checkpoint.keep_last)
@@ -294,7 +346,8 @@ class Trainer:
     def summary(self) -> dict:
         first, last = self.history[0], self.history[-1]
         return {"before": first["eval/accuracy"], "after": last["eval/accuracy"], "n": last["n"],
-                "steps": self.step, "run_dir": str(self.run_dir)}
+                "steps": self.step, "run_dir": str(self.run_dir), "stopped": self.stopped,
+                "gpu_hours": self.meter.gpu_hours, "usd": self.meter.usd if self.meter.price else None}
 
     def close(self) -> None:
         self.log.close()

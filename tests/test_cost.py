@@ -1,0 +1,86 @@
+"""Cost meter, budget guard and the before-the-run estimate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tinyzero.config import load_config
+from tinyzero.cost import PRICE_ENV, CostMeter, check_budget, estimate_run, usd_per_gpu_hour
+from tinyzero.errors import TinyZeroError
+from tinyzero.trainer import train
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_meter_bills_wall_time_times_gpus_and_carries_earlier_sessions():
+    clock = FakeClock()
+    meter = CostMeter(price=2.0, units=4, spent_s=1800, clock=clock)  # half an hour in an earlier session
+    clock.now += 1800
+    assert meter.seconds == 3600 and meter.gpu_hours == 4 and meter.usd == 8
+    assert meter.metrics() == {"cost/gpu_hours": 4, "cost/usd": 8}
+    assert meter.next_step_fits(budget=9.0, step_seconds=450)  # +$1 -> exactly 9
+    assert not meter.next_step_fits(budget=9.0, step_seconds=451)
+    assert meter.next_step_fits(budget=0.0, step_seconds=10**9)  # no budget
+    assert "cost/usd" not in CostMeter(price=0.0, units=1).metrics()
+
+
+def test_price_from_recipe_or_environment(monkeypatch):
+    monkeypatch.delenv(PRICE_ENV, raising=False)
+    assert usd_per_gpu_hour(load_config(None, [])) == 0
+    monkeypatch.setenv(PRICE_ENV, "2.5")
+    assert usd_per_gpu_hour(load_config(None, [])) == 2.5
+    assert usd_per_gpu_hour(load_config(None, ["cost.usd_per_gpu_hour=1.2"])) == 1.2
+    monkeypatch.setenv(PRICE_ENV, "cheap")
+    with pytest.raises(TinyZeroError, match=PRICE_ENV):
+        usd_per_gpu_hour(load_config(None, []))
+    monkeypatch.delenv(PRICE_ENV)
+    with pytest.raises(TinyZeroError, match="cost.usd_per_gpu_hour"):
+        check_budget(load_config(None, ["run.budget_usd=5"]))
+    with pytest.raises(TinyZeroError, match="run.budget_usd must be 0 or more"):
+        load_config(None, ["run.budget_usd=-1"])
+
+
+def test_estimate_scales_with_model_card_and_recipe():
+    config = load_config("recipes/countdown-3b.yaml", ["cost.usd_per_gpu_hour=2"])
+    h100 = estimate_run(config, 3.09e9, "NVIDIA H100 80GB HBM3")
+    a10 = estimate_run(config, 3.09e9, "NVIDIA A10G")
+    small = estimate_run(config, 0.494e9, "NVIDIA H100 80GB HBM3")
+    assert 0 < small.step_s < h100.step_s < a10.step_s
+    assert h100.usd == pytest.approx(h100.total_s / 3600 * 2 * 2)  # 2 GPUs at $2
+    assert "estimate" in h100.basis and "H100" in h100.basis
+    assert "card unknown" in estimate_run(config, 3.09e9, "Mystery GPU").basis
+    # CPU: the demo recipe, from throughput measured on it; the demo measured ~57 s a step (docs/demo.md).
+    demo = estimate_run(load_config("recipes/demo-cpu.yaml"), 134.5e6, None)
+    assert 30 < demo.step_s < 120 and demo.usd is None
+
+
+def test_budget_stops_with_a_checkpoint_and_resume_continues(tiny_model_dir, tmp_path, capsys):
+    args = [f"model.name={tiny_model_dir}", f"run.out_dir={tmp_path}", "run.name=budget", "run.steps=3",
+            "rollout.backend=hf", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
+            "rollout.max_new_tokens=8", "eval.size=4", "eval.max_new_tokens=8", "checkpoint.every=0",
+            "env.options={digits: 1, ops: '+', answer_format: last_integer}",
+            # $3600 an hour is $1 a second: the set-up alone spends more than this budget, so the guard must stop
+            # the run after its first step, whatever this machine's speed.
+            "cost.usd_per_gpu_hour=3600", "run.budget_usd=0.001"]
+    summary = train(None, args)
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "budget"
+    assert summary["stopped"] == "budget" and summary["steps"] == 1
+    assert (run_dir / "checkpoints/step_000001/COMPLETE").is_file()  # checkpoint.every=0: saved for the stop
+    assert "budget:" in out and f"tinyzero resume {run_dir} run.budget_usd=" in out
+    first = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in first] == [1] and first[0]["cost/usd"] > 0.001
+    summary = train(None, ["run.budget_usd=1000000"], resume_dir=str(run_dir))
+    assert summary["stopped"] == "" and summary["steps"] == 3
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    # The resumed session's meter starts from what the first session had spent at its checkpoint.
+    assert metrics[1]["cost/usd"] > metrics[0]["cost/usd"]

@@ -1,0 +1,137 @@
+"""What a run costs: a meter (wall time × GPUs × price), the budget rule, and a before-the-run estimate.
+
+The meter bills wall-clock time from the moment the trainer starts (model loading, evaluation and checkpoints
+included: the box is rented for all of it), carried across resumes through the checkpoint. A CPU-only run is
+billed as one unit, so a laptop or a CPU box can be priced too.
+
+The estimate is arithmetic, not a measurement: FLOPs per step (2·N per generated token; 6·N per trained token,
+×4/3 with gradient checkpointing; 2·N per reference or old-log-prob token) divided by the card's bf16 peak times
+an assumed utilisation (``ROLLOUT_MFU``, ``LEARNER_MFU``), with every response at ``rollout.max_new_tokens`` (an
+upper bound). On CPU it scales throughput measured on a 2-core EPYC with SmolLM2-135M. ``tinyzero smoke``
+replaces it with measured seconds. Simplifications: phases run one after another, as the driver runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from tinyzero.config import Config
+from tinyzero.errors import TinyZeroError
+
+PRICE_ENV = "TINYZERO_USD_PER_GPU_HOUR"
+PROMPT_TOKENS = 150  # a countdown prompt with the base template is ~150 tokens; arithmetic's are shorter
+ROLLOUT_MFU = 0.10  # decoding is memory-bound: a tenth of peak is typical of batched vLLM generation
+LEARNER_MFU = 0.35  # a well-fed bf16 transformer update reaches 30-40% of peak
+# Dense bf16 peak TFLOP/s from the vendors' data sheets (no sparsity), matched against torch's device name.
+CARD_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L40": 181.0, "A6000": 155.0,
+               "4090": 165.0, "A10": 125.0, "L4": 121.0, "V100": 125.0}
+ASSUMED_CARD = "A100"
+# Measured on the 2-core AMD EPYC dev machine, SmolLM2-135M fp32 (docs/demo.md, bench/step_time.py): tokens/s.
+CPU_ROLLOUT_TOKENS_S = 274.0
+CPU_LEARNER_TOKENS_S = 770.0
+CPU_MEASURED_PARAMS = 134.5e6
+
+
+def usd_per_gpu_hour(config: Config) -> float:
+    """The price: the recipe/override, else $TINYZERO_USD_PER_GPU_HOUR, else 0 (dollars not shown)."""
+    if config.cost.usd_per_gpu_hour:
+        return config.cost.usd_per_gpu_hour
+    raw = os.environ.get(PRICE_ENV, "").strip()
+    if not raw:
+        return 0.0
+    try:
+        price = float(raw)
+    except ValueError:
+        raise TinyZeroError(f"${PRICE_ENV}={raw!r} is not a number: set it to the dollars per GPU-hour, e.g. 2.5") from None
+    if price < 0:
+        raise TinyZeroError(f"${PRICE_ENV} must be 0 or more, got {raw}")
+    return price
+
+
+def billed_units(config: Config) -> int:
+    return max(config.placement.num_gpus, 1)
+
+
+def check_budget(config: Config) -> None:
+    if config.run.budget_usd and not usd_per_gpu_hour(config):
+        raise TinyZeroError(f"run.budget_usd={config.run.budget_usd:g} needs a price to compare against: set "
+                            f"cost.usd_per_gpu_hour (or ${PRICE_ENV})")
+
+
+class CostMeter:
+    """Wall time since the trainer started plus what earlier sessions of the run spent (``spent_s``)."""
+
+    def __init__(self, price: float, units: int, spent_s: float = 0.0, clock=time.monotonic):
+        self.price, self.units, self.clock = price, units, clock
+        self.spent_s, self.started = spent_s, clock()
+
+    @property
+    def seconds(self) -> float:
+        return self.spent_s + self.clock() - self.started
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.seconds / 3600 * self.units
+
+    @property
+    def usd(self) -> float:
+        return self.gpu_hours * self.price
+
+    def usd_for(self, seconds: float) -> float:
+        return seconds / 3600 * self.units * self.price
+
+    def metrics(self) -> dict[str, float]:
+        out = {"cost/gpu_hours": self.gpu_hours}
+        if self.price:
+            out["cost/usd"] = self.usd
+        return out
+
+    def next_step_fits(self, budget: float, step_seconds: float) -> bool:
+        """Whether one more step of ``step_seconds`` keeps the run within ``budget`` (0: no budget)."""
+        if not budget or not self.price:
+            return True
+        return self.usd + self.usd_for(step_seconds) <= budget
+
+
+@dataclass(frozen=True)
+class Estimate:
+    step_s: float
+    total_s: float
+    usd: float | None
+    basis: str  # where the throughput figures come from
+
+
+def estimate_run(config: Config, params: float, card: str | None) -> Estimate:
+    """Time and cost of the whole recipe from FLOPs (GPU) or measured CPU throughput; ``card`` is torch's
+    device name (None: no GPU here)."""
+    from tinyzero.placement import plan_layout
+
+    c, layout = config, plan_layout(config)
+    seqs = c.rollout.prompts_per_step * c.rollout.samples_per_prompt
+    gen_tokens = seqs * c.rollout.max_new_tokens
+    train_tokens = seqs * (PROMPT_TOKENS + c.rollout.max_new_tokens)
+    passes = c.algo.epochs * (4 / 3 if c.model.gradient_checkpointing else 1.0)
+    train_flops = 6 * params * train_tokens * passes * (2 if c.algo.name == "ppo" else 1)
+    extra_flops = 2 * params * train_tokens * ((c.algo.kl_coef > 0) + (c.algo.name == "ppo")
+                                               + (c.algo.epochs * c.algo.mini_batches > 1))
+    if layout.num_gpus == 0:
+        scale = CPU_MEASURED_PARAMS / params
+        rollout_s = gen_tokens / (CPU_ROLLOUT_TOKENS_S * scale)
+        learner_s = (train_flops + extra_flops) / (6 * params) / (CPU_LEARNER_TOKENS_S * scale)
+        basis = "CPU throughput measured with SmolLM2-135M on a 2-core EPYC, scaled by parameters"
+    else:
+        name = next((k for k in CARD_TFLOPS if card and k in card), None)
+        peak = CARD_TFLOPS[name or ASSUMED_CARD] * 1e12
+        rollout_gpus = sum(len(e.bundles) for e in layout.engines)
+        learner_gpus = len(layout.learners)
+        rollout_s = 2 * params * gen_tokens / (peak * ROLLOUT_MFU * rollout_gpus)
+        learner_s = (train_flops + extra_flops) / (peak * LEARNER_MFU * learner_gpus)
+        basis = (f"FLOPs at {ROLLOUT_MFU:.0%}/{LEARNER_MFU:.0%} of {name or ASSUMED_CARD + ' (card unknown)'} "
+                 "bf16 peak, every response at max_new_tokens: an estimate, not a measurement")
+    step = rollout_s + learner_s
+    total = step * c.run.steps
+    price = usd_per_gpu_hour(c)
+    usd = total / 3600 * billed_units(c) * price if price else None
+    return Estimate(step, total, usd, basis)
