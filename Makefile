@@ -1,6 +1,4 @@
-# tinyzero — every target sets up its own virtual environment on first use (idempotent).
-#   make demo    train the bundled SmolLM2-135M on this machine (CPU is fine)
-#   make test    lint (check-only) + the test suite
+# tinyzero — every target sets up its own virtual environment on first use (idempotent). `make help` lists them.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
@@ -32,14 +30,24 @@ CHECK_GPU_DRIVER = out=$$($(NVIDIA_SMI) --query-gpu=driver_version --format=csv,
 	if ! [ "$${drv%%.*}" -ge 580 ] 2>/dev/null; then \
 	  echo "tinyzero's GPU install (vllm==0.32.0, a CUDA 13 build) needs NVIDIA driver >= 580 but $(NVIDIA_SMI) reports $${drv:-no driver version}: update the NVIDIA driver to 580 or newer (or rent an image with a CUDA 13 driver), or run \`make setup ACCEL=cpu\` to use the CPU build" >&2; exit 1; fi
 
-.PHONY: setup test lint format demo bench countdown-3b clean-venv countdown-data check-python check-gpu-driver
+# Training recipes with a target of their own (recipes/NAME.yaml); ARGS passes overrides, e.g.
+#   make countdown-3b ARGS="cost.usd_per_gpu_hour=2.5 run.budget_usd=30"
+GPU_RECIPES := countdown-3b countdown-1.5b countdown-0.5b arithmetic-0.5b
+RECIPE ?= recipes/demo-cpu.yaml
+ARGS   ?=
 
-setup: $(STAMP)
+.PHONY: help setup test lint format demo smoke bench $(GPU_RECIPES) clean-venv countdown-data check-python check-gpu-driver
 
-check-python:
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_. -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+
+setup: $(STAMP) ## create .venv with the CPU or GPU stack (detected; ACCEL=cpu|gpu to choose)
+
+check-python: ## is the interpreter Python 3.11+?
 	@$(CHECK_PYTHON)
 
-check-gpu-driver:
+check-gpu-driver: ## is the NVIDIA driver 580+ (vllm 0.32's CUDA 13 build)?
 	@$(CHECK_GPU_DRIVER)
 
 $(STAMP): pyproject.toml Makefile
@@ -64,28 +72,35 @@ endif
 	@touch $(STAMP)
 	@echo "tinyzero: $(VENV) ready"
 
-lint: setup
+lint: setup ## ruff, check-only
 	$(VENV)/bin/ruff check .
 
-format: setup
+format: setup ## ruff: rewrite files
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
+test: lint ## lint + the test suite (CPU-only)
 	$(VENV)/bin/pytest -q
 
-demo: setup
-	$(VENV)/bin/tinyzero train recipes/demo-cpu.yaml
+demo: setup ## train the bundled SmolLM2-135M on this machine's CPU (about 15 minutes)
+	$(VENV)/bin/tinyzero train recipes/demo-cpu.yaml $(ARGS)
 
-bench: setup
+smoke: setup ## 2 real steps of RECIPE (default the demo) in minutes, then its projected time and cost
+	$(VENV)/bin/tinyzero smoke $(RECIPE) $(ARGS)
+
+bench: setup ## benchmarks: reward throughput, per-phase step time
 	$(PY) bench/rewards.py
 	$(PY) bench/step_time.py
 
-countdown-3b: setup
-	$(VENV)/bin/tinyzero train recipes/countdown-3b.yaml
+countdown-3b: setup ## TinyZero countdown, Qwen2.5-3B, 2 x 80 GB GPUs
+countdown-1.5b: setup ## countdown, Qwen2.5-1.5B, 1 x 80 GB GPU
+countdown-0.5b: setup ## countdown, Qwen2.5-0.5B, 1 x 24 GB GPU
+arithmetic-0.5b: setup ## 3-digit arithmetic, Qwen2.5-0.5B, 1 x 24 GB GPU
+$(GPU_RECIPES):
+	$(VENV)/bin/tinyzero train recipes/$@.yaml $(ARGS)
 
-countdown-data: setup
+countdown-data: setup ## write TinyZero's countdown parquet files (for verl; training needs none)
 	$(VENV)/bin/tinyzero data countdown --out data/countdown
 
-clean-venv:
+clean-venv: ## delete .venv
 	rm -rf $(VENV)

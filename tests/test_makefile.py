@@ -154,3 +154,16 @@ def test_cpu_install_keeps_its_stack(tmp_path):
     assert "install -q vllm==" not in result.stdout
     assert "nvidia-smi" not in result.stdout
     assert not venv.exists()
+
+
+def test_every_recipe_has_a_target_listed_in_help(tmp_path):
+    listed = make("help")
+    assert listed.returncode == 0, listed.stderr
+    for recipe in sorted((REPO / "recipes").glob("*.yaml")):
+        target = "demo" if recipe.stem == "demo-cpu" else recipe.stem
+        assert f"make {target} " in listed.stdout, f"{target} missing from make help"
+        dry = make("-n", target, f"VENV={tmp_path / 'v'}", "ARGS=run.budget_usd=5")
+        assert dry.returncode == 0, dry.stderr
+        assert f"train recipes/{recipe.name} run.budget_usd=5" in dry.stdout
+    smoke = make("-n", "smoke", f"VENV={tmp_path / 'v'}", "RECIPE=recipes/countdown-3b.yaml")
+    assert "tinyzero smoke recipes/countdown-3b.yaml" in smoke.stdout

@@ -19,7 +19,8 @@ Rules, and why:
 - ``colocate``: every GPU holds a rollout share and a learner process; the reference sits on GPU 0; vLLM
   sleeps (frees its weights and KV cache) while the learner updates.
 - No GPUs: one CPU bundle; tensor parallelism and ``split`` need GPUs.
-Simplification: one node (the Ray cluster's GPUs are treated as one pool).
+On a Ray cluster the bundles may span nodes (the group is placed with PACK: as few nodes as possible).
+Simplification: nothing keeps a vLLM tensor-parallel group on one node; give each node enough GPUs for one.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ et al. 2022, with fused attention, no attention-score matrix); vLLM takes exactl
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -186,7 +185,7 @@ def preflight(config: Config, layout: Layout, model_config) -> list[GpuNeed]:
     """All checks; returns the per-GPU estimate (empty on CPU) for the run log."""
     shape = ModelShape.from_config(model_config)
     needs: list[GpuNeed] = []
-    if layout.num_gpus and not os.environ.get("RAY_ADDRESS") and not config.cluster.address:
+    if layout.num_gpus and not config.cluster.address:  # on a cluster, Ray counts the nodes' GPUs
         gpus = gpu_memory()
         if len(gpus) >= layout.num_gpus:
             needs = check_gpu_memory(config, layout, shape, gpus)

@@ -10,7 +10,8 @@ counts every byte that disappears during its start-up profiling as its own (role
 Weight sync under Ray passes the learner's weights (already cast to the rollout dtype) as one object reference
 straight to every rollout worker; the driver never holds a copy. With several learner processes (FSDP2) every
 call goes to all of them and the first one's answer is returned.
-Simplification: one node (the learner group's rendezvous address is this node's).
+On a Ray cluster (``cluster.address``) the roles may land on several nodes; the learner group's rendezvous is
+on the node of its first process.
 """
 
 from __future__ import annotations
@@ -45,13 +46,20 @@ class _LocalBackend:
 class _RayBackend:
     """Roles are Ray actors on one placement group of one-GPU bundles (see ``tinyzero.placement``)."""
 
-    def __init__(self, layout: Layout, *, cores: int, env_vars: dict[str, str], ready_timeout_s: float = 600):
+    def __init__(self, layout: Layout, *, cores: int, env_vars: dict[str, str], ready_timeout_s: float = 600,
+                 address: str = ""):
+        """``address``: empty starts Ray on this machine; ``auto`` or ``host:port`` joins a running cluster."""
+        if address:
+            _token_mode_for_joining()  # before Ray is imported: it reads its auth mode once, at import
         import ray
         from ray.util.placement_group import placement_group
 
         if not ray.is_initialized():
-            ray.init(num_cpus=max(cores, 1), num_gpus=layout.num_gpus, include_dashboard=False,
-                     log_to_driver=True, runtime_env={"env_vars": env_vars}, configure_logging=False)
+            if address:
+                _join_cluster(address, env_vars)
+            else:
+                ray.init(num_cpus=max(cores, 1), num_gpus=layout.num_gpus, include_dashboard=False,
+                         log_to_driver=True, runtime_env={"env_vars": env_vars}, configure_logging=False)
         have = ray.cluster_resources().get("GPU", 0)
         if layout.num_gpus > have:
             raise TinyZeroError(f"the Ray cluster has {have:g} GPU(s) but placement.num_gpus={layout.num_gpus}: "
@@ -62,13 +70,23 @@ class _RayBackend:
             raise TinyZeroError(f"Ray could not reserve {list(layout.bundles)} within {ready_timeout_s:.0f} s: "
                                 "another job holds the GPUs, or placement.num_gpus is more than the cluster has")
 
-    def spawn(self, cls, slot: Slot, env: dict[str, str], *args, **kwargs) -> Any:
-        import ray
+    def _strategy(self, slot: Slot):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        strategy = PlacementGroupSchedulingStrategy(placement_group=self.group,
-                                                    placement_group_bundle_index=slot.bundle)
-        options: dict[str, Any] = dict(num_cpus=CPU_PER_ACTOR, num_gpus=slot.gpus, scheduling_strategy=strategy)
+        return PlacementGroupSchedulingStrategy(placement_group=self.group, placement_group_bundle_index=slot.bundle)
+
+    def rendezvous(self, slot: Slot) -> str:
+        """A free ``tcp://ip:port`` on the node that holds ``slot`` (the first learner process): on a cluster,
+        that node need not be the driver's."""
+        import ray
+
+        task = ray.remote(num_cpus=0)(_node_address).options(scheduling_strategy=self._strategy(slot))
+        return ray.get(task.remote())
+
+    def spawn(self, cls, slot: Slot, env: dict[str, str], *args, **kwargs) -> Any:
+        import ray
+
+        options: dict[str, Any] = dict(num_cpus=CPU_PER_ACTOR, num_gpus=slot.gpus, scheduling_strategy=self._strategy(slot))
         if env:
             options["runtime_env"] = {"env_vars": env}  # merged with the job's env_vars by Ray
         return ray.remote(cls).options(**options).remote(*args, **kwargs)
@@ -85,6 +103,52 @@ class _RayBackend:
         import ray
 
         ray.shutdown()
+
+
+def _token_mode_for_joining() -> None:
+    """`ray start` (Ray 2.60) turns token authentication on and keeps the token in ~/.ray/auth_token, but a driver
+    joining by address sends it only in token mode: without it, it retries for 30 s and fails "Unauthenticated"."""
+    if "RAY_AUTH_MODE" not in os.environ and _ray_token_available():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _join_cluster(address: str, env_vars: dict[str, str]) -> None:
+    import ray
+
+    host, sep, port = address.rpartition(":")
+    if sep and port.isdigit() and not _listening(host, int(port)):  # Ray itself would retry for minutes
+        raise TinyZeroError(
+            f"nothing answers at cluster.address={address}: start the head with `ray start --head --port={port}` "
+            "there, or leave cluster.address empty to run on this machine only")
+    try:
+        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise TinyZeroError(
+            f"could not join the Ray cluster at cluster.address={address} ({type(err).__name__}): start it with "
+            "`ray start --head` on the head node (and `ray start --address=HEAD:6379` on the others, each with the "
+            "head's ~/.ray/auth_token; RAY_AUTH_MODE=token if this process imported Ray first), or leave "
+            "cluster.address empty to run on this machine only") from None
+
+
+def _listening(host: str, port: int, timeout_s: float = 5.0) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _ray_token_available() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def _node_address() -> str:
+    import ray
+
+    return f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
 
 
 # ---------------------------------------------------------------------------------------- facades
@@ -206,8 +270,8 @@ def check_gpus(config: Config, available: int | None = None) -> Layout:
         import torch
 
         available = torch.cuda.device_count()
-    if config.run.mode == "ray" and _ray_address():
-        return layout  # a cluster: its GPUs are counted when Ray starts
+    if config.run.mode == "ray" and config.cluster.address:
+        return layout  # a cluster: its GPUs are counted when Ray joins it
     if layout.num_gpus > available:
         raise TinyZeroError(gpu_shortfall(layout.num_gpus, available))
     return layout
@@ -221,10 +285,6 @@ def gpu_shortfall(asked: int, have: int) -> str:
     return (f"this recipe asks for {asked} GPU(s) but this machine has {have}: rent a box with {asked}, or run a "
             f"smaller layout here (placement.num_gpus={have}, with placement.strategy=colocate for one GPU; "
             "a model of 1.5B or less fits one GPU)")
-
-
-def _ray_address() -> str:
-    return os.environ.get("RAY_ADDRESS", "")
 
 
 def rollout_dtype(config: Config) -> str:
@@ -271,7 +331,9 @@ def build_roles(config: Config, model_path: Path, cache_dir: Path, layout: Layou
         for i, e in enumerate(layout.engines)
     ]
     n = len(layout.learners)
-    init = f"tcp://{_node_ip(config)}:{_free_port()}" if n > 1 else None
+    init = None
+    if n > 1:
+        init = backend.rendezvous(layout.learners[0]) if config.run.mode == "ray" else f"tcp://127.0.0.1:{_free_port()}"
     learner_kwargs = dict(algo=config.algo, optim=config.optim, compute_dtype=config.model.compute_dtype,
                           device=device, gradient_checkpointing=config.model.gradient_checkpointing,
                           seed=config.run.seed)
@@ -305,12 +367,4 @@ def _make_backend(config: Config, layout: Layout):
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    return _RayBackend(layout, cores=cores, env_vars=env_vars)
-
-
-def _node_ip(config: Config) -> str:
-    if config.run.mode == "local":
-        return "127.0.0.1"
-    import ray
-
-    return ray.util.get_node_ip_address()
+    return _RayBackend(layout, cores=cores, env_vars=env_vars, address=config.cluster.address)

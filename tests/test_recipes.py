@@ -1,0 +1,69 @@
+"""Every shipped recipe loads, places, and fits the machine its header names — for GRPO, and for PPO with the
+overrides its header gives. Model shapes come from the published Qwen2.5 configs (no hub needed)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from transformers import Qwen2Config
+
+from tinyzero.config import load_config
+from tinyzero.placement import plan_layout
+from tinyzero.preflight import ModelShape, check_gpu_memory
+
+RECIPES = sorted(Path(__file__).parents[1].glob("recipes/*.yaml"))
+QWEN = {"Qwen/Qwen2.5-0.5B": (896, 4864, 24, 14, 2), "Qwen/Qwen2.5-1.5B": (1536, 8960, 28, 12, 2),
+        "Qwen/Qwen2.5-3B": (2048, 11008, 36, 16, 2)}
+# PPO: (GPUs, GB each, extra overrides), as each recipe's header says.
+PPO = {
+    "countdown-3b": [(2, 141, ()), (4, 80, ("placement.num_gpus=4", "placement.rollout_gpus=2"))],
+    "countdown-1.5b": [(1, 80, ("rollout.gpu_memory_utilization=0.2",))],
+    "countdown-0.5b": [(1, 40, ())],
+    "arithmetic-0.5b": [(1, 40, ())],
+}
+
+
+def machine(path: Path) -> tuple[int, float] | None:
+    """The header's `# machine: N x M GB` (None for a CPU recipe)."""
+    line = next(x for x in path.read_text().splitlines() if x.startswith("# machine:"))
+    match = re.match(r"# machine: (\d+) x (\d+) GB", line)
+    return (int(match[1]), float(match[2])) if match else None
+
+
+def shape(name: str) -> ModelShape:
+    h, inter, layers, heads, kv = QWEN[name]
+    return ModelShape.from_config(Qwen2Config(vocab_size=151936, hidden_size=h, intermediate_size=inter,
+                                              num_hidden_layers=layers, num_attention_heads=heads,
+                                              num_key_value_heads=kv, tie_word_embeddings=True))
+
+
+def test_the_promised_recipes_ship():
+    names = {p.stem for p in RECIPES}
+    assert {"countdown-3b", "countdown-1.5b", "countdown-0.5b", "arithmetic-0.5b", "demo-cpu"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_validates_and_fits_its_machine(path):
+    text = path.read_text()
+    for line in text.splitlines():
+        key = line.split("#")[0].strip()
+        if key and not key.endswith(":") and not line.startswith(" " * 4):  # a value line must say why
+            assert "#" in line, f"{path.name}: no why-comment on {line!r}"
+    for header in ("# machine:", "# launch:", "# first:", "# PPO instead of GRPO: append algo.name=ppo"):
+        assert header in text, f"{path.name} lacks {header!r}"
+    config = load_config(path)
+    layout = plan_layout(config)
+    assert load_config(path, ["algo.name=ppo"]).algo.name == "ppo"  # PPO is one override away
+    found = machine(path)
+    if found is None:
+        assert config.placement.num_gpus == 0
+        return
+    gpus, gb = found
+    assert config.placement.num_gpus == gpus and config.model.name in QWEN
+    check_gpu_memory(config, layout, shape(config.model.name), [gb * 1e9] * gpus)
+    for ppo_gpus, ppo_gb, extra in PPO[path.stem]:
+        ppo = load_config(path, ["algo.name=ppo", *extra])
+        assert ppo.placement.num_gpus == ppo_gpus and all(e.split("=")[0] in text for e in extra)
+        check_gpu_memory(ppo, plan_layout(ppo), shape(ppo.model.name), [ppo_gb * 1e9] * ppo_gpus)
