@@ -1,4 +1,4 @@
-"""The ``tinyzero`` command line: ``data``, ``reward``, ``envs``, ``train`` and ``resume``.
+"""The ``tinyzero`` command line: ``data``, ``reward``, ``envs``, ``train``, ``resume`` and ``smoke``.
 
 User-fixable errors (TinyZeroError) print one sentence and exit non-zero, never a traceback.
 Heavy imports (torch, vLLM, datasets) happen inside the commands that need them, so ``--help`` is instant.
@@ -98,6 +98,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _finish(_train(None, args.overrides, args.run_dir))
 
 
+def cmd_smoke(args: argparse.Namespace) -> int:
+    _vllm_quiet()
+    from tinyzero.config import load_config
+    from tinyzero.smoke import report, run_smoke
+
+    result = run_smoke(args.recipe, args.overrides)
+    print(report(result, load_config(args.recipe, args.overrides)))
+    return 0 if result.passed else 1
+
+
 def _train(recipe, overrides, resume_dir):
     _vllm_quiet()
     from tinyzero.trainer import train
@@ -155,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="a.b.c=value", help="override recipe values")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("smoke", help="2 short steps of a recipe's real layout (push checked, checkpoint, resume), "
+                                     "then its projected time and cost")
+    p.add_argument("recipe", help="YAML recipe, e.g. recipes/countdown-3b.yaml")
+    p.add_argument("overrides", nargs="*", metavar="a.b.c=value", help="override recipe values")
+    p.set_defaults(func=cmd_smoke)
 
     p = sub.add_parser("resume", help="continue a run from its latest complete checkpoint")
     p.add_argument("run_dir", help="the run folder, e.g. runs/demo")

@@ -1,0 +1,61 @@
+"""`tinyzero smoke`: the cut-down config, the projection, and a real smoke run of the CPU demo recipe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tinyzero.config import load_config
+from tinyzero.errors import TinyZeroError
+from tinyzero.smoke import MARKER, _clear_previous, project_step, smoke_config
+
+
+def test_smoke_config_keeps_the_layout_and_cuts_the_work():
+    full = load_config("recipes/countdown-3b.yaml")
+    small = smoke_config(full)
+    assert small.run.steps == 2 and small.run.name == "countdown-3b-smoke" and small.run.budget_usd == 0
+    assert (small.placement, small.model, small.env) == (full.placement, full.model, full.env)
+    assert small.algo.name == full.algo.name and small.algo.kl_coef == full.algo.kl_coef
+    assert small.rollout.samples_per_prompt == full.rollout.samples_per_prompt  # GRPO groups stay whole
+    assert small.rollout.prompts_per_step == 4 and small.rollout.max_new_tokens == 64
+    assert small.checkpoint.every == 1
+
+
+def test_projection_scales_each_phase_by_its_tokens():
+    full = load_config("recipes/countdown-3b.yaml")
+    small = smoke_config(full)
+    gen_ratio = (128 * 8 * 1024) / (4 * 8 * 64)
+    train_ratio = (128 * 8 * (150 + 1024)) / (4 * 8 * (150 + 64))
+    step = project_step({"rollout": 2.0, "learner": 3.0, "sync": 1.5}, small, full)
+    assert step == pytest.approx(2.0 * gen_ratio + 3.0 * train_ratio + 1.5)
+
+
+@pytest.mark.slow
+def test_smoke_run_of_the_demo_recipe(tmp_path):
+    """The demo recipe as users smoke it (bundled model, vLLM), with a price so the projection shows dollars."""
+    args = ["smoke", "recipes/demo-cpu.yaml", f"run.out_dir={tmp_path}", "cost.usd_per_gpu_hour=1.0"]
+    result = subprocess.run([sys.executable, "-m", "tinyzero.cli", *args], capture_output=True, text=True,
+                            timeout=900)
+    out = result.stdout
+    assert result.returncode == 0, (out + result.stderr)[-3000:]
+    assert "smoke passed" in out and "the engine holds the learner's weights" in out
+    assert "projected full run:" in out and "$" in out.split("projected full run:")[1]
+    run_dir = tmp_path / "demo-smoke"
+    assert (run_dir / MARKER).is_file()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
+
+
+def test_only_smoke_folders_are_replaced(tmp_path):
+    smoke = tmp_path / "a-smoke"
+    smoke.mkdir()
+    (smoke / MARKER).write_text("")
+    _clear_previous(smoke)
+    assert not smoke.exists()
+    real = tmp_path / "b-smoke"
+    real.mkdir()
+    (real / "metrics.jsonl").write_text("{}")
+    with pytest.raises(TinyZeroError, match="not a smoke run"):
+        _clear_previous(real)
+    assert (real / "metrics.jsonl").is_file()
