@@ -1,4 +1,9 @@
-"""End-to-end training runs with a tiny random model: local and Ray modes, resume, and user errors."""
+"""End-to-end training runs with a tiny random model: local and Ray modes, weight push, resume, and user errors.
+
+Runs that must change the weights (weight push, resume parity) train on ``toy_tasks:Letters``: on the built-in
+tasks a tiny random model scores 0 almost always, GRPO's advantages are then all zero, and nothing moves — so
+a skipped push or a lost optimizer state would go unnoticed.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tinyzero.trainer import train
+from tinyzero.batches import build_tokens
+from tinyzero.config import load_config
+from tinyzero.trainer import Trainer, train
 
 STEPS = 3
+# A task whose reward a tiny model raises within a few steps (tests/toy_tasks.py), at a learning rate that moves it.
+LEARNABLE = ("env.name=toy_tasks:Letters", "env.options={}", "optim.lr=1e-2")
 
 
 def overrides(model: Path, out: Path, name: str, *extra: str) -> list[str]:
@@ -51,18 +60,76 @@ def check_run_folder(run_dir: Path, steps: int = STEPS) -> None:
     assert ckpts == ["step_000002", "step_000003"]
 
 
+# Fixed token sequences (ids of the tiny models' 320-entry vocabulary), scored by the rollout engine and by the
+# learner after training: the engine must hold the learner's current weights.
+PUSH_PROMPTS = [[1, 2, 3, 4], [5, 6], [7, 8, 9, 10, 11, 12]]
+PUSH_RESPONSES = [[70, 71, 72, 73, 74], [100, 101], [40, 200, 90, 91, 92, 93, 94, 300]]
+# fp32 on both sides, different kernels: vLLM's CPU kernels and torch differ by about 1e-6 on these models
+# (tests/test_rollout.py), the HF engine by float rounding only. 1e-3 leaves room for other CPUs, and is more than
+# 100x below what two or three steps at lr 1e-2 move these log-probs (measured 1.6-1.9 with the push skipped), so
+# an engine left on older weights cannot pass.
+PUSH_ATOL = 1e-3
+
+
+def learner_logprobs(trainer: Trainer) -> list[list[float]]:
+    tokens = build_tokens(PUSH_PROMPTS, PUSH_RESPONSES, trainer._pad_id())
+    values = trainer.roles.learner.logprobs(tokens)  # [N, T]
+    return [values[i, : len(r)].tolist() for i, r in enumerate(PUSH_RESPONSES)]
+
+
+def max_gap(a: list[list[float]], b: list[list[float]]) -> float:
+    assert [len(row) for row in a] == [len(row) for row in b] == [len(r) for r in PUSH_RESPONSES]
+    return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+
+
+def run_checking_the_push(args: list[str]) -> tuple[dict, float, float]:
+    """Train; returns (summary, how far training moved the learner's log-probs of the fixed sequences, how far
+    the rollout engine's log-probs of them are from the learner's afterwards)."""
+    trainer = Trainer(load_config(None, args))
+    try:
+        before = learner_logprobs(trainer)
+        summary = trainer.run()
+        after = learner_logprobs(trainer)
+        engine = trainer.roles.rollout.logprobs(PUSH_PROMPTS, PUSH_RESPONSES)
+    finally:
+        trainer.close()
+    return summary, max_gap(before, after), max_gap(engine, after)
+
+
+def check_push(moved: float, gap: float) -> None:
+    assert moved > 100 * PUSH_ATOL, f"training barely moved the weights ({moved:.2e}): the check would be blind"
+    assert gap < PUSH_ATOL, f"the rollout engine is {gap:.2e} away from the learner's weights: a push was lost"
+
+
+@pytest.fixture(scope="module")
+def vllm_run(tiny_model_dir, tmp_path_factory):
+    """One local-mode vLLM run, shared: its folder and its weight-push check."""
+    out = tmp_path_factory.mktemp("vllm-local")
+    summary, moved, gap = run_checking_the_push(overrides(tiny_model_dir, out, "local", *LEARNABLE))
+    return out, summary, moved, gap
+
+
 @pytest.mark.slow
-def test_local_mode_with_vllm(tiny_model_dir, tmp_path):
-    summary = train(None, overrides(tiny_model_dir, tmp_path, "local"))
+def test_local_mode_with_vllm(vllm_run):
+    out, summary, _, _ = vllm_run
     assert summary["steps"] == STEPS and summary["n"] == 8
-    check_run_folder(tmp_path / "local")
+    check_run_folder(out / "local")
+
+
+@pytest.mark.slow
+def test_weight_push_reaches_vllm_in_local_mode(vllm_run):
+    _, _, moved, gap = vllm_run
+    check_push(moved, gap)
 
 
 @pytest.mark.slow
 def test_ray_mode_with_vllm(tiny_tied_model_dir, tmp_path):
-    summary = train(None, overrides(tiny_tied_model_dir, tmp_path, "ray", "run.mode=ray"))
+    """Roles as Ray actors; the tied model checks that the pushed weights carry the LM head through Ray."""
+    summary, moved, gap = run_checking_the_push(
+        overrides(tiny_tied_model_dir, tmp_path, "ray", "run.mode=ray", *LEARNABLE))
     assert summary["steps"] == STEPS
     check_run_folder(tmp_path / "ray")
+    check_push(moved, gap)
 
 
 def test_ppo_with_kl_runs(tiny_model_dir, tmp_path):
@@ -155,9 +222,10 @@ def test_existing_run_is_not_overwritten(tiny_model_dir, tmp_path):
 
 def test_ray_mode_with_fsdp2_learners(tiny_model_dir, tmp_path):
     """Two learner actors shard the policy (FSDP2, gloo on CPU); weights reach the rollout worker; resume."""
-    extra = ("run.mode=ray", "rollout.backend=hf", "placement.learner_workers=2", "run.steps=2")
-    summary = train(None, overrides(tiny_model_dir, tmp_path, "fsdp", *extra))
+    extra = ("run.mode=ray", "rollout.backend=hf", "placement.learner_workers=2", "run.steps=2", *LEARNABLE)
+    summary, moved, gap = run_checking_the_push(overrides(tiny_model_dir, tmp_path, "fsdp", *extra))
     assert summary["steps"] == 2
+    check_push(moved, gap)
     run_dir = tmp_path / "fsdp"
     assert (run_dir / "checkpoints/step_000002/policy/model.safetensors").is_file()
     train(None, ["run.steps=3"], resume_dir=str(run_dir))
