@@ -103,7 +103,7 @@ def check_push(moved: float, gap: float) -> None:
 
 @pytest.fixture(scope="module")
 def vllm_run(tiny_model_dir, tmp_path_factory):
-    """One local-mode vLLM run, shared: its folder and its weight-push check."""
+    """One local-mode vLLM run, shared: its folder, its weight-push check, and the baseline for resume parity."""
     out = tmp_path_factory.mktemp("vllm-local")
     summary, moved, gap = run_checking_the_push(overrides(tiny_model_dir, out, "local", *LEARNABLE))
     return out, summary, moved, gap
@@ -120,6 +120,15 @@ def test_local_mode_with_vllm(vllm_run):
 def test_weight_push_reaches_vllm_in_local_mode(vllm_run):
     _, _, moved, gap = vllm_run
     check_push(moved, gap)
+
+
+@pytest.mark.slow
+def test_resume_with_vllm_matches_an_uninterrupted_run(vllm_run, tiny_model_dir):
+    """The demo's backend: interrupted after step 2 and resumed, it repeats the uninterrupted run's samples."""
+    out = vllm_run[0]
+    train(None, overrides(tiny_model_dir, out, "interrupted", *LEARNABLE, "run.steps=2"))
+    train(None, [f"run.steps={STEPS}"], resume_dir=str(out / "interrupted"))
+    check_resume(out / "local", out / "interrupted", STEPS, tiny_model_dir)
 
 
 @pytest.mark.slow
@@ -140,25 +149,46 @@ def test_ppo_with_kl_runs(tiny_model_dir, tmp_path):
     assert "train/vf_loss" in metrics[-1] and "time/reference" in metrics[-1]
 
 
-def test_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
-    extra = ("rollout.backend=hf", "checkpoint.every=1", "run.steps=4", "algo.kl_coef=0.01")
-    train(None, overrides(tiny_model_dir, tmp_path, "straight", *extra))
-    # The same run, interrupted after step 2 (its recipe said 2 steps), then resumed to 4.
-    train(None, overrides(tiny_model_dir, tmp_path, "interrupted", *extra, "run.steps=2"))
-    train(None, ["run.steps=4"], resume_dir=str(tmp_path / "interrupted"))
-    straight, resumed = tmp_path / "straight", tmp_path / "interrupted"
+def check_resume(straight: Path, resumed: Path, steps: int, initial: Path, *, critic: bool = False) -> None:
+    """Same samples, rewards and data cursor every step, and the same weights at the end (policy, critic)."""
     a, b = read_rollouts(straight), read_rollouts(resumed)
     assert [(r["step"], r["prompt"], r["completion"]) for r in a] == [
         (r["step"], r["prompt"], r["completion"]) for r in b
     ]
     ma, mb = read_metrics(straight), read_metrics(resumed)
-    assert [m["step"] for m in mb] == [1, 2, 3, 4]
+    assert [m["step"] for m in mb] == list(range(1, steps + 1))
     for x, y in zip(ma, mb, strict=True):
         assert x["reward/mean"] == y["reward/mean"] and x["data/cursor"] == y["data/cursor"]
-    wa = load_file(str(straight / "checkpoints/step_000004/policy/model.safetensors"))
-    wb = load_file(str(resumed / "checkpoints/step_000004/policy/model.safetensors"))
-    for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], atol=1e-6, rtol=1e-5)
+    last = f"checkpoints/step_{steps:06d}"
+    files = ["policy/model.safetensors"] + (["critic/model.safetensors"] if critic else [])
+    for file in files:
+        wa, wb = load_file(str(straight / last / file)), load_file(str(resumed / last / file))
+        assert wa.keys() == wb.keys()
+        for name in wa:
+            torch.testing.assert_close(wa[name], wb[name], atol=1e-6, rtol=1e-5)
+    if critic:
+        ha = torch.load(straight / last / "critic/value_head.pt")
+        hb = torch.load(resumed / last / "critic/value_head.pt")
+        for name in ha:
+            torch.testing.assert_close(ha[name], hb[name], atol=1e-6, rtol=1e-5)
+    # Training moved the policy far more than the tolerance, so the comparison above can tell runs apart.
+    start = load_file(str(initial / "model.safetensors"))
+    end = load_file(str(straight / last / files[0]))
+    assert max(float((end[k] - start[k]).abs().max()) for k in start) > 1e-3
+
+
+@pytest.mark.parametrize("algo", [
+    ("algo.kl_coef=0.01",),
+    # PPO: the critic, both optimizers and the mini-batch shuffling generator must come back.
+    ("algo.name=ppo", "algo.kl_coef=0.05", "algo.kl_in=reward", "algo.mini_batches=2"),
+], ids=["grpo", "ppo"])
+def test_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path, algo):
+    extra = ("rollout.backend=hf", "checkpoint.every=1", "checkpoint.keep_last=4", "run.steps=4", *LEARNABLE, *algo)
+    train(None, overrides(tiny_model_dir, tmp_path, "straight", *extra))
+    # The same run, interrupted after step 2 (its recipe said 2 steps), then resumed to 4.
+    train(None, overrides(tiny_model_dir, tmp_path, "interrupted", *extra, "run.steps=2"))
+    train(None, ["run.steps=4"], resume_dir=str(tmp_path / "interrupted"))
+    check_resume(tmp_path / "straight", tmp_path / "interrupted", 4, tiny_model_dir, critic="algo.name=ppo" in algo)
 
 
 def test_incomplete_checkpoint_is_ignored(tiny_model_dir, tmp_path):
