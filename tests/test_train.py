@@ -192,19 +192,21 @@ def test_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path, algo):
 
 
 def test_incomplete_checkpoint_is_ignored(tiny_model_dir, tmp_path):
-    from tinyzero.checkpoint import latest_checkpoint
-
     train(None, overrides(tiny_model_dir, tmp_path, "crash", "rollout.backend=hf", "run.steps=2",
                           "checkpoint.every=1"))
     run_dir = tmp_path / "crash"
-    # a crash mid-write leaves a temporary folder and no marker: it must never be taken for a checkpoint
+    # A save killed after writing its marker but before the rename: everything a checkpoint has, under its
+    # temporary name, and a later step. Its state is not a driver state, so resuming from it would fail loudly.
     half = run_dir / "checkpoints" / ".tmp-step_000003-999"
     half.mkdir()
     (half / "state.json").write_text("{}")
-    fake = run_dir / "checkpoints" / "step_000009"
+    (half / "COMPLETE").write_text("3")
+    fake = run_dir / "checkpoints" / "step_000009"  # renamed into place, killed before the marker
     fake.mkdir()
     (fake / "state.json").write_text("{}")
-    assert latest_checkpoint(run_dir).name == "step_000002"
+    train(None, ["run.steps=3"], resume_dir=str(run_dir))
+    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3]  # resumed from step 2
+    assert not half.exists()  # the next save cleared the debris
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
