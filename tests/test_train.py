@@ -149,6 +149,25 @@ def test_ppo_with_kl_runs(tiny_model_dir, tmp_path):
     assert "train/vf_loss" in metrics[-1] and "time/reference" in metrics[-1]
 
 
+def test_training_raises_the_reward_of_a_learnable_task(tiny_model_dir, tmp_path):
+    """Learning, not just running: ten GRPO steps on toy_tasks:Letters (share of ASCII letters in the reply).
+
+    Seeded (run.seed, the fixture's model), so a machine gives the same curve every time; two runs show it. The
+    margin: across run seeds 0-9 on this machine the mean reward of the last three steps beat that of the first
+    three by 0.45 to 0.75 (from about 0.23); one step's mean over 32 replies varies by about 0.03. A gain of 0.3 is
+    far beyond noise, and a run that does not learn (no weight push, a sign error in the advantages, a learning
+    rate that never reaches the optimiser) stays near its start."""
+    args = overrides(tiny_model_dir, tmp_path, "learn", "rollout.backend=hf", *LEARNABLE, "run.steps=10",
+                     "rollout.samples_per_prompt=8", "rollout.max_new_tokens=8", "eval.size=4", "eval.every=0",
+                     "checkpoint.every=0")
+    train(None, args)
+    rewards = [m["reward/mean"] for m in read_metrics(tmp_path / "learn")]
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > first + 0.3, [round(r, 3) for r in rewards]
+    train(None, [arg.replace("run.name=learn", "run.name=again") for arg in args])
+    assert [m["reward/mean"] for m in read_metrics(tmp_path / "again")] == rewards  # deterministic
+
+
 def check_resume(straight: Path, resumed: Path, steps: int, initial: Path, *, critic: bool = False) -> None:
     """Same samples, rewards and data cursor every step, and the same weights at the end (policy, critic)."""
     a, b = read_rollouts(straight), read_rollouts(resumed)
