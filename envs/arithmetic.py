@@ -1,7 +1,7 @@
 """Arithmetic: multi-digit ``a op b`` with an exact integer answer.
 
 Two answer formats: ``tags`` (the answer goes in ``<answer>…</answer>``, with format credit) and
-``last_integer`` (the last integer the model writes is its answer; no tags, no format credit). A small
+``last_integer`` (the integer the reply ends with is its answer; no tags, no format credit). A small
 instruct model almost never writes tags unprompted and, shown a literal example answer, learns to copy it
 for the format credit; ``last_integer`` lets the accuracy signal through on such models (the CPU demo).
 """
@@ -25,8 +25,8 @@ class ArithmeticOptions:
 
     digits: digits in each operand (1 means 0-9, 2 means 10-99, ...)
     ops: operators to draw from, any of + - *
-    answer_format: tags (answer in <answer> tags, with format credit) or last_integer (last integer written)
-    format_score: score for a complete <answer> pair holding a wrong or non-integer answer (tags format)
+    answer_format: tags (answer in <answer> tags, with format credit) or last_integer (the integer the reply ends with, not an operand)
+    format_score: score for a complete <answer> pair holding a wrong integer (tags format); anything else scores 0
     """
 
     digits: int = 2

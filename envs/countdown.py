@@ -31,7 +31,7 @@ class CountdownOptions:
     high: largest number that can be drawn
     target_min: smallest target
     target_max: largest target
-    format_score: score for a complete <answer> pair whose equation is wrong or malformed
+    format_score: score for a well-formed equation over exactly the given numbers that misses the target
     """
 
     min_count: int = 3

@@ -25,7 +25,7 @@ class SortOptions:
 
     count: how many numbers to sort
     high: largest number (numbers are drawn from 0..high)
-    format_score: score for a complete <answer> pair that is not the sorted list
+    format_score: score for the given numbers in another wrong order (anything else that is not sorted: 0)
     """
 
     count: int = 5
@@ -69,4 +69,8 @@ class SortNumbers:
         expected = [str(n) for n in problem["answer"]]
         if parts == expected:
             return RewardResult(1.0, True, "correct", {"format": 1.0})
-        return RewardResult(self.options.format_score, False, "wrong_order", {"format": 1.0})
+        # Format credit only for an attempt: the numbers rearranged. The prompt's own "<answer> </answer>" and
+        # the list copied as it was given must earn nothing, or echoing the prompt pays.
+        if sorted(parts) == sorted(expected) and parts != [str(n) for n in problem["numbers"]]:
+            return RewardResult(self.options.format_score, False, "wrong_order", {"format": 1.0})
+        return RewardResult(0.0, False, "wrong_numbers", {"format": 0.0})

@@ -2,11 +2,14 @@
 
 ``arithmetic_reward`` (answer format ``tags``): the stripped content of the last complete
 ``<answer>…</answer>`` pair must be an integer literal of ASCII digits with an optional leading ``-``;
-equal to the answer → 1.0 and ``correct``; anything else inside the pair → the format credit (0.1 by
-default); no complete pair → 0.0.
+equal to the answer → 1.0 and ``correct``; another integer → the format credit (0.1 by default); anything
+else — no complete pair, an empty one (the prompt's own ``<answer> </answer>``), words, an expression such as
+the question restated — → 0.0.
 
 ``last_integer_reward`` (answer format ``last_integer``): the last integer written anywhere in the
-completion is the answer; equal → 1.0, otherwise 0.0. No format credit, so there is nothing to copy.
+completion is the answer, unless it is the right operand of an arithmetic operator (``20 - 10``, ``(7 * 1)``):
+then the completion ends in an expression, not an answer, and scores 0.0 — so echoing or restating the
+question ("What is 20 - 10?" when the answer is 10) earns nothing. Equal → 1.0, otherwise 0.0; no format credit.
 
 Integers are compared as canonical digit strings, never converted with ``int()``: a 5,000-digit answer is
 simply wrong, and Python's limit on int-from-string conversion is never hit.
@@ -16,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tinyzero.rewards.answer import extract_answer, strip_ascii_ws
-from tinyzero.rewards.expr import DIGITS, canonical_digits
-from tinyzero.rewards.result import NO_ANSWER, RewardResult, graded
+from tinyzero.rewards.answer import ASCII_WS, extract_answer, strip_ascii_ws
+from tinyzero.rewards.expr import canonical_digits
+from tinyzero.rewards.result import NO_ANSWER, RewardResult, graded, malformed
 
 DEFAULT_FORMAT_SCORE = 0.1
 
@@ -54,34 +57,50 @@ def arithmetic_reward(
         return NO_ANSWER
     given = canonical_integer(strip_ascii_ws(content))
     if given is None:
-        return graded(False, "not_integer", format_score)
+        return malformed("not_integer")
     if given == expected:
         return graded(True, "correct", format_score)
     return graded(False, "wrong_value", format_score)
 
 
+# Characters that make the integer after them an operand: ASCII + - * /, and × ÷ · − (U+2212), which a
+# model may use when it restates "a * b" or "a - b". ASCII '-' alone is also a sign (see last_integer).
+OPERATORS = frozenset("+-*/×÷·−")
+ASCII_DIGITS = "0123456789"
+_BLANK_OR_OPEN = " \t\n\r\x0b\x0c("
+
+
 def last_integer(text: str) -> str | None:
-    """The last maximal run of ASCII digits, with a '-' sign when one directly precedes it and is not
-    itself preceded by a digit (so ``"5-3"`` ends in ``3``, ``"is -3"`` in ``-3``). Linear scan from the end."""
-    end = len(text)
-    while end > 0 and text[end - 1] not in DIGITS:
-        end -= 1
+    """The answer a completion ends with: its last maximal run of ASCII digits, signed, or None.
+
+    Looking left from the digits past ASCII whitespace and ``(``: an operator from OPERATORS means the digits
+    are a right operand (``20 - 10``, ``(7 * 1)``) and there is no answer — except an ASCII ``-`` that is not
+    itself preceded (past ASCII whitespace) by a digit or ``)``, which is a sign: ``is -3`` and ``= (-3)`` end
+    in ``-3``. Only ``str`` methods that run in C (rfind, rstrip) touch the text: linear and fast on a megabyte.
+    """
+    end = max(text.rfind(d) for d in ASCII_DIGITS) + 1
     if end == 0:
         return None
-    start = end
-    while start > 0 and text[start - 1] in DIGITS:
-        start -= 1
-    digits = text[start:end]
-    negative = start > 0 and text[start - 1] == "-" and (start < 2 or text[start - 2] not in DIGITS)
-    return ("-" if negative else "") + digits
+    before = text[:end].rstrip(ASCII_DIGITS)  # everything left of the last run of digits
+    digits = text[len(before) : end]
+    left = before.rstrip(_BLANK_OR_OPEN)
+    if not left or left[-1] not in OPERATORS:
+        return digits
+    if left[-1] != "-":
+        return None
+    ahead = left[:-1].rstrip(ASCII_WS)
+    if ahead and (ahead[-1] in ASCII_DIGITS or ahead[-1] == ")"):
+        return None  # a binary minus: "20 - 10", "(3 + 4) - 10"
+    return "-" + digits
 
 
 def last_integer_reward(completion: str, problem: Mapping, *, format_score: float = 0.0) -> RewardResult:
-    """Score one completion by the last integer it writes (no tags needed)."""
+    """Score one completion by the integer it ends with (no tags needed; see ``last_integer``)."""
     expected = _expected(problem)
     found = last_integer(completion) if isinstance(completion, str) else None
     if found is None:
-        return RewardResult(0.0, False, "no_integer", {"format": 0.0, "answer": 0.0})
+        ends_in_operand = isinstance(completion, str) and any(d in completion for d in ASCII_DIGITS)
+        return malformed("operand" if ends_in_operand else "no_integer")
     if canonical_integer(found) == expected:
         return RewardResult(1.0, True, "correct", {"format": 1.0, "answer": 1.0})
     return RewardResult(format_score, False, "wrong_value", {"format": 1.0, "answer": 0.0})

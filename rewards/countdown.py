@@ -4,9 +4,10 @@ Rules (docs/rewards.md explains why they differ from the reference project's ``e
 the answer is the last complete ``<answer>…</answer>`` pair; its content, stripped of ASCII whitespace,
 must be at most 1,000 characters of ASCII-digit integer literals, binary ``+ - * /``, parentheses and
 ASCII whitespace; the literals must be exactly the problem's numbers as a multiset (each used once, all
-used); it is evaluated in exact rationals, division by zero fails. Equal to the target → 1.0 and
-``correct``; any other failure inside a complete tag pair → the format credit (0.1 by default);
-no complete pair → 0.0.
+used); it is evaluated in exact rationals. Equal to the target → 1.0 and ``correct``; a well-formed equation
+over exactly the problem's numbers that misses the target (or divides by zero) → the format credit (0.1 by
+default); anything else — no complete pair, an empty one, text, the target or the numbers copied from the
+prompt — → 0.0, so echoing the prompt (which holds tag pairs) earns nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 
 from tinyzero.rewards.answer import extract_answer, strip_ascii_ws
 from tinyzero.rewards.expr import ExprError, evaluate, parse
-from tinyzero.rewards.result import NO_ANSWER, RewardResult, graded
+from tinyzero.rewards.result import NO_ANSWER, RewardResult, graded, malformed
 
 MAX_EQUATION_CHARS = 1000
 DEFAULT_FORMAT_SCORE = 0.1
@@ -49,17 +50,19 @@ def countdown_reward(
         return NO_ANSWER
     equation = strip_ascii_ws(content)
     if len(equation) > MAX_EQUATION_CHARS:
-        return graded(False, "too_long", format_score)
+        return malformed("too_long")
     if not equation:
-        return graded(False, "empty", format_score)
+        return malformed("empty")
     try:
         parsed = parse(equation)
-        # Literals are compared as canonical digit strings: no hostile literal is ever turned into an int.
-        expected = Counter(str(n) for n in numbers)
-        if Counter(parsed.literals) != expected:
-            return graded(False, "wrong_numbers", format_score)
-        value = evaluate(parsed, {str(n): n for n in numbers})
     except ExprError as err:
+        return malformed(err.reason)
+    # Literals are compared as canonical digit strings: no hostile literal is ever turned into an int.
+    if Counter(parsed.literals) != Counter(str(n) for n in numbers):
+        return malformed("wrong_numbers")
+    try:
+        value = evaluate(parsed, {str(n): n for n in numbers})
+    except ExprError as err:  # division by zero: a real attempt at the task, so it keeps the format credit
         return graded(False, err.reason, format_score)
     if value == target:
         return graded(True, "correct", format_score)

@@ -30,10 +30,18 @@ class RewardResult:
 
 
 def graded(correct: bool, reason: str, format_score: float) -> RewardResult:
-    """A verdict for a completion that had a complete answer tag pair."""
+    """A verdict for an answer of the task's shape (right or wrong): wrong ones earn the format credit."""
     if correct:
         return RewardResult(1.0, True, reason, {"format": 1.0, "answer": 1.0})
     return RewardResult(format_score, False, reason, {"format": 1.0, "answer": 0.0})
+
+
+def malformed(reason: str) -> RewardResult:
+    """A verdict for a complete answer pair whose content is not an answer of the task's shape: no credit.
+
+    Why none: the prompts themselves hold complete tag pairs (``inside <answer> </answer>``), so credit for any
+    content would pay a model for echoing its prompt."""
+    return RewardResult(0.0, False, reason, {"format": 0.0, "answer": 0.0})
 
 
 NO_ANSWER = RewardResult(0.0, False, "no_answer", {"format": 0.0, "answer": 0.0})

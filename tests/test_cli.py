@@ -42,6 +42,7 @@ def test_envs_lists_environments_and_options():
 def test_reward_scores_jsonl_in_order():
     lines = [
         {"completion": "<answer>3 * 5 + 7</answer>", "problem": {"numbers": [3, 5, 7], "target": 22}},
+        {"completion": "<answer>3 + 5 + 7</answer>", "problem": {"numbers": [3, 5, 7], "target": 22}},
         {"completion": "<answer>3.5 + 7</answer>", "problem": {"numbers": [3, 5, 7], "target": 22}},
         {"completion": "nothing", "problem": {"numbers": [3, 5, 7], "target": 22}},
     ]
@@ -50,7 +51,8 @@ def test_reward_scores_jsonl_in_order():
     out = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(o["score"], o["correct"], o["reason"]) for o in out] == [
         (1.0, True, "correct"),
-        (0.1, False, "bad_character"),
+        (0.1, False, "wrong_value"),
+        (0.0, False, "bad_character"),
         (0.0, False, "no_answer"),
     ]
     assert set(out[0]) == {"score", "correct", "components", "reason"}

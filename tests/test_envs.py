@@ -76,8 +76,9 @@ def test_prompts_never_show_the_solution_or_a_scoring_example(name):
             text = rendered if isinstance(rendered, str) else rendered[0]["content"]
             if "solution" in problem:
                 assert problem["solution"] not in text
-            # Copying the prompt back must never be judged correct.
-            assert not env.reward(text, problem).correct
+            # Copying the prompt back must never be judged correct, nor earn format credit.
+            result = env.reward(text, problem)
+            assert not result.correct and result.score == 0.0 and result.components.get("format") == 0.0
 
 
 def test_base_template_prefills_think_and_chat_is_a_message_list():
@@ -127,7 +128,12 @@ def test_out_of_tree_example_task(monkeypatch):
     problem = test[0]
     good = "<answer>" + ", ".join(str(n) for n in sorted(problem["numbers"])) + "</answer>"
     assert env.reward(good, problem).correct
-    assert env.reward("<answer>1, 2</answer>", problem).score == 0.1
+    descending = "<answer>" + ", ".join(str(n) for n in sorted(problem["numbers"], reverse=True)) + "</answer>"
+    assert env.reward(descending, problem).score == 0.1  # the numbers rearranged: an attempt
+    assert env.reward("<answer>1, 2</answer>", problem).score == 0.0
     assert env.reward("no tags", problem).score == 0.0
+    for echo in (env.task_text(problem), "<answer>" + ", ".join(map(str, problem["numbers"])) + "</answer>"):
+        if problem["numbers"] != sorted(problem["numbers"]):  # a list given sorted is its own answer
+            assert env.reward(echo, problem).score == 0.0
     assert not {env.key(p) for p in train} & {env.key(p) for p in test}
     sys.modules.pop("sort_numbers", None)

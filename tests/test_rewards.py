@@ -1,13 +1,17 @@
-"""Table-driven reward cases, hostile inputs included, plus property tests."""
+"""Table-driven reward cases, hostile inputs included, plus property tests (echoing the prompt earns nothing)."""
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tinyzero.envs import render_prompt
+from tinyzero.envs.arithmetic import ANSWER_FORMATS, Arithmetic, ArithmeticOptions
+from tinyzero.envs.countdown import Countdown, CountdownOptions
 from tinyzero.rewards import arithmetic_reward, countdown_reward, extract_answer, last_integer_reward
 
 P = {"numbers": [3, 5, 7], "target": 22}  # 3 * 5 + 7
@@ -26,7 +30,7 @@ COUNTDOWN_CASES = [
     (tag("3 * 5 + 7") + "\n", P, 1.0, True, "correct"),  # newline after </answer> (reference: 0)
     (tag("3 * 5 + 7") + " and that is my answer", P, 1.0, True, "correct"),
     (tag("1 + 1") + " " + tag("3 * 5 + 7"), P, 1.0, True, "correct"),  # last complete pair wins
-    (tag("3 * 5 + 7") + " " + tag("1 + 1"), P, 0.1, False, "wrong_numbers"),
+    (tag("3 * 5 + 7") + " " + tag("1 + 1"), P, 0.0, False, "wrong_numbers"),
     (tag("3 * 5 + 7") + " <answer>1 + 1", P, 1.0, True, "correct"),  # unfinished pair is ignored
     ("<answer>junk<answer>3*5+7</answer>", P, 1.0, True, "correct"),
     ("<answer>3*5+7</answer></answer>", P, 1.0, True, "correct"),
@@ -35,34 +39,34 @@ COUNTDOWN_CASES = [
     ("<answer>3 * 5 + 7", P, 0.0, False, "no_answer"),
     ("3 * 5 + 7</answer>", P, 0.0, False, "no_answer"),
     ("", P, 0.0, False, "no_answer"),
-    (tag(""), P, 0.1, False, "empty"),
-    (tag("   "), P, 0.1, False, "empty"),
-    (tag("3.5 + 7"), P, 0.1, False, "bad_character"),  # reference: uses "3 and 5"
-    (tag("3 * 5 + 7.0"), P, 0.1, False, "bad_character"),
-    (tag("99**98**97"), {"numbers": [99, 98, 97], "target": 1}, 0.1, False, "syntax"),  # reference: hangs
-    (tag("3 ** 5 + 7"), P, 0.1, False, "syntax"),
-    (tag("3 ^ 5 + 7"), P, 0.1, False, "bad_character"),
-    (tag("-3 + 5 * 7"), {"numbers": [3, 5, 7], "target": 32}, 0.1, False, "syntax"),  # unary minus
-    (tag("5 * 7 + -3"), {"numbers": [3, 5, 7], "target": 32}, 0.1, False, "syntax"),
-    (tag("3 * 5 + 7 = 22"), P, 0.1, False, "bad_character"),
-    (tag("0x3 * 5 + 7"), P, 0.1, False, "bad_character"),
-    (tag("3 * 5 + 1_0"), {"numbers": [3, 5, 10], "target": 25}, 0.1, False, "bad_character"),
-    (tag("3e0 * 5 + 7"), P, 0.1, False, "bad_character"),
-    (tag("\u0663 * 5 + 7"), P, 0.1, False, "bad_character"),  # Arabic-Indic three
-    (tag("\uff13 * 5 + 7"), P, 0.1, False, "bad_character"),  # full-width three
-    (tag("3\u00a0* 5 + 7"), P, 0.1, False, "bad_character"),  # no-break space is not ASCII whitespace
-    (tag("\u20033 * 5 + 7"), P, 0.1, False, "bad_character"),  # Unicode space is not stripped
-    (tag("3 * 5 % 7"), P, 0.1, False, "bad_character"),
-    (tag("[3 * 5] + 7"), P, 0.1, False, "bad_character"),
-    (tag("3 5 + 7"), P, 0.1, False, "syntax"),  # two literals side by side
-    (tag("3 (5 + 7)"), P, 0.1, False, "syntax"),  # implicit multiplication
-    (tag("(3 * 5 + 7"), P, 0.1, False, "syntax"),
-    (tag("3 * 5) + 7"), P, 0.1, False, "syntax"),
-    (tag("()3 * 5 + 7"), P, 0.1, False, "syntax"),
-    (tag("3 * 5 + 7 +"), P, 0.1, False, "syntax"),
-    (tag("3 * 5 + 7 + 7"), P, 0.1, False, "wrong_numbers"),  # a number twice
-    (tag("3 * 5"), {"numbers": [3, 5, 7], "target": 15}, 0.1, False, "wrong_numbers"),  # one unused
-    (tag("35 - 7 - 6"), {"numbers": [3, 5, 7, 6], "target": 22}, 0.1, False, "wrong_numbers"),
+    (tag(""), P, 0.0, False, "empty"),
+    (tag("   "), P, 0.0, False, "empty"),
+    (tag("3.5 + 7"), P, 0.0, False, "bad_character"),  # reference: uses "3 and 5"
+    (tag("3 * 5 + 7.0"), P, 0.0, False, "bad_character"),
+    (tag("99**98**97"), {"numbers": [99, 98, 97], "target": 1}, 0.0, False, "syntax"),  # reference: hangs
+    (tag("3 ** 5 + 7"), P, 0.0, False, "syntax"),
+    (tag("3 ^ 5 + 7"), P, 0.0, False, "bad_character"),
+    (tag("-3 + 5 * 7"), {"numbers": [3, 5, 7], "target": 32}, 0.0, False, "syntax"),  # unary minus
+    (tag("5 * 7 + -3"), {"numbers": [3, 5, 7], "target": 32}, 0.0, False, "syntax"),
+    (tag("3 * 5 + 7 = 22"), P, 0.0, False, "bad_character"),
+    (tag("0x3 * 5 + 7"), P, 0.0, False, "bad_character"),
+    (tag("3 * 5 + 1_0"), {"numbers": [3, 5, 10], "target": 25}, 0.0, False, "bad_character"),
+    (tag("3e0 * 5 + 7"), P, 0.0, False, "bad_character"),
+    (tag("\u0663 * 5 + 7"), P, 0.0, False, "bad_character"),  # Arabic-Indic three
+    (tag("\uff13 * 5 + 7"), P, 0.0, False, "bad_character"),  # full-width three
+    (tag("3\u00a0* 5 + 7"), P, 0.0, False, "bad_character"),  # no-break space is not ASCII whitespace
+    (tag("\u20033 * 5 + 7"), P, 0.0, False, "bad_character"),  # Unicode space is not stripped
+    (tag("3 * 5 % 7"), P, 0.0, False, "bad_character"),
+    (tag("[3 * 5] + 7"), P, 0.0, False, "bad_character"),
+    (tag("3 5 + 7"), P, 0.0, False, "syntax"),  # two literals side by side
+    (tag("3 (5 + 7)"), P, 0.0, False, "syntax"),  # implicit multiplication
+    (tag("(3 * 5 + 7"), P, 0.0, False, "syntax"),
+    (tag("3 * 5) + 7"), P, 0.0, False, "syntax"),
+    (tag("()3 * 5 + 7"), P, 0.0, False, "syntax"),
+    (tag("3 * 5 + 7 +"), P, 0.0, False, "syntax"),
+    (tag("3 * 5 + 7 + 7"), P, 0.0, False, "wrong_numbers"),  # a number twice
+    (tag("3 * 5"), {"numbers": [3, 5, 7], "target": 15}, 0.0, False, "wrong_numbers"),  # one unused
+    (tag("35 - 7 - 6"), {"numbers": [3, 5, 7, 6], "target": 22}, 0.0, False, "wrong_numbers"),
     (tag("3 * 5 - 7"), P, 0.1, False, "wrong_value"),
     (tag("1 / 2 * 4"), {"numbers": [1, 2, 4], "target": 2}, 1.0, True, "correct"),  # exact rationals
     (tag("4 / 3 * 3"), {"numbers": [4, 3, 3], "target": 4}, 1.0, True, "correct"),
@@ -71,9 +75,9 @@ COUNTDOWN_CASES = [
     (tag("03 * 5 + 7"), P, 1.0, True, "correct"),  # a leading zero does not change the value
     (tag("(" * 300 + "3 * 5 + 7" + ")" * 300), P, 1.0, True, "correct"),  # deep nesting, no recursion
     (tag("3 *" + " " * 992 + "5 + 7"), P, 1.0, True, "correct"),  # 1,000 characters exactly
-    (tag("3 *" + " " * 993 + "5 + 7"), P, 0.1, False, "too_long"),  # 1,001 characters
+    (tag("3 *" + " " * 993 + "5 + 7"), P, 0.0, False, "too_long"),  # 1,001 characters
     (tag(" " * 5000 + "3 * 5 + 7" + "\n" * 5000), P, 1.0, True, "correct"),  # outer whitespace is stripped
-    (tag("9" * 5000), P, 0.1, False, "too_long"),
+    (tag("9" * 5000), P, 0.0, False, "too_long"),
     # TinyZero's parquet names the numbers "nums"; the reward reads either name.
     (tag("3*5+7"), {"nums": [3, 5, 7], "target": 22}, 1.0, True, "correct"),
 ]
@@ -86,8 +90,8 @@ def test_countdown_table(completion, problem, score, correct, reason):
 
 
 def test_countdown_format_score_is_configurable():
-    assert countdown_reward(tag("1+1"), P, format_score=0.0).score == 0.0
-    assert countdown_reward(tag("1+1"), P, format_score=0.25).score == 0.25
+    assert countdown_reward(tag("3+5+7"), P, format_score=0.0).score == 0.0
+    assert countdown_reward(tag("3+5+7"), P, format_score=0.25).score == 0.25
     assert countdown_reward(tag("3*5+7"), P, format_score=0.0).score == 1.0
 
 
@@ -100,19 +104,19 @@ ARITHMETIC_CASES = [
     (tag("47") + "\nso that's it", A, 1.0, True),
     (tag("46") + tag("47"), A, 1.0, True),
     (tag("47") + tag("46"), A, 0.1, False),
-    (tag("+47"), A, 0.1, False),
-    (tag("47.0"), A, 0.1, False),
-    (tag("4 7"), A, 0.1, False),
-    (tag("4_7"), A, 0.1, False),
-    (tag("forty-seven"), A, 0.1, False),
+    (tag("+47"), A, 0.0, False),
+    (tag("47.0"), A, 0.0, False),
+    (tag("4 7"), A, 0.0, False),
+    (tag("4_7"), A, 0.0, False),
+    (tag("forty-seven"), A, 0.0, False),
     (tag("-47"), A, 0.1, False),
-    (tag("\u0664\u0667"), A, 0.1, False),  # Arabic-Indic digits
-    (tag("47\u00a0"), A, 0.1, False),
-    (tag(""), A, 0.1, False),
+    (tag("\u0664\u0667"), A, 0.0, False),  # Arabic-Indic digits
+    (tag("47\u00a0"), A, 0.0, False),
+    (tag(""), A, 0.0, False),
     (tag("9" * 5000), A, 0.1, False),  # simply wrong, not a crash
     (tag("-12"), {"answer": -12}, 1.0, True),
-    (tag("- 12"), {"answer": -12}, 0.1, False),
-    (tag("--12"), {"answer": -12}, 0.1, False),
+    (tag("- 12"), {"answer": -12}, 0.0, False),
+    (tag("--12"), {"answer": -12}, 0.0, False),
     (tag("-0"), {"answer": 0}, 1.0, True),
     (tag("0"), {"answer": 0}, 1.0, True),
     (tag("9" * 5000), {"answer": int("9" * 4000)}, 0.1, False),
@@ -136,7 +140,19 @@ def test_arithmetic_table(completion, problem, score, correct):
         ("47 is wrong, it is 46", 47, False),
         ("so 5-3 = 2", 2, True),
         ("it is -3", -3, True),
-        ("5-3", 3, True),  # '-' after a digit is subtraction, not a sign
+        ("5-3", 3, False),  # '-' after a digit is subtraction: ends in an operand, not an answer
+        ("5-3", -3, False),
+        ("5 - 3 = 2. So 2", 2, True),
+        ("What is 20 - 10?", 10, False),  # the question echoed: 10 is an operand
+        ("What is 20 - 10?\nThe answer is 10.", 10, True),
+        ("7 * (1)", 1, False),
+        ("(3 + 4) - 10", -10, False),  # subtraction after a closing parenthesis
+        ("(3 + 4) - 10", 10, False),
+        ("so it is (-3)", -3, True),
+        ("20 - 23 = -3", -3, True),
+        ("20 - 23 = - 3", -3, True),  # a sign may stand apart from its digits
+        ("20 \u2212 10", 10, False),  # U+2212 minus sign restating the question
+        ("7 \u00d7 1", 1, False),  # multiplication sign
         ("no digits here", 47, False),
         ("", 47, False),
         ("\u0664\u0667", 47, False),
@@ -197,3 +213,73 @@ def test_random_strings_never_raise(text):
         assert time.perf_counter() - start < 0.5
         assert result.score in (0.0, 0.1, 1.0)
         assert result.correct == (result.score == 1.0)
+
+
+# ------------------------------------------------------------------------------ echoing the question
+def chatml(text: str) -> str:
+    """A user turn as ChatML renders it (the tiny models', Qwen's and SmolLM2's chat format)."""
+    return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def prompt_echoes(env, problem) -> list[str]:
+    """The prompt as the model saw it (task text, base template, chat template), and quoted."""
+    task = env.task_text(problem)
+    shown = [task, render_prompt(env, problem, "base"), chatml(task)]
+    return shown + [f'You asked: "{task}"', f"> {task}\n", "<answer>" + task + "</answer>"]
+
+
+@st.composite
+def arithmetic_problems(draw):
+    """Problems of every digit count and operator, weighted towards those whose answer equals an operand
+    (20 - 10, 0 + 7, 1 * 7, 7 - 0, 7 * 1): there an echo ends with the right number."""
+    digits = draw(st.integers(1, 8))
+    lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    a, b = draw(st.integers(lo, hi)), draw(st.integers(lo, hi))
+    op = draw(st.sampled_from("+-*"))
+    shape = draw(st.sampled_from(["random", "answer_is_b", "answer_is_a"]))
+    if shape == "answer_is_b" and 2 * b <= hi:
+        a, op = 2 * b, "-"
+    elif shape == "answer_is_a":
+        op, b = draw(st.sampled_from([("+", 0), ("-", 0), ("*", 1)]))
+    answer = a + b if op == "+" else a - b if op == "-" else a * b
+    return {"a": a, "b": b, "op": op, "answer": answer}, digits
+
+
+def restatements(a: int, op: str, b: int) -> list[str]:
+    """The question's expression written back, in the operator spellings a model might use."""
+    spellings = {"+": ["+"], "-": ["-", "\u2212"], "*": ["*", "\u00d7", "\u00b7"]}[op]
+    out = []
+    for sym in spellings:
+        for expr in (f"{a} {sym} {b}", f"{a}{sym}{b}", f"({a} {sym} {b})", f"{a} {sym} ({b})"):
+            out += [expr, f"{expr} = ?", f"{expr} =", f"Let me compute {expr}.", f"<answer>{expr}</answer>",
+                    f"What is {expr}?\n{expr}"]
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(arithmetic_problems())
+def test_echoing_or_restating_an_arithmetic_question_earns_nothing(case):
+    problem, digits = case
+    envs = [Arithmetic(ArithmeticOptions(digits=digits, answer_format=fmt)) for fmt in ANSWER_FORMATS]
+    texts = [e for env in envs for e in prompt_echoes(env, problem)]
+    texts += restatements(problem["a"], problem["op"], problem["b"])
+    texts += [texts[0] + "\n" + r for r in restatements(problem["a"], problem["op"], problem["b"])[:6]]
+    for text in texts:
+        for env in envs:  # every prompt's echo, under every answer format's reward
+            result = env.reward(text, problem)
+            assert (result.score, result.correct, result.components["format"]) == (0.0, False, 0.0), (text, env)
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32), count=st.integers(2, 6), high=st.integers(1, 1000))
+def test_echoing_a_countdown_question_earns_nothing(seed, count, high):
+    env = Countdown(CountdownOptions(min_count=count, max_count=count, high=high, target_max=max(high, 100)))
+    problem = env.sample(random.Random(seed))
+    numbers, target = [str(n) for n in problem["numbers"]], str(problem["target"])
+    copies = [target, ", ".join(numbers), f"[{', '.join(numbers)}]", " ".join(numbers), numbers[0],
+              f"{', '.join(numbers)} = {target}", f"{target} = {target}", f"[{', '.join(numbers)}] -> {target}"]
+    texts = prompt_echoes(env, problem) + [f"<answer>{c}</answer>" for c in copies]
+    texts += [texts[0] + f" <answer>{c}</answer>" for c in copies]
+    for text in texts:
+        result = env.reward(text, problem)
+        assert (result.score, result.correct, result.components["format"]) == (0.0, False, 0.0), text

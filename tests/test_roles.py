@@ -33,6 +33,10 @@ class FakeEngine:
     def update_weights(self, weights):
         self.log.append(("update_weights", {name: t.dtype for name, t in weights}))
 
+    def logprobs(self, prompt_ids, response_ids):
+        self.log.append(("logprobs", list(prompt_ids), list(response_ids)))
+        return [[-float(p[0])] * len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+
 
 class FakeLearner:
     def named_weights(self, dtype):
@@ -72,6 +76,18 @@ def test_prompts_and_their_seeds_are_split_together_across_workers():
     out = roles.rollout.generate([[1], [2], [3]], n=1, max_new_tokens=4, temperature=1.0, seeds=[10, 20, 30])
     assert out == [["c1"], ["c2"], ["c3"]]
     assert [(e[1], e[2]) for e in log] == [([[1], [2]], [10, 20]), ([[3]], [30])]
+
+
+def test_logprobs_split_prompts_and_their_responses_together_across_workers():
+    log: list = []
+    roles = roles_with(log, workers=2, sleeps=True)
+    roles.rollout.sleep()
+    out = roles.rollout.logprobs([[1], [2], [3]], [[7, 7], [8], []])
+    assert out == [[-1.0, -1.0], [-2.0], []]
+    assert [e[0] for e in log] == ["sleep", "sleep", "wake_up", "wake_up", "logprobs", "logprobs"]  # woken first
+    assert [(e[1], e[2]) for e in log[4:]] == [([[1], [2]], [[7, 7], [8]]), ([[3]], [[]])]
+    with pytest.raises(ValueError, match="2 response_ids for 3 prompts"):
+        roles.rollout.logprobs([[1], [2], [3]], [[7], [8]])
 
 
 def test_request_seeds_never_share_a_random_stream():

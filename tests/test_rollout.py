@@ -1,8 +1,9 @@
-"""Tests for tinyzero.rollout: completion shapes, EOS handling, and in-place weight sync into vLLM.
+"""Tests for tinyzero.rollout: completion shapes, EOS handling, in-place weight sync into vLLM, and log-probs.
 
-The weight-sync test is the one that matters: after `update_weights`, vLLM's greedy tokens must equal
+The weight-sync tests are the ones that matter: after `update_weights`, vLLM's greedy tokens must equal
 transformers' greedy tokens on the same weights, for an untied model and for a tied-embedding model whose
-pushed weights lack `lm_head.weight` (as `save_pretrained` folders do).
+pushed weights lack `lm_head.weight` (as `save_pretrained` folders do); and vLLM's per-token log-probs of fixed
+sequences must equal the learner's on the weights it pushed — not only the argmax, every token's value.
 """
 
 import logging
@@ -11,7 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tinyzero.batches import build_tokens
+from tinyzero.config import AlgoConfig, OptimConfig
 from tinyzero.errors import TinyZeroError
+from tinyzero.learner import Learner
 from tinyzero.models import load_tokenizer
 from tinyzero.rollout import (
     _RELOAD_LOGGER,
@@ -138,6 +142,61 @@ def test_vllm_stops_at_eos_and_marks_finished(vllm_worker, model_dir):
     groups = vllm_worker.generate(_prompts(model_dir), n=2, max_new_tokens=MAX_NEW, temperature=1.0)
     eos_id = model.config.eos_token_id
     assert all(c.token_ids == [eos_id] and c.finished and c.text == "" for g in groups for c in g)
+
+
+# Responses of several lengths, one of them empty, and tokens from the whole vocabulary (the ids past the byte
+# tokenizer's 259 entries included: the model scores them like any other).
+RESPONSES = [[72, 105, 33, 258], [], [300, 5, 5, 5, 5, 5, 5, 5, 5, 319, 0], [42]]
+# fp32 on both sides; vLLM's CPU kernels (attention, fused RMSNorm/SiLU) sum in another order than torch's. The
+# measured gap on these tiny models is ~1e-6; 1e-4 leaves room for other CPUs and is still about 100x below the
+# smallest change the weight perturbation below makes.
+LOGPROB_ATOL = 1e-4
+
+
+def _learner_logprobs(learner: Learner, prompts, responses) -> list[list[float]]:
+    values = learner.logprobs(build_tokens(prompts, responses, pad_id=0))  # [N, T]
+    return [values[i, : len(r)].tolist() for i, r in enumerate(responses)]
+
+
+def _gap(a: list[list[float]], b: list[list[float]]) -> float:
+    assert [len(x) for x in a] == [len(y) for y in b]
+    return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+
+
+@pytest.mark.slow
+def test_vllm_logprobs_match_the_learners_on_the_pushed_weights(vllm_worker, model_dir):
+    prompts = (_prompts(model_dir) * 2)[: len(RESPONSES)]
+    learner = Learner(model_dir, AlgoConfig(), OptimConfig(micro_batch_size=2), compute_dtype="float32")
+    vllm_worker.update_weights(learner.named_weights("float32"))  # what Roles.sync_weights sends
+    before = vllm_worker.logprobs(prompts, RESPONSES)
+    assert [len(row) for row in before] == [len(r) for r in RESPONSES]
+    assert _gap(before, _learner_logprobs(learner, prompts, RESPONSES)) < LOGPROB_ATOL
+
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in learner.policy.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    expected = _learner_logprobs(learner, prompts, RESPONSES)
+    assert _gap(before, expected) > 100 * LOGPROB_ATOL  # the engine's old weights would be told apart
+    vllm_worker.update_weights(learner.named_weights("float32"))
+    assert _gap(vllm_worker.logprobs(prompts, RESPONSES), expected) < LOGPROB_ATOL
+    assert vllm_worker.logprobs([], []) == []
+
+
+def test_hf_engine_logprobs_equal_an_unpadded_forward(tiny_tied_model_dir):
+    worker = RolloutWorker(tiny_tied_model_dir, backend="hf", seed=0)
+    prompts = (_prompts(tiny_tied_model_dir) * 2)[: len(RESPONSES)]
+    reference = AutoModelForCausalLM.from_pretrained(tiny_tied_model_dir)
+    expected = []
+    with torch.no_grad():
+        for prompt, response in zip(prompts, RESPONSES, strict=True):
+            logits = reference(torch.tensor([prompt + response])).logits[0]  # one row: no padding at all
+            full = torch.log_softmax(logits.float(), dim=-1)
+            expected.append([float(full[len(prompt) - 1 + t, token]) for t, token in enumerate(response)])
+    assert _gap(worker.logprobs(prompts, RESPONSES), expected) < 1e-5
+    with pytest.raises(ValueError, match="at least one token"):
+        worker.logprobs([[]], [[1]])
+    worker.close()
 
 
 def test_hf_generate_shapes_and_padding(tiny_model_dir):

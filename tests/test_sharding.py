@@ -1,7 +1,9 @@
-"""FSDP2: two learner processes (gloo on CPU) compute the same gradients as one unsharded learner (fp32, bf16)."""
+"""FSDP2: two learner processes (gloo on CPU) compute the same gradients as one unsharded learner (fp32, bf16),
+and their checkpoints restore the AdamW moments (on two processes, and on one)."""
 
 from __future__ import annotations
 
+import copy
 import socket
 
 import pytest
@@ -94,3 +96,65 @@ def test_two_sharded_learners_take_the_same_gradient_as_one(tiny_model_dir, tmp_
     total = lambda g: torch.sqrt(sum((v**2).sum() for v in g.values()))  # noqa: E731
     assert float(total(expected)) > 0
     assert abs(float(total(sharded)) / float(total(expected)) - 1) < TOLERANCE[compute]
+
+
+def _make(model_dir: str, rank: int = 0, world_size: int = 1, init: str | None = None) -> Learner:
+    return Learner(model_dir, AlgoConfig(name="ppo"), OptimConfig(lr=1e-2, critic_lr=1e-2, micro_batch_size=2),
+                   rank=rank, world_size=world_size, init_method=init)
+
+
+def _resume_worker(rank: int, model_dir: str, init: str, folder: str, out: str) -> None:
+    """Train one PPO step, save, load into a fresh sharded learner, then take one more step with both."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    trained = _make(model_dir, rank, 2, init)
+    trained.update(batch_for(trained, "ppo"))
+    trained.save(folder)
+    dist.barrier()  # the first process has written the checkpoint
+    resumed = _make(model_dir, rank, 2, init)
+    resumed.load(folder)
+    # Copied: on CPU the returned states share storage with the live ones, which the next step changes.
+    states = copy.deepcopy({"trained": trained._optimizer_states(), "resumed": resumed._optimizer_states()})
+    weights = {}
+    for name, learner in (("trained", trained), ("resumed", resumed)):
+        learner.update(batch_for(learner, "ppo"))
+        weights[name] = {**learner._full_state(learner.policy),
+                         **{f"critic.{k}": v for k, v in learner._full_state(learner.critic).items()}}
+    if rank == 0:
+        torch.save({"states": states, "weights": weights}, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _assert_same_states(a: dict, b: dict) -> None:
+    assert a["state"].keys() == b["state"].keys() and a["state"]
+    for name, per_param in a["state"].items():
+        assert per_param.keys() == b["state"][name].keys() >= {"exp_avg", "exp_avg_sq", "step"}
+        for key, value in per_param.items():
+            assert torch.equal(value, b["state"][name][key]), (name, key)
+    assert [g["lr"] for g in a["param_groups"]] == [g["lr"] for g in b["param_groups"]]
+
+
+def test_sharded_checkpoint_restores_the_adamw_moments(tiny_model_dir, tmp_path):
+    folder, out = tmp_path / "ckpt", tmp_path / "result.pt"
+    folder.mkdir()
+    init = f"tcp://127.0.0.1:{_free_port()}"
+    mp.start_processes(_resume_worker, args=(str(tiny_model_dir), init, str(folder), str(out)), nprocs=2,
+                       start_method="spawn", join=True)
+    result = torch.load(out, weights_only=False)
+    trained, resumed = result["states"]["trained"], result["states"]["resumed"]
+    for key in ("optimizer", "critic_optimizer"):  # policy and PPO critic
+        _assert_same_states(trained[key], resumed[key])
+        assert any(bool(s["exp_avg"].abs().sum() > 0) for s in trained[key]["state"].values())
+    # The next step from the restored state is the step the uninterrupted learner takes.
+    a, b = result["weights"]["trained"], result["weights"]["resumed"]
+    assert a.keys() == b.keys() and any(k.startswith("critic.") for k in a)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=0, rtol=0)
+    # States are full tensors keyed by parameter name: one unsharded learner resumes the same checkpoint.
+    single = _make(str(tiny_model_dir))
+    single.load(folder)
+    restored = single._optimizer_states()
+    for key in ("optimizer", "critic_optimizer"):
+        _assert_same_states(trained[key], restored[key])

@@ -4,6 +4,8 @@ A checkpoint folder ``checkpoints/step_000010/`` holds the policy in HF format (
 optimizer/critic/RNG state (``learner.pt``) and the driver's state (``state.json``: step, data cursor, eval
 history). It is written under a temporary name and renamed into place only when complete, and a ``COMPLETE``
 marker is written last, so a crash mid-write never leaves a folder that looks like a finished checkpoint.
+A save that raises removes its temporary folder; one left by a killed process is removed by the next save.
+Simplification: one writer per run folder (the trainer refuses to start a second run in it).
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, write_learner: Callab
     tmp = root / f".tmp-step_{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    write_learner(tmp)
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    (tmp / MARKER).write_text(str(step))
-    _fsync_dir(tmp)
+    try:
+        write_learner(tmp)
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        (tmp / MARKER).write_text(str(step))
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # half a checkpoint is of no use; the error goes on up
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -54,11 +60,19 @@ def _fsync_dir(path: Path) -> None:
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Folders named ``step_<digits>`` that hold the marker and ``state.json``, oldest first. Temporary folders
+    (``.tmp-step_…``) never match, even when a crash left them with a marker."""
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step_*") if (p / MARKER).is_file() and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+    found = [p for p in root.glob("step_*") if _step_of(p) is not None
+             and (p / MARKER).is_file() and (p / "state.json").is_file()]
+    return sorted(found, key=_step_of)
+
+
+def _step_of(path: Path) -> int | None:
+    digits = path.name.removeprefix("step_")
+    return int(digits) if path.name.startswith("step_") and digits.isascii() and digits.isdigit() else None
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -67,14 +81,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def prune(root: Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` complete checkpoints, and stale temporary folders."""
+    """Delete all but the newest ``keep_last`` complete checkpoints, and every temporary folder.
+
+    Called after a save has renamed its folder into place, so no temporary folder is in use: whatever is left,
+    this process's included (a save killed mid-write), is debris."""
     run_dir = root.parent
     done = complete_checkpoints(run_dir)
     for old in done[: max(0, len(done) - max(keep_last, 1))]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-step_*"):
-        if not stale.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def read_state(folder: Path) -> dict:

@@ -301,21 +301,20 @@ class Learner:
                 for k, v in self._full_state(self.policy, target).items()]
 
     def save(self, folder: str | Path) -> None:
-        """HF-format policy (``policy/``) and critic body (``critic/`` + ``value_head.pt``), and ``learner.pt``.
+        """HF-format policy (``policy/``) and critic body (``critic/`` + ``value_head.pt``), and ``learner.pt``
+        (AdamW states of policy and critic, RNG states, update count).
 
-        Sharded: every process gathers (a collective) and the first writes. Simplification: a sharded learner's
-        AdamW moments are not saved (a resumed run restarts them)."""
+        Sharded: every process gathers (collectives: weights and AdamW moments) and the first writes. The AdamW
+        states are full tensors keyed by parameter name, so a checkpoint resumes with any number of processes."""
         folder = Path(folder)
         weights = self._full_state(self.policy)
         critic = self._full_state(self.critic) if self.critic is not None else None
+        optimizers = self._optimizer_states()
         if self.rank != 0:
             return
         self.policy.save_pretrained(folder / "policy", state_dict=weights, safe_serialization=True)
-        state = {"updates": self.updates, "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state()}
-        if self.world_size == 1:
-            state["optimizer"] = self.optimizer.state_dict()
-            if self.critic is not None:
-                state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        state = {"updates": self.updates, "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(),
+                 **optimizers}
         if critic is not None:
             body = {k.removeprefix("body."): v for k, v in critic.items() if k.startswith("body.")}
             self.critic.body.save_pretrained(folder / "critic", state_dict=body, safe_serialization=True)
@@ -330,6 +329,31 @@ class Learner:
             return sharding.full_state_dict(module)
         return {k: v.detach().to(dtype or v.dtype).cpu() for k, v in module.state_dict().items()}
 
+    def _optimizers(self) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]:
+        pairs = {"optimizer": (self.policy, self.optimizer)}
+        if self.critic is not None:
+            pairs["critic_optimizer"] = (self.critic, self.critic_optimizer)
+        return pairs
+
+    def _optimizer_states(self) -> dict[str, dict]:
+        """Each optimizer's full state keyed by parameter name, on CPU (a collective when sharded)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return {key: get_optimizer_state_dict(module, optimizer, options=options)
+                for key, (module, optimizer) in self._optimizers().items()}
+
+    def _load_optimizer_states(self, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        for key, (module, optimizer) in self._optimizers().items():
+            saved = state[key]
+            if self.world_size == 1 and any(isinstance(k, int) for k in saved["state"]):
+                optimizer.load_state_dict(saved)  # written before states were keyed by name: positional
+                continue
+            # Every process passes the full state; each keeps its own shard of it.
+            set_optimizer_state_dict(module, optimizer, saved, options=StateDictOptions(full_state_dict=True))
+
     def load(self, folder: str | Path) -> None:
         folder = Path(folder)
         self._load_weights(self.policy, _read_safetensors(folder / "policy"))
@@ -341,10 +365,7 @@ class Learner:
         self.updates = state["updates"]
         self.rng.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
-        if "optimizer" in state and self.world_size == 1:
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.critic is not None:
-                self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self._load_optimizer_states(state)
 
     def _load_weights(self, module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
         if self.world_size > 1:

@@ -159,26 +159,37 @@ class RolloutPool:
         self.backend, self.workers, self.sleeps, self.dtype = backend, workers, sleeps, dtype
         self.asleep = False
 
-    def _map(self, method: str, prompts: list, seeds: list[int] | None, **kwargs) -> list:
+    def _map(self, method: str, prompts: list, aligned: dict[str, list | None], **kwargs) -> list:
+        """Split ``prompts`` (and each list in ``aligned``, one entry per prompt, passed by keyword) into one
+        contiguous chunk per worker; the results come back concatenated in prompt order."""
+        aligned = {key: values for key, values in aligned.items() if values is not None}
+        for key, values in aligned.items():
+            if len(values) != len(prompts):
+                raise ValueError(f"got {len(values)} {key} for {len(prompts)} prompts")
         size = -(-len(prompts) // len(self.workers))
         futures = []
         for i, worker in enumerate(self.workers):
-            chunk = prompts[i * size : (i + 1) * size]
-            if chunk:
-                extra = {"seeds": seeds[i * size : (i + 1) * size]} if seeds is not None else {}
-                futures.append(self.backend.submit(worker, method, chunk, **kwargs, **extra))
+            part = slice(i * size, (i + 1) * size)
+            if prompts[part]:
+                extra = {key: values[part] for key, values in aligned.items()}
+                futures.append(self.backend.submit(worker, method, prompts[part], **kwargs, **extra))
         return [item for part in self.backend.get(futures) for item in part]
 
     def generate(self, prompts: list[list[int]], *, n: int, max_new_tokens: int, temperature: float,
                  top_p: float = 1.0, seeds: list[int] | None = None) -> list:
         """``n`` completions per prompt (``seeds``: one per prompt, used where the platform supports them)."""
         self.wake_up()
-        return self._map("generate", prompts, seeds, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                         top_p=top_p)
+        return self._map("generate", prompts, {"seeds": seeds}, n=n, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p)
 
     def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list:
         self.wake_up()
-        return self._map("greedy", prompts, None, max_new_tokens=max_new_tokens)
+        return self._map("greedy", prompts, {}, max_new_tokens=max_new_tokens)
+
+    def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+        """The engines' per-token log-probs of each response given its prompt (see ``RolloutWorker.logprobs``)."""
+        self.wake_up()
+        return self._map("logprobs", prompt_ids, {"response_ids": response_ids})
 
     def reseed(self, seed: int) -> None:
         self.backend.get([self.backend.submit(w, "reseed", seed) for w in self.workers])

@@ -115,6 +115,20 @@ class RolloutWorker:
         groups = self.generate(prompt_token_ids, n=1, max_new_tokens=max_new_tokens, temperature=0.0)
         return [group[0] for group in groups]
 
+    def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+        """Per-token log-probs of each response given its prompt under the engine's current weights (no sampling).
+
+        One list per row, as long as its response: entry t is log p(response[t] | prompt, response[:t]) of the
+        raw model (no temperature or top-p). This is what the learner's ``logprobs`` computes for the same
+        tokens, so the two agree whenever the engine holds the learner's weights (up to kernel rounding)."""
+        if len(prompt_ids) != len(response_ids):
+            raise ValueError(f"got {len(prompt_ids)} prompts for {len(response_ids)} responses")
+        if any(not prompt for prompt in prompt_ids):
+            raise ValueError("every prompt needs at least one token: the first response token is predicted from it")
+        if not prompt_ids:
+            return []
+        return self._engine.logprobs(prompt_ids, response_ids)
+
     def ready(self) -> bool:
         """Returns once the engine is loaded (under Ray: the actor's constructor has finished)."""
         return self._engine is not None
@@ -251,6 +265,20 @@ class _VllmEngine:
             for request in outputs
         ]
 
+    def logprobs(self, prompts, responses) -> list[list[float]]:
+        # prompt_logprobs=0 returns, at every position after the first, a {token id: Logprob} dict holding the
+        # token actually there; max_tokens=1 because a request must generate something, greedy so that this
+        # call draws nothing from the sampling generator. Requests with prompt log-probs never read the prefix
+        # cache (vLLM: SamplingParams.skip_reading_prefix_cache), so every position is recomputed.
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        requests = [{"prompt_token_ids": list(p) + list(r)} for p, r in zip(prompts, responses, strict=True)]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        result = []
+        for prompt, response, out in zip(prompts, responses, outputs, strict=True):
+            positions = out.prompt_logprobs  # [len(prompt) + len(response)]; position 0 is None
+            result.append([positions[len(prompt) + t][token].logprob for t, token in enumerate(response)])
+        return result
+
     def update_weights(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
         # In-process engine: the iterator reaches the worker as a plain Python object. With tensor
         # parallelism the executor serialises arguments, so hand it a list rather than a generator.
@@ -377,6 +405,15 @@ class _HfEngine:
             if token in self.eos_ids:
                 return _completion(row[: i + 1], True, self.tokenizer)
         return _completion(row, False, self.tokenizer)
+
+    @torch.no_grad()
+    def logprobs(self, prompts, responses) -> list[list[float]]:
+        # The learner's own layout and log-prob code (left-padded prompts, LM head on response tokens only).
+        from tinyzero.batches import build_tokens, sequence_logprobs
+
+        tokens = build_tokens(prompts, responses, self.tokenizer.pad_token_id)
+        values = sequence_logprobs(self.model, tokens)[0].cpu()  # [N, T], 0 past each response
+        return [values[i, : len(response)].tolist() for i, response in enumerate(responses)]
 
     def update_weights(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
         params = dict(self.model.named_parameters(remove_duplicate=False))
