@@ -33,9 +33,11 @@ def test_projection_scales_each_phase_by_its_tokens():
 
 
 @pytest.mark.slow
-def test_smoke_run_of_the_demo_recipe(tmp_path):
-    """The demo recipe as users smoke it (bundled model, vLLM), with a price so the projection shows dollars."""
-    args = ["smoke", "recipes/demo-cpu.yaml", f"run.out_dir={tmp_path}", "cost.usd_per_gpu_hour=1.0"]
+def test_smoke_run_of_the_demo_recipe(tmp_path, tiny_tied_model_dir):
+    """The demo recipe's layout, algorithm and vLLM engine, with a price so the projection shows dollars. The tiny
+    tied model stands in for SmolLM2 to keep the suite fast (the bundled model's smoke: docs/demo.md)."""
+    args = ["smoke", "recipes/demo-cpu.yaml", f"run.out_dir={tmp_path}", "cost.usd_per_gpu_hour=1.0",
+            f"model.name={tiny_tied_model_dir}"]
     result = subprocess.run([sys.executable, "-m", "tinyzero.cli", *args], capture_output=True, text=True,
                             timeout=900)
     out = result.stdout

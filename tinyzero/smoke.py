@@ -5,7 +5,7 @@ and short responses: step 1 (vLLM generation, reward, update, weight push, check
 engine holds the learner's weights, then a resume from that checkpoint in a fresh trainer for step 2 and the
 same check. It prints the measured seconds per phase and projects the full recipe's time and cost from them.
 Simplifications: the projection scales each phase linearly with its tokens (generated tokens for the rollout,
-trained tokens for the learner and reference) from the faster of the two steps, with every response at
+trained tokens for the learner and reference) from the slower of the two steps, with every response at
 ``max_new_tokens``; small batches use a GPU less well than full ones, so it leans high.
 """
 
@@ -48,7 +48,7 @@ def smoke_config(config: Config) -> Config:
 @dataclass
 class SmokeResult:
     run_dir: Path
-    sync_gaps: list[float]  # mean |engine - learner| log-prob after step 1 and after the resume
+    sync_gaps: list[float]  # mean |engine - learner| log-prob after step 1, after the resume, after step 2
     tolerance: float
     phase_s: dict[str, float]  # measured seconds per phase (the faster of the two steps)
     projected_step_s: float
@@ -74,14 +74,18 @@ def run_smoke(recipe: str, overrides: list[str], stream=None) -> SmokeResult:
         config = dataclasses.replace(small, run=dataclasses.replace(small.run, steps=steps))
         trainer = Trainer(config, resume=resume, stream=stream)
         try:
-            if not resume:
+            if resume:  # the push that restored the checkpoint; it also warms the new engine before step 2
+                gaps.append(sync_gap(trainer))
+            else:
                 (run_dir / MARKER).write_text("a smoke run: `tinyzero smoke` replaces this folder\n")
             trainer.run()
             gaps.append(sync_gap(trainer))
         finally:
             trainer.close()
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    phases = {k.removeprefix("time/"): min(m.get(k, 0.0) for m in metrics)
+    # The slower of the two steps, phase by phase: a phase can be near zero in one step (e.g. every GRPO group
+    # got equal rewards, so the learner skipped them all), never in a full run.
+    phases = {k.removeprefix("time/"): max(m.get(k, 0.0) for m in metrics)
               for k in metrics[0] if k.startswith("time/") and k != "time/step"}
     step_s = project_step(phases, small, full)
     price = usd_per_gpu_hour(full)
@@ -143,7 +147,7 @@ def report(result: SmokeResult, full: Config) -> str:
     gaps = ", ".join(f"{g:.1e}" for g in result.sync_gaps)
     verdict = "the engine holds the learner's weights" if result.passed else \
         "the rollout engine does NOT hold the learner's weights: do not start the full run"
-    lines.append(f"  weight push: mean |engine - learner| log-prob {gaps} (after step 1, after resume; tolerance "
+    lines.append(f"  weight push: mean |engine - learner| log-prob {gaps} (after step 1, the resume, step 2; tolerance "
                  f"{result.tolerance:.0e}): {verdict}")
     lines.append("  seconds a step (measured): " + ", ".join(f"{k} {v:.1f}" for k, v in result.phase_s.items()))
     cost = f", ${result.projected_usd:.2f}" if result.projected_usd is not None else \
