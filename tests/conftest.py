@@ -1,8 +1,25 @@
-"""Shared fixtures: tiny random models built once per test session (no hub, about a second each)."""
+"""Shared fixtures: tiny random models built once per test session (no hub, about a second each); and the
+``gpu`` marker: tests that need CUDA are skipped, with the reason, where ``torch.cuda.is_available()`` is false."""
 
 import pytest
 
 from tinyzero.models import build_tiny_model
+
+pytest_plugins = ["pytester"]  # tests/test_markers.py runs a small suite through this conftest
+
+GPU_SKIP_REASON = "needs a CUDA GPU: torch.cuda.is_available() is false on this machine"
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for item in gpu_tests:
+        item.add_marker(pytest.mark.skip(reason=GPU_SKIP_REASON))
 
 
 @pytest.fixture(scope="session")

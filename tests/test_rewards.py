@@ -168,6 +168,22 @@ def test_extract_answer_spans_lines():
     assert extract_answer("</answer><answer>") is None
 
 
+# The promise (docs/rewards.md, README): any completion, even a megabyte of hostile text, scores in milliseconds.
+# Measured on a 2-core AMD EPYC (AVX-512), best of five: at most 7.5 ms (the megabyte of digits under
+# last_integer); Python loops over the text, as before this bound, took 40-50 ms. The best of five runs drops
+# the pauses another process causes on a shared 2-core machine; 25 ms leaves room for a CPU 3x slower.
+MEGABYTE_MS = 25.0
+
+
+def best_ms(fn, *args, runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
+
+
 @pytest.mark.parametrize(
     "completion",
     [
@@ -177,17 +193,20 @@ def test_extract_answer_spans_lines():
         "<answer>" + "1+" * 400_000 + "1</answer>",
         "x" * 1_000_000,
         "<answer>" + "9" * 1_000_000 + "</answer>",
+        "9" * 1_000_000,
         ("<answer>" + "3*5+7" + "</answer>") * 60_000,
+        "1 - " * 250_000 + "1",  # last_integer: a megabyte of operators to look back over
+        "(" * 1_000_000 + "5",
+        "- " * 500_000 + "5",
     ],
+    ids=lambda text: f"{len(text)}-chars-{text[:12]!r}",
 )
-def test_hostile_megabyte_inputs_are_fast(completion):
+def test_hostile_megabyte_inputs_score_in_milliseconds(completion):
     for reward, problem in ((countdown_reward, P), (arithmetic_reward, A), (last_integer_reward, A)):
-        start = time.perf_counter()
         result = reward(completion, problem)
-        elapsed = time.perf_counter() - start
         assert 0.0 <= result.score <= 1.0
-        # A generous bound: it is a safety property (no hang), not a speed benchmark (see bench/).
-        assert elapsed < 1.0, f"{reward.__name__} took {elapsed:.2f} s"
+        elapsed = best_ms(reward, completion, problem)
+        assert elapsed < MEGABYTE_MS, f"{reward.__name__} took {elapsed:.1f} ms"
 
 
 def test_malformed_problem_raises_value_error():
@@ -210,6 +229,8 @@ def test_random_strings_never_raise(text):
     for reward, problem in ((countdown_reward, P), (arithmetic_reward, A), (last_integer_reward, A)):
         start = time.perf_counter()
         result = reward(text, problem)
+        # A hang guard on one unrepeated call (its time includes any pause of the machine); the promise of
+        # milliseconds is tested above, on inputs 500x longer.
         assert time.perf_counter() - start < 0.5
         assert result.score in (0.0, 0.1, 1.0)
         assert result.correct == (result.score == 1.0)

@@ -269,7 +269,8 @@ class _VllmEngine:
         # prompt_logprobs=0 returns, at every position after the first, a {token id: Logprob} dict holding the
         # token actually there; max_tokens=1 because a request must generate something, greedy so that this
         # call draws nothing from the sampling generator. Requests with prompt log-probs never read the prefix
-        # cache (vLLM: SamplingParams.skip_reading_prefix_cache), so every position is recomputed.
+        # cache (vLLM: SamplingParams.skip_reading_prefix_cache), so every position is recomputed. The first call
+        # in a process compiles vLLM's token-rank kernel (torch.compile; about 7 s on a 2-core CPU).
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         requests = [{"prompt_token_ids": list(p) + list(r)} for p, r in zip(prompts, responses, strict=True)]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
