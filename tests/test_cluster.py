@@ -4,6 +4,7 @@ with `ray start --head`, and a run with two FSDP2 learner processes connects to 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -61,8 +62,10 @@ def test_a_run_joins_a_cluster_by_address(ray_head, tiny_model_dir, tmp_path):
     assert (tmp_path / "cluster/checkpoints/step_000001/policy/model.safetensors").is_file()
 
 
-def test_an_unreachable_cluster_is_one_sentence(tiny_model_dir, tmp_path):
+def test_an_unreachable_cluster_is_one_sentence(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # restored after: Ray's later runs here must not inherit it
     port = _free_port()  # nothing listens there
     with pytest.raises(TinyZeroError, match="ray start --head"):
         train(None, [f"model.name={tiny_model_dir}", f"run.out_dir={tmp_path}", "run.mode=ray",
                      f"cluster.address=127.0.0.1:{port}", "rollout.backend=hf", "run.steps=1"])
+    assert "RAY_AUTH_MODE" not in os.environ  # refused before touching Ray's settings

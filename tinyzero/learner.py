@@ -347,6 +347,11 @@ class Learner:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         for key, (module, optimizer) in self._optimizers().items():
+            if key not in state:  # a sharded checkpoint written before optimizer states were saved
+                if self.rank == 0:
+                        print(f"tinyzero: this checkpoint holds no {key} state (an older sharded run): AdamW's "
+                          "moments restart from zero", flush=True)
+                continue
             saved = state[key]
             if self.world_size == 1 and any(isinstance(k, int) for k in saved["state"]):
                 optimizer.load_state_dict(saved)  # written before states were keyed by name: positional

@@ -50,6 +50,7 @@ class _RayBackend:
                  address: str = ""):
         """``address``: empty starts Ray on this machine; ``auto`` or ``host:port`` joins a running cluster."""
         if address:
+            _check_reachable(address)
             _token_mode_for_joining()  # before Ray is imported: it reads its auth mode once, at import
         import ray
         from ray.util.placement_group import placement_group
@@ -112,14 +113,17 @@ def _token_mode_for_joining() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def _join_cluster(address: str, env_vars: dict[str, str]) -> None:
-    import ray
-
+def _check_reachable(address: str) -> None:
     host, sep, port = address.rpartition(":")
     if sep and port.isdigit() and not _listening(host, int(port)):  # Ray itself would retry for minutes
         raise TinyZeroError(
             f"nothing answers at cluster.address={address}: start the head with `ray start --head --port={port}` "
             "there, or leave cluster.address empty to run on this machine only")
+
+
+def _join_cluster(address: str, env_vars: dict[str, str]) -> None:
+    import ray
+
     try:
         ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
