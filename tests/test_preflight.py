@@ -101,3 +101,18 @@ def test_host_memory_for_the_weight_push():
     check_host_memory(config, shape, available_bytes=64 * GB)
     with pytest.raises(TinyZeroError, match="host memory"):
         check_host_memory(config, shape, available_bytes=8 * GB)
+
+
+def test_gpu_inventory_reads_nvidia_smi_without_touching_cuda(tmp_path, monkeypatch):
+    from tinyzero.preflight import gpu_inventory
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/bash\nprintf 'NVIDIA H100 80GB HBM3, 81559\\nNVIDIA A10G, 23028\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert gpu_inventory() == [("NVIDIA H100 80GB HBM3", 81559 * 2**20), ("NVIDIA A10G", 23028 * 2**20)]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # a Ray actor or a user who hid GPU 0
+    assert gpu_inventory() == [("NVIDIA A10G", 23028 * 2**20)]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert gpu_inventory() == []  # no nvidia-smi: no GPUs to check

@@ -12,6 +12,7 @@ et al. 2022, with fused attention, no attention-score matrix); vLLM takes exactl
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -175,10 +176,29 @@ def _available_ram() -> float | None:
     return None
 
 
-def gpu_memory() -> list[float]:
-    import torch
+def gpu_inventory() -> list[tuple[str, float]]:
+    """(name, bytes) of each visible GPU, read with nvidia-smi: asking torch would create a CUDA context in the
+    driver process, and under Ray that context would sit on a GPU that vLLM is about to profile."""
+    import subprocess
 
-    return [float(torch.cuda.get_device_properties(i).total_memory) for i in range(torch.cuda.device_count())]
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        name, _, mib = line.rpartition(",")
+        if mib.strip().isdigit():
+            gpus.append((name.strip(), float(mib) * 2**20))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() and all(v.strip().isdigit() for v in visible.split(",")):
+        gpus = [gpus[int(v)] for v in visible.split(",") if int(v) < len(gpus)]
+    return gpus
+
+
+def gpu_memory() -> list[float]:
+    return [memory for _, memory in gpu_inventory()]
 
 
 def preflight(config: Config, layout: Layout, model_config) -> list[GpuNeed]:

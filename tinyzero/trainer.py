@@ -92,12 +92,11 @@ class Trainer:
 
     # --------------------------------------------------------------------------------- set-up
     def _say_estimate(self, model_cfg) -> None:
-        import torch
-
         from tinyzero.cost import estimate_run
-        from tinyzero.preflight import ModelShape
+        from tinyzero.preflight import ModelShape, gpu_inventory
 
-        card = torch.cuda.get_device_name(0) if self.config.placement.num_gpus and torch.cuda.is_available() else None
+        gpus = gpu_inventory() if self.config.placement.num_gpus else []
+        card = gpus[0][0] if gpus else None
         est = estimate_run(self.config, ModelShape.from_config(model_cfg).params, card)
         cost = f", ${est.usd:.2f}" if est.usd is not None else " (set cost.usd_per_gpu_hour to see dollars)"
         self.log.say(f"estimate: about {est.step_s:.0f} s a step, {est.total_s / 3600:.1f} h for {self.config.run.steps} "
