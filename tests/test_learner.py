@@ -160,3 +160,11 @@ def test_gpu_learner_benchmark_runs_on_cpu_with_a_tiny_shape(tmp_path):
                             "--micro", "4", "--updates", "1"])
     assert result["master_dtype"] == "torch.float32" and result["moved_frac_after_one_update"] > 0.5
     assert result["s_per_update_median"] > 0 and result["tokens_per_s"] > 0
+
+
+def test_iter_weights_streams_what_named_weights_gathers(tiny_model_dir):
+    learner = Learner(tiny_model_dir, AlgoConfig(), OptimConfig())
+    streamed = list(learner.iter_weights("bfloat16"))
+    gathered = learner.named_weights("bfloat16")
+    assert [n for n, _ in streamed] == [n for n, _ in gathered]
+    assert all(torch.equal(a, b) and a.dtype == torch.bfloat16 for (_, a), (_, b) in zip(streamed, gathered, strict=True))

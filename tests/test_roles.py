@@ -39,8 +39,16 @@ class FakeEngine:
 
 
 class FakeLearner:
+    def __init__(self):
+        self.reached = 0  # tensors handed out so far by iter_weights
+
     def named_weights(self, dtype):
         return [("w", torch.zeros(2, dtype=getattr(torch, dtype)))]
+
+    def iter_weights(self, dtype):
+        for name in ("w",):
+            self.reached += 1
+            yield name, torch.zeros(2, dtype=getattr(torch, dtype))
 
 
 def roles_with(log: list, workers: int, sleeps: bool, dtype: str = "bfloat16") -> Roles:
@@ -117,3 +125,23 @@ def test_vllm_sleep_mode_where_the_platform_lacks_it_is_a_clear_error(tiny_model
     with pytest.raises(TinyZeroError) as err:
         RolloutWorker(tiny_model_dir, backend="vllm", sleep_mode=True)
     assert "sleep mode" in str(err.value) and "placement.strategy=split" in str(err.value)
+
+
+def test_local_mode_pushes_a_lazy_iterator_on_the_learners_device():
+    """One process: the engine reads the learner's tensors one by one where they are (no host copy)."""
+    import types
+
+    seen = []
+
+    class Engine(FakeEngine):
+        def update_weights(self, weights):
+            seen.append(weights)
+            assert learner.reached == 0  # nothing cast or copied before the engine asks for it
+            super().update_weights(weights)
+
+    learner = FakeLearner()
+    backend = _LocalBackend()
+    pool = RolloutPool(backend, [Engine([])], sleeps=False, dtype="bfloat16")
+    roles = Roles(pool, LearnerGroup(backend, [learner]), None, plan_layout(load_config(None, [])), backend)
+    roles.sync_weights()
+    assert isinstance(seen[0], types.GeneratorType) and learner.reached == 1

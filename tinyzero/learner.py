@@ -19,6 +19,7 @@ Simplifications: linear warm-up then constant learning rate.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -299,6 +300,16 @@ class Learner:
         target = getattr(torch, dtype) if dtype else None
         return [(k, v.to(target) if target is not None else v)
                 for k, v in self._full_state(self.policy, target).items()]
+
+    def iter_weights(self, dtype: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """The policy's weights one tensor at a time, on the learner's device, each cast to ``dtype`` only when it
+        is reached: for an engine in this process (local mode), the push stays on the GPU and never holds more
+        than one extra tensor."""
+        if self.world_size > 1:
+            raise RuntimeError("iter_weights is for an unsharded learner in the engine's process; use named_weights")
+        target = getattr(torch, dtype) if dtype else None
+        for name, tensor in self.policy.state_dict().items():
+            yield name, tensor.detach().to(target or tensor.dtype)
 
     def save(self, folder: str | Path) -> None:
         """HF-format policy (``policy/``) and critic body (``critic/`` + ``value_head.pt``), and ``learner.pt``

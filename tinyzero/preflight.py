@@ -157,7 +157,7 @@ def check_host_memory(config: Config, shape: ModelShape, available_bytes: float 
     the object store in the engine's dtype."""
     sharded = config.placement.learner_workers > 1 or (config.placement.strategy == "split"
                                                        and config.placement.num_gpus - config.placement.rollout_gpus > 1)
-    gather = shape.params * (4 if sharded else 2)
+    gather = 0.0 if config.run.mode == "local" else shape.params * (4 if sharded else 2)  # local: on the device
     store = shape.params * 2 if config.run.mode == "ray" else 0.0
     need = gather + store
     have = _available_ram() if available_bytes is None else available_bytes

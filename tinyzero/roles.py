@@ -210,6 +210,8 @@ class RolloutPool:
             self.asleep = False
 
     def update_weights(self, weights: Any) -> None:
+        if not isinstance(weights, list | tuple) and len(self.workers) > 1 and isinstance(self.backend, _LocalBackend):
+            weights = list(weights)  # an iterator can be read once; local mode has one engine, but be safe
         self.wake_up()
         self.backend.get([self.backend.submit(w, "update_weights", weights) for w in self.workers])
 
@@ -246,7 +248,12 @@ class LearnerGroup:
         self._all("load", folder)
 
     def submit_named_weights(self, dtype: str) -> list:
-        """Futures of every process's ``named_weights(dtype)`` (all must gather); the first holds the weights."""
+        """Futures of every process's ``named_weights(dtype)`` (all must gather); the first holds the weights.
+
+        In one process (local mode) the first is instead a lazy iterator over the weights on the learner's device:
+        the engine loads them from there, with no copy through host memory."""
+        if isinstance(self.backend, _LocalBackend) and len(self.processes) == 1:
+            return [self.processes[0].iter_weights(dtype)]
         return [self.backend.submit(p, "named_weights", dtype) for p in self.processes]
 
 
