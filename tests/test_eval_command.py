@@ -129,3 +129,27 @@ def test_vllm_backend_agrees_with_hf_greedy(tiny_model_dir, capsys):
     for key in ("accuracy", "response_length", "tokens"):
         assert results["vllm"][key] == results["hf"][key], key
     assert "pass@1" not in results["vllm"]  # --k 0: greedy only
+
+
+def test_a_run_without_a_checkpoint_and_an_unfinished_checkpoint(tmp_path, capsys):
+    run = tmp_path / "early"
+    (run / "checkpoints" / "step_000004" / "policy").mkdir(parents=True)
+    (run / "config.yaml").write_text("run:\n  seed: 1\n")
+    (run / "checkpoints" / "step_000004" / "state.json").write_text('{"step": 4}')  # no COMPLETE marker yet
+    code, _, err = eval_cli(capsys, str(run), *FLAGS)
+    assert code == 2 and "has no complete checkpoint yet" in err, err
+    code, _, err = eval_cli(capsys, str(run / "checkpoints" / "step_000004"), *FLAGS)
+    assert code == 2 and "is incomplete" in err, err
+
+
+def test_train_split_is_what_training_drew_first():
+    from tinyzero.data import iter_train, sample_test
+    from tinyzero.eval_command import Settings, problems_for
+
+    env = make_env("arithmetic", {"digits": 1})
+    train_split = problems_for(env, Settings(env="arithmetic", split="train", size=5, seed=3), eval_size=20)
+    held_out = sample_test(env, 20, 3)
+    stream = iter_train(env, 3, {env.key(p) for p in held_out})
+    assert train_split == [next(stream) for _ in range(5)]
+    assert not {env.key(p) for p in train_split} & {env.key(p) for p in held_out}
+    assert problems_for(env, Settings(env="arithmetic", size=5, seed=3), eval_size=20) == held_out[:5]
