@@ -153,3 +153,13 @@ def test_train_split_is_what_training_drew_first():
     assert train_split == [next(stream) for _ in range(5)]
     assert not {env.key(p) for p in train_split} & {env.key(p) for p in held_out}
     assert problems_for(env, Settings(env="arithmetic", size=5, seed=3), eval_size=20) == held_out[:5]
+
+
+def test_a_run_evaluated_on_another_task_says_so(tiny_run, capsys):
+    code, out, err = eval_cli(capsys, str(tiny_run), "--env", "arithmetic", "--size", "2", "--k", "0", "--no-save",
+                              *FLAGS)
+    assert code == 0, err
+    assert f"note: {tiny_run} trained on {TOY}" in err
+    assert out.startswith("2 test problems of arithmetic()")
+    code, out, err = eval_cli(capsys, str(tiny_run), "--size", "2", "--k", "0", "--no-save", *FLAGS)
+    assert code == 0 and "note:" not in err, err

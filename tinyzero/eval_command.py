@@ -143,6 +143,7 @@ def run_eval(specs: list[str], settings_kwargs: dict, *, save: bool = True, prog
     targets = [resolve_target(spec) for spec in specs]  # every path checked before any model loads
     settings, base = settings_for(targets, **settings_kwargs)
     env = make_env(settings.env, settings.options)
+    _note_other_tasks(targets, env, settings)
     problems = problems_for(env, settings, base.eval.size)
     sampling = Sampling(settings.ks, settings.samples, settings.temperature, settings.top_p, settings.seed) \
         if settings.ks else None
@@ -159,6 +160,21 @@ def run_eval(specs: list[str], settings_kwargs: dict, *, save: bool = True, prog
             result["saved"] = str(_save(target, settings, metrics))
         results.append(result)
     return {"settings": asdict(settings), "description": settings.describe(), "results": results}
+
+
+def _note_other_tasks(targets: list[Target], env, settings: Settings) -> None:
+    """Say so when a run is evaluated on another task or template than it trained on (its numbers still stand)."""
+    import sys
+
+    from tinyzero.envs import make_env
+
+    for t in targets:
+        if t.config is None:
+            continue
+        trained = make_env(t.config.env.name, t.config.env.options)
+        if type(trained) is not type(env) or trained.options != env.options or t.config.env.template != settings.template:
+            print(f"tinyzero: note: {t.spec} trained on {t.config.env.name} {t.config.env.options} with the "
+                  f"{t.config.env.template} template; it is evaluated here on {settings.describe()}", file=sys.stderr)
 
 
 def _evaluate_target(target: Target, env, problems, settings: Settings, sampling, base: Config,
