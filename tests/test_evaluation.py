@@ -8,6 +8,8 @@ import math
 from fractions import Fraction
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinyzero.envs import make_env
 from tinyzero.errors import TinyZeroError
@@ -145,3 +147,25 @@ def test_evaluate_counts_correct_only_and_votes_over_answers():
     assert m["response_length"] == pytest.approx(18.0) and m["sampled_length_median"] == 2.0
     assert m["tokens"] == 2 * 18 + 8 * 2
     assert len(engine.seeds) == 1  # one chunk of prompts, one seed
+
+
+ANSWER_SOUP = st.lists(
+    st.sampled_from(["<answer>", "</answer>", "(", ")", "+", "-", "*", "/", " ", "3", "5", "7", "0", "56", "is"])
+    | st.text(max_size=4),
+    max_size=40,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=500), ANSWER_SOUP))
+def test_answers_agree_with_the_rewards_on_any_text(text):
+    """The vote and the reward read the same thing: a correct reply always has an answer, an answer always has the
+    reward's format credit, and equal answers get equal verdicts (here: the right one, and only it, is correct)."""
+    cases = [(make_env("countdown"), {"numbers": [3, 5, 7], "target": 56}, "56"),
+             (make_env("arithmetic", {"answer_format": "tags"}), {"a": 5, "b": 7, "op": "*", "answer": 35}, "35"),
+             (make_env("arithmetic", {"answer_format": "last_integer"}), {"a": 5, "b": 7, "op": "*", "answer": 35},
+              "35")]
+    for env, problem, right in cases:
+        answer, result = env.answer(text, problem), env.reward(text, problem)
+        assert result.correct == (answer == right)
+        assert answer is None or result.components["format"] == 1.0
