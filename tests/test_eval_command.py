@@ -104,6 +104,7 @@ def test_checkpoint_folder_compared_with_its_base_model(tiny_run, tiny_model_dir
     (["-o", "digitz=3"], "unknown option arithmetic.digitz"),
     (["--k", "1,8", "--samples", "4"], "k=8 is larger than the 4 samples"),
     (["--k", "1,x"], "not a comma-separated list"),
+    (["--size", "0"], "--size must be at least 1"),
 ])
 def test_user_errors_are_one_sentence(tiny_model_dir, capsys, args, fragment):
     code, out, err = eval_cli(capsys, str(tiny_model_dir), *args, *FLAGS)

@@ -113,13 +113,20 @@ def settings_for(targets: list[Target], *, env: str | None = None, options: dict
     merged = {**(base.env.options if same_env else {}), **(options or {})}
     samples = samples if samples is not None else max(ks, default=0)
     check_ks(ks, samples)
+    for flag, value in (("--size", size), ("--max-new-tokens", max_new_tokens)):
+        if value is not None and value < 1:
+            raise TinyZeroError(f"{flag} must be at least 1, got {value}")
     if split not in ("test", "train"):
         raise TinyZeroError(f"--split {split!r}: use test (held-out problems) or train (the first training problems)")
-    return Settings(env=env or base.env.name, options=merged, template=template or base.env.template, split=split,
-                    size=size or base.eval.size, seed=base.run.seed if seed is None else seed, ks=tuple(ks),
-                    samples=samples, temperature=base.rollout.temperature if temperature is None else temperature,
-                    top_p=base.rollout.top_p, max_new_tokens=max_new_tokens or base.eval.max_new_tokens,
-                    backend=backend or base.rollout.backend), base
+    def pick(flag, default):
+        return default if flag is None else flag
+
+    settings = Settings(
+        env=env or base.env.name, options=merged, template=template or base.env.template, split=split,
+        size=pick(size, base.eval.size), seed=pick(seed, base.run.seed), ks=tuple(ks), samples=samples,
+        temperature=pick(temperature, base.rollout.temperature), top_p=base.rollout.top_p,
+        max_new_tokens=pick(max_new_tokens, base.eval.max_new_tokens), backend=backend or base.rollout.backend)
+    return settings, base
 
 
 def problems_for(env, settings: Settings, eval_size: int) -> list[dict]:
