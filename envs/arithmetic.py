@@ -13,7 +13,13 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from tinyzero.rewards.arithmetic import DEFAULT_FORMAT_SCORE, arithmetic_reward, last_integer_reward
+from tinyzero.rewards.arithmetic import (
+    DEFAULT_FORMAT_SCORE,
+    arithmetic_reward,
+    last_integer_answer,
+    last_integer_reward,
+    tagged_integer_answer,
+)
 from tinyzero.rewards.result import RewardResult
 
 ANSWER_FORMATS = ("tags", "last_integer")
@@ -83,3 +89,9 @@ class Arithmetic:
         if self.options.answer_format == "last_integer":
             return last_integer_reward(completion, problem)
         return arithmetic_reward(completion, problem, format_score=self.options.format_score)
+
+    def answer(self, completion: str, problem: Mapping) -> str | None:
+        """The integer the reward reads (canonical: ``-007`` is ``-7``), or None: what a majority vote counts."""
+        if self.options.answer_format == "last_integer":
+            return last_integer_answer(completion)
+        return tagged_integer_answer(completion)

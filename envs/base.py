@@ -4,6 +4,10 @@ An environment is a small object that samples a problem from a seeded ``random.R
 as text, names its ability, and scores a completion with a pure reward function. Problems are plain
 JSON-able dicts so they can be stored in parquet/JSONL and handed back to the reward unchanged.
 
+Optional: ``answer(completion, problem) -> str | None``, the final answer the reward reads, normalised so that
+equal answers are equal strings (None when the reward finds none). ``tinyzero eval`` votes over it (maj@k); an
+environment without it gets every other metric. It must use the reward's own parser, never a second one.
+
 Templates:
 - ``base``: plain text for base models — a User/Assistant preamble, the task, and an assistant prefill
   that opens ``<think>`` so the model continues the reasoning;
@@ -60,6 +64,11 @@ class Environment(Protocol):
     def ground_truth(self, problem: Mapping) -> dict:
         """What a reward needs to score (stored in the dataset's ``reward_model.ground_truth``)."""
         ...
+
+
+def has_answer(env: Environment) -> bool:
+    """Whether the environment exposes the optional ``answer`` method that majority voting needs."""
+    return callable(getattr(env, "answer", None))
 
 
 def render_prompt(env: Environment, problem: Mapping, template: str) -> str | list[dict[str, str]]:

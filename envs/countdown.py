@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar
 
-from tinyzero.rewards.countdown import DEFAULT_FORMAT_SCORE, countdown_reward
+from tinyzero.rewards.countdown import DEFAULT_FORMAT_SCORE, countdown_answer, countdown_reward
 from tinyzero.rewards.result import RewardResult
 
 _TREE_TRIES = 20  # random trees tried per draw of numbers before drawing new numbers
@@ -130,3 +130,8 @@ class Countdown:
 
     def reward(self, completion: str, problem: Mapping) -> RewardResult:
         return countdown_reward(completion, problem, format_score=self.options.format_score)
+
+    def answer(self, completion: str, problem: Mapping) -> str | None:
+        """The exact value of a valid equation over the given numbers (``"24"``, ``"7/2"``), as the reward
+        evaluates it, or None: what a majority vote counts (equations of equal value are one answer)."""
+        return countdown_answer(completion, problem)

@@ -7,15 +7,23 @@ randomness or I/O, never evaluate model output as code, and never raise on any s
 """
 
 from tinyzero.rewards.answer import extract_answer, strip_ascii_ws
-from tinyzero.rewards.arithmetic import arithmetic_reward, last_integer_reward
-from tinyzero.rewards.countdown import countdown_reward
+from tinyzero.rewards.arithmetic import (
+    arithmetic_reward,
+    last_integer_answer,
+    last_integer_reward,
+    tagged_integer_answer,
+)
+from tinyzero.rewards.countdown import countdown_answer, countdown_reward
 from tinyzero.rewards.result import RewardResult
 
 __all__ = [
     "RewardResult",
     "arithmetic_reward",
+    "countdown_answer",
     "countdown_reward",
     "extract_answer",
+    "last_integer_answer",
     "last_integer_reward",
     "strip_ascii_ws",
+    "tagged_integer_answer",
 ]

@@ -94,6 +94,18 @@ def last_integer(text: str) -> str | None:
     return "-" + digits
 
 
+def tagged_integer_answer(completion: str) -> str | None:
+    """The canonical integer in the last complete answer pair, as ``arithmetic_reward`` parses it, or None."""
+    content = extract_answer(completion)
+    return None if content is None else canonical_integer(strip_ascii_ws(content))
+
+
+def last_integer_answer(completion: str) -> str | None:
+    """The canonical integer the completion ends with, as ``last_integer_reward`` parses it, or None."""
+    found = last_integer(completion) if isinstance(completion, str) else None
+    return None if found is None else canonical_integer(found)
+
+
 def last_integer_reward(completion: str, problem: Mapping, *, format_score: float = 0.0) -> RewardResult:
     """Score one completion by the integer it ends with (no tags needed; see ``last_integer``)."""
     expected = _expected(problem)

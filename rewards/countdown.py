@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from fractions import Fraction
 
 from tinyzero.rewards.answer import extract_answer, strip_ascii_ws
 from tinyzero.rewards.expr import ExprError, evaluate, parse
@@ -40,11 +41,10 @@ def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def countdown_reward(
-    completion: str, problem: Mapping, *, format_score: float = DEFAULT_FORMAT_SCORE
-) -> RewardResult:
-    """Score one completion against ``{"numbers": [...], "target": int}``."""
-    numbers, target = _problem_numbers(problem)
+def _equation_value(completion: str, numbers: list[int], format_score: float) -> Fraction | RewardResult:
+    """The exact value of the completion's equation, or the verdict that stops short of one.
+
+    The one parsing path shared by the reward and ``countdown_answer``, so a vote counts what the reward scores."""
     content = extract_answer(completion)
     if content is None:
         return NO_ANSWER
@@ -61,9 +61,29 @@ def countdown_reward(
     if Counter(parsed.literals) != Counter(str(n) for n in numbers):
         return malformed("wrong_numbers")
     try:
-        value = evaluate(parsed, {str(n): n for n in numbers})
+        return evaluate(parsed, {str(n): n for n in numbers})
     except ExprError as err:  # division by zero: a real attempt at the task, so it keeps the format credit
         return graded(False, err.reason, format_score)
+
+
+def countdown_reward(
+    completion: str, problem: Mapping, *, format_score: float = DEFAULT_FORMAT_SCORE
+) -> RewardResult:
+    """Score one completion against ``{"numbers": [...], "target": int}``."""
+    numbers, target = _problem_numbers(problem)
+    value = _equation_value(completion, numbers, format_score)
+    if isinstance(value, RewardResult):
+        return value
     if value == target:
         return graded(True, "correct", format_score)
     return graded(False, "wrong_value", format_score)
+
+
+def countdown_answer(completion: str, problem: Mapping) -> str | None:
+    """The value of the completion's equation as the reward parses it (``"24"``, ``"7/2"``), or None when the
+    reward finds no well-formed equation over exactly the given numbers (or it divides by zero).
+
+    Two equations with the same value are the same answer: that is what a majority vote should count."""
+    numbers, _ = _problem_numbers(problem)
+    value = _equation_value(completion, numbers, 0.0)
+    return None if isinstance(value, RewardResult) else str(value)

@@ -1,4 +1,5 @@
-"""Test-only environments that a tiny random model can learn in a few steps (``env.name=toy_tasks:Letters``).
+"""Test-only environments: one a tiny random model can learn in a few steps (``env.name=toy_tasks:Letters``), one
+it gets right about half the time (``toy_tasks:FirstByte``, for evaluation metrics).
 
 They exist so tests can see training *work*, not only run: the built-in tasks give a tiny random model a reward
 of 0 on nearly every sample, so GRPO's advantages are all zero and the weights never move. Importable by
@@ -56,3 +57,47 @@ class Letters:
     def reward(self, completion: str, problem: Mapping) -> RewardResult:
         share = sum(ch in _LETTERS for ch in completion) / len(completion) if completion else 0.0
         return RewardResult(share, share == 1.0, "correct" if share == 1.0 else "wrong_value", {"letters": share})
+
+
+@dataclass(frozen=True)
+class FirstByteOptions:
+    """First-byte task options.
+
+    problems: how many distinct problems there are
+    """
+
+    problems: int = 100_000
+
+
+class FirstByte:
+    """Start the reply with a character whose code point is even: a tiny random model is right about half the time,
+    so evaluation metrics of such a model are neither all 0 nor all 1 (tests/test_eval_command.py).
+
+    ``answer`` is the first character: samples that start alike vote together."""
+
+    name: ClassVar[str] = "first_byte"
+    ability: ClassVar[str] = "test"
+    Options: ClassVar[type] = FirstByteOptions
+
+    def __init__(self, options: FirstByteOptions | None = None):
+        self.options = options or FirstByteOptions()
+
+    def sample(self, rng: random.Random) -> dict:
+        return {"id": rng.randrange(self.options.problems)}
+
+    def key(self, problem: Mapping) -> Hashable:
+        return problem["id"]
+
+    def task_text(self, problem: Mapping) -> str:
+        return f"Say something. ({problem['id']})"
+
+    def ground_truth(self, problem: Mapping) -> dict:
+        return {}
+
+    def reward(self, completion: str, problem: Mapping) -> RewardResult:
+        right = bool(completion) and ord(completion[0]) % 2 == 0
+        return RewardResult(float(right), right, "correct" if right else "wrong_value",
+                            {"format": float(bool(completion))})
+
+    def answer(self, completion: str, problem: Mapping) -> str | None:
+        return completion[0] if completion else None

@@ -1,4 +1,4 @@
-"""The ``tinyzero`` command line: ``data``, ``reward``, ``envs``, ``train``, ``resume`` and ``smoke``.
+"""The ``tinyzero`` command line: ``data``, ``reward``, ``envs``, ``train``, ``resume``, ``smoke`` and ``eval``.
 
 User-fixable errors (TinyZeroError) print one sentence and exit non-zero, never a traceback.
 Heavy imports (torch, vLLM, datasets) happen inside the commands that need them, so ``--help`` is instant.
@@ -115,6 +115,29 @@ def _train(recipe, overrides, resume_dir):
     return train(recipe, overrides, resume_dir=resume_dir)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.json and args.csv:
+        raise TinyZeroError("--json and --csv both asked for: pick one output format")
+    _vllm_quiet()
+    from tinyzero.eval_command import format_csv, format_table, run_eval
+    from tinyzero.evaluation import parse_ks
+
+    settings = dict(env=args.env, options=_options(args.option), template=args.template, split=args.split,
+                    size=args.size, seed=args.seed, ks=parse_ks(args.k), samples=args.samples,
+                    temperature=args.temperature, max_new_tokens=args.max_new_tokens, backend=args.backend)
+    report = run_eval([args.model, *args.compare], settings, save=not args.no_save, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    elif args.csv:
+        print(format_csv(report), end="")
+    else:
+        print(format_table(report))
+        for result in report["results"]:
+            if "saved" in result:
+                print(f"saved: {result['saved']} (and TensorBoard, run \"eval\", step {result['step']})")
+    return 0
+
+
 def _vllm_quiet() -> None:
     """vLLM logs several lines per engine call at INFO; the kit prints its own progress instead."""
     import os
@@ -171,6 +194,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="YAML recipe, e.g. recipes/countdown-3b.yaml")
     p.add_argument("overrides", nargs="*", metavar="a.b.c=value", help="override recipe values")
     p.set_defaults(func=cmd_smoke)
+
+    p = sub.add_parser("eval", help="greedy accuracy, pass@k and maj@k of models, runs or checkpoints, side by side",
+                       description="Evaluate MODEL_OR_RUN (and --compare ones) on the same held-out problems with "
+                                   "the same sampling seeds. Problems, environment and defaults come from the first "
+                                   "run given, else the config defaults; the flags override them.")
+    p.add_argument("model", metavar="MODEL_OR_RUN",
+                   help="smollm2-135m, an HF folder or hub id, a run folder (its latest checkpoint) or a checkpoint "
+                        "folder (runs/X/checkpoints/step_N)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="MODEL_OR_RUN", help="more models for the same table")
+    p.add_argument("--env", help="environment (default: the run's, else arithmetic)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment option over the run's, repeatable (e.g. -o digits=3)")
+    p.add_argument("--template", choices=("chat", "base"), help="prompt template (default: the run's, else chat)")
+    p.add_argument("--split", default="test", help="test (held-out problems, default) or train (the first "
+                                                   "problems training drew)")
+    p.add_argument("--size", type=int, help="problems (default: the run's eval.size, else 100)")
+    p.add_argument("--seed", type=int, help="problem and sampling seed (default: the run's run.seed, else 0)")
+    p.add_argument("--k", default="1,8", help="k for pass@k and maj@k, comma-separated; 0: greedy only "
+                                              "(default: %(default)s)")
+    p.add_argument("--samples", type=int, help="samples per problem, at least the largest k (default: the largest k)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: the run's, else 1.0)")
+    p.add_argument("--max-new-tokens", type=int, help="most tokens per completion (default: eval.max_new_tokens)")
+    p.add_argument("--backend", choices=("vllm", "hf"), help="rollout engine (default: the run's, else vllm)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--csv", action="store_true", help="print the results as CSV, one row per model")
+    p.add_argument("--no-save", action="store_true", help="write nothing into run folders")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("resume", help="continue a run from its latest complete checkpoint")
     p.add_argument("run_dir", help="the run folder, e.g. runs/demo")

@@ -196,11 +196,13 @@ class EvalConfig:
     every: evaluate every this many steps (0: only before and after training)
     size: held-out problems, never drawn for training
     max_new_tokens: most tokens per evaluation completion
+    k: also sample k completions per held-out problem (rollout.temperature, rollout.top_p) and log eval/pass@k and eval/maj@k (0: off)
     """
 
     every: int = 10
     size: int = 100
     max_new_tokens: int = 64
+    k: int = 0
 
 
 @dataclass(frozen=True)
@@ -260,7 +262,7 @@ CHOICES = {
 RENAMED = {"model.dtype": "model.compute_dtype (master weights are always float32)"}
 POSITIVE = ("run.steps", "rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
             "algo.epochs", "algo.mini_batches", "optim.micro_batch_size", "eval.size")
-NON_NEGATIVE = ("run.budget_usd", "cost.usd_per_gpu_hour")
+NON_NEGATIVE = ("run.budget_usd", "cost.usd_per_gpu_hour", "eval.k")
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

@@ -27,8 +27,9 @@ from tinyzero.batches import RolloutBatch, ScoredBatch, TrainBatch, build_tokens
 from tinyzero.checkpoint import latest_checkpoint, read_state, save_checkpoint
 from tinyzero.config import Config, load_config, to_yaml
 from tinyzero.data import iter_train, sample_test
-from tinyzero.envs import make_env, render_prompt
+from tinyzero.envs import make_env
 from tinyzero.errors import TinyZeroError
+from tinyzero.evaluation import Sampling, encode_prompt, evaluate
 from tinyzero.preflight import preflight
 from tinyzero.rewards.result import RewardResult
 from tinyzero.runlog import RunLog, Timer
@@ -136,11 +137,7 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- prompts
     def encode(self, problem: dict) -> tuple[str, list[int]]:
-        rendered = render_prompt(self.env, problem, self.config.env.template)
-        if isinstance(rendered, list):
-            text = self.tokenizer.apply_chat_template(rendered, add_generation_prompt=True, tokenize=False)
-            return text, self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return rendered, self.tokenizer(rendered)["input_ids"]
+        return encode_prompt(self.tokenizer, self.env, problem, self.config.env.template)
 
     # ------------------------------------------------------------------------------------ steps
     def run(self) -> dict:
@@ -311,27 +308,34 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- eval, save
     def evaluate(self) -> dict:
-        """Greedy decoding on the held-out problems; accuracy counts ``correct`` only."""
-        start = time.perf_counter()
+        """Greedy decoding on the held-out problems (accuracy counts ``correct`` only); with ``eval.k``, also k
+        samples per problem for pass@k and maj@k (tinyzero/evaluation.py)."""
+        c = self.config
         encoded = [self.encode(p) for p in self.eval_problems]
-        outs = self.roles.rollout.greedy([ids for _, ids in encoded], max_new_tokens=self.config.eval.max_new_tokens)
-        results = self._score_texts([o.text for o in outs], self.eval_problems)
-        n = len(results)
-        values = {
-            "eval/accuracy": sum(r.correct for r in results) / n,
-            "eval/format_rate": sum(r.components.get("format", 0.0) for r in results) / n,
-            "eval/response_length": sum(len(o.token_ids) for o in outs) / n,
-            "eval/seconds": time.perf_counter() - start,
-        }
+        sampling = None
+        if c.eval.k:
+            sampling = Sampling((c.eval.k,), c.eval.k, c.rollout.temperature, c.rollout.top_p, c.run.seed)
+        outcome = evaluate(self.roles.rollout, self.env, [ids for _, ids in encoded], self.eval_problems,
+                           self._score_texts, max_new_tokens=c.eval.max_new_tokens, sampling=sampling)
+        m, n = outcome.metrics, len(self.eval_problems)
+        values = {"eval/accuracy": m["accuracy"], "eval/format_rate": m["format_rate"],
+                  "eval/response_length": m["response_length"]}
+        for key in (f"pass@{c.eval.k}", f"maj@{c.eval.k}"):
+            if key in m:
+                values[f"eval/{key}"] = m[key]
+        values["eval/seconds"] = m["seconds"]
         self.history.append({"step": self.step, **values, "n": n})
         if self.log.writer is not None:
             for key, value in values.items():
                 self.log.writer.add_scalar(key, value, self.step)
         rows = [{"prompt": t, "completion": o.text, "score": r.score, "correct": r.correct}
-                for (t, _), o, r in zip(encoded, outs, results, strict=True)]
-        self.log.text("samples/eval", self.step, rows[: self.config.log.samples])
+                for (t, _), o, r in zip(encoded, outcome.greedy, outcome.greedy_results, strict=True)]
+        self.log.text("samples/eval", self.step, rows[: c.log.samples])
+        scaling = "".join(f", {key.removeprefix('eval/')} {values[key]:.1%}" for key in values
+                          if key.startswith(("eval/pass@", "eval/maj@")))
         self.log.say(f"eval at step {self.step}: greedy accuracy {values['eval/accuracy']:.1%} on {n} held-out "
-                     f"problems, format {values['eval/format_rate']:.1%}, length {values['eval/response_length']:.0f}")
+                     f"problems{scaling}, format {values['eval/format_rate']:.1%}, "
+                     f"length {values['eval/response_length']:.0f}")
         return values
 
     def save(self) -> Path:

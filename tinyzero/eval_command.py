@@ -1,0 +1,334 @@
+"""``tinyzero eval``: models, runs and checkpoints on the same held-out problems, greedy and at several k, side by side.
+
+What a MODEL_OR_RUN can be:
+- a run folder (it holds ``config.yaml``): its latest complete checkpoint's ``policy/``;
+- a checkpoint folder (``runs/X/checkpoints/step_N``): its ``policy/``; the run's config is two folders up;
+- anything ``model.name`` takes: the bundled ``smollm2-135m``, a Hugging Face folder, a hub id.
+
+The problems, environment, template, seed and defaults come from the first run among the models given (the same
+``sample_test(env, eval.size, run.seed)`` its trainer evaluated on), else from the config defaults; flags override
+them. Every model then sees the same problems and the same sampling seeds (tinyzero/evaluation.py), one model at a
+time, each on a fresh ``RolloutWorker`` (vLLM, or HF with ``--backend hf``), scored by the environment's reward.
+For a run or checkpoint the result is also written to ``RUN/eval/step_NNNNNN.json`` and to TensorBoard
+(``RUN/tensorboard/eval``, at the checkpoint's step) unless ``--no-save``.
+
+Simplifications: a checkpoint's ``policy/`` holds no tokenizer, so it is paired with the tokenizer of the run's
+``model.name`` through a folder of symbolic links; one engine at a time, never two models in memory together.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tinyzero.checkpoint import MARKER, latest_checkpoint, read_state
+from tinyzero.config import Config, load_config
+from tinyzero.errors import TinyZeroError
+
+# Files of a model folder that are its weights or its architecture, never its tokenizer.
+_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One model to evaluate, and where it came from."""
+
+    spec: str  # as the user wrote it
+    label: str  # its column in the table
+    model: str  # a folder, the bundled name or a hub id (resolve_model takes it)
+    run_dir: Path | None = None
+    step: int | None = None
+    config: Config | None = None  # the run's config, for runs and checkpoints
+    tokenizer_from: str | None = None  # where the tokenizer lives when the folder has none (checkpoints)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every model is evaluated on and how; the same for all models of one command."""
+
+    env: str
+    options: dict = field(default_factory=dict)
+    template: str = "chat"
+    split: str = "test"
+    size: int = 100
+    seed: int = 0
+    ks: tuple[int, ...] = (1, 8)
+    samples: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    backend: str = "vllm"
+
+    def describe(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        sampled = (f"{self.samples} samples per problem at temperature {self.temperature:g}" if self.ks
+                   else "no sampling")
+        return (f"{self.size} {self.split} problems of {self.env}({opts}), seed {self.seed}, {self.template} "
+                f"template; greedy and {sampled}, at most {self.max_new_tokens} new tokens; {self.backend} backend")
+
+
+def resolve_target(spec: str) -> Target:
+    """A run folder, a checkpoint folder, or a model (bundled name, HF folder, hub id)."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "config.yaml").is_file():
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            raise TinyZeroError(f"run {spec} has no complete checkpoint yet: wait for its first one "
+                                "(checkpoint.every), or give a model")
+        return _checkpoint_target(spec, ckpt, path)
+    if path.is_dir() and (path / "state.json").is_file() and (path / "policy").is_dir():
+        if not (path / MARKER).is_file():
+            raise TinyZeroError(f"checkpoint {spec} is incomplete (no {MARKER} marker): give a finished one")
+        run_dir = path.parent.parent
+        if not (run_dir / "config.yaml").is_file():
+            raise TinyZeroError(f"checkpoint {spec} has no run config two folders up ({run_dir / 'config.yaml'}): "
+                                f"give its policy folder ({path / 'policy'}) as a model instead")
+        return _checkpoint_target(spec, path, run_dir)
+    return Target(spec, spec, spec)
+
+
+def _checkpoint_target(spec: str, ckpt: Path, run_dir: Path) -> Target:
+    config = load_config(run_dir / "config.yaml")
+    step = int(read_state(ckpt)["step"])
+    return Target(spec, f"{run_dir.name} step {step}", str(ckpt / "policy"), run_dir, step, config,
+                  tokenizer_from=config.model.name)
+
+
+def settings_for(targets: list[Target], *, env: str | None = None, options: dict | None = None,
+                 template: str | None = None, split: str = "test", size: int | None = None, seed: int | None = None,
+                 ks: tuple[int, ...] = (1, 8), samples: int | None = None, temperature: float | None = None,
+                 max_new_tokens: int | None = None, backend: str | None = None) -> tuple[Settings, Config]:
+    """Flags first, then the first run's config, then the defaults; also returns that config."""
+    from tinyzero.evaluation import check_ks
+
+    base = next((t.config for t in targets if t.config is not None), None) or load_config(None)
+    same_env = env is None or env == base.env.name
+    merged = {**(base.env.options if same_env else {}), **(options or {})}
+    samples = samples if samples is not None else max(ks, default=0)
+    check_ks(ks, samples)
+    for flag, value in (("--size", size), ("--max-new-tokens", max_new_tokens)):
+        if value is not None and value < 1:
+            raise TinyZeroError(f"{flag} must be at least 1, got {value}")
+    if split not in ("test", "train"):
+        raise TinyZeroError(f"--split {split!r}: use test (held-out problems) or train (the first training problems)")
+    def pick(flag, default):
+        return default if flag is None else flag
+
+    settings = Settings(
+        env=env or base.env.name, options=merged, template=template or base.env.template, split=split,
+        size=pick(size, base.eval.size), seed=pick(seed, base.run.seed), ks=tuple(ks), samples=samples,
+        temperature=pick(temperature, base.rollout.temperature), top_p=base.rollout.top_p,
+        max_new_tokens=pick(max_new_tokens, base.eval.max_new_tokens), backend=backend or base.rollout.backend)
+    return settings, base
+
+
+def problems_for(env, settings: Settings, eval_size: int) -> list[dict]:
+    """The held-out problems a run with this seed evaluated on, or (``train``) the first ones it trained on."""
+    from tinyzero.data import iter_train, sample_test
+
+    if settings.split == "test":
+        return sample_test(env, settings.size, settings.seed)
+    held_out = {env.key(p) for p in sample_test(env, eval_size, settings.seed)}
+    stream = iter_train(env, settings.seed, held_out)
+    return [next(stream) for _ in range(settings.size)]
+
+
+# ---------------------------------------------------------------------------------------------- running
+def run_eval(specs: list[str], settings_kwargs: dict, *, save: bool = True, progress: bool = True) -> dict:
+    """Evaluate every model on the same problems; returns ``{"settings": ..., "results": [...]}``."""
+    from tinyzero.envs import make_env
+    from tinyzero.evaluation import Sampling
+    from tinyzero.trainer import _quiet_libraries
+
+    targets = [resolve_target(spec) for spec in specs]  # every path checked before any model loads
+    settings, base = settings_for(targets, **settings_kwargs)
+    env = make_env(settings.env, settings.options)
+    _note_other_tasks(targets, env, settings)
+    problems = problems_for(env, settings, base.eval.size)
+    sampling = Sampling(settings.ks, settings.samples, settings.temperature, settings.top_p, settings.seed) \
+        if settings.ks else None
+    _quiet_libraries()  # the progress bar and the table, not per-shard loading bars
+    if base.run.threads:
+        import torch
+
+        torch.set_num_threads(base.run.threads)  # before any engine: vLLM's CPU worker freezes the count
+    results = []
+    for target in targets:
+        metrics = _evaluate_target(target, env, problems, settings, sampling, base, progress)
+        result = {"model": target.label, "source": target.spec, "step": target.step, "metrics": metrics}
+        if save and target.run_dir is not None:
+            result["saved"] = str(_save(target, settings, metrics))
+        results.append(result)
+    return {"settings": asdict(settings), "description": settings.describe(), "results": results}
+
+
+def _note_other_tasks(targets: list[Target], env, settings: Settings) -> None:
+    """Say so when a run is evaluated on another task or template than it trained on (its numbers still stand)."""
+    import sys
+
+    from tinyzero.envs import make_env
+
+    for t in targets:
+        if t.config is None:
+            continue
+        trained = make_env(t.config.env.name, t.config.env.options)
+        if type(trained) is not type(env) or trained.options != env.options or t.config.env.template != settings.template:
+            print(f"tinyzero: note: {t.spec} trained on {t.config.env.name} {t.config.env.options} with the "
+                  f"{t.config.env.template} template; it is evaluated here on {settings.describe()}", file=sys.stderr)
+
+
+def _evaluate_target(target: Target, env, problems, settings: Settings, sampling, base: Config,
+                     progress: bool) -> dict:
+    from tinyzero.evaluation import encode_prompt, evaluate
+    from tinyzero.trainer import PARALLEL_SCORING_MIN, score_many, scoring_pool
+
+    pool = scoring_pool() if len(problems) * max(settings.samples, 1) >= PARALLEL_SCORING_MIN else None
+    try:
+        with _model_folder(target) as folder:
+            worker, tokenizer = _load(target, folder, settings, base)
+            try:
+                prompts = [encode_prompt(tokenizer, env, p, settings.template)[1] for p in problems]
+                outcome = evaluate(worker, env, prompts, problems, lambda t, p: score_many(env, t, p, pool),
+                                   max_new_tokens=settings.max_new_tokens, sampling=sampling, progress=progress,
+                                   label=target.label)
+            finally:
+                worker.close()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return {"problems": float(len(problems)), **outcome.metrics}
+
+
+def _load(target: Target, folder: Path, settings: Settings, base: Config):
+    """The rollout worker and tokenizer of one model; a folder that does not load is one sentence."""
+    import torch
+
+    from tinyzero.learner import resolve_dtype
+    from tinyzero.models import default_cache_dir, load_tokenizer
+    from tinyzero.roles import _max_model_len
+    from tinyzero.rollout import RolloutWorker
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = str(resolve_dtype(base.model.compute_dtype, device)).removeprefix("torch.")
+    try:
+        tokenizer = load_tokenizer(folder)
+        worker = RolloutWorker(folder, backend=settings.backend, dtype=dtype, seed=settings.seed, device=device,
+                               max_model_len=_max_model_len(folder), kv_cache_gib=base.rollout.kv_cache_gib,
+                               gpu_memory_utilization=base.rollout.gpu_memory_utilization,
+                               tensor_parallel_size=base.rollout.tensor_parallel_size,
+                               cache_dir=default_cache_dir() / "eval")
+    except TinyZeroError:
+        raise
+    except Exception as exc:  # any loader failure means the same thing to the user: this folder is not a model
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise TinyZeroError(f"model {target.spec} does not load ({type(exc).__name__}: {first}): give a Hugging "
+                            "Face model folder (config.json, weights, tokenizer), a run folder or a checkpoint "
+                            "folder") from exc
+    return worker, tokenizer
+
+
+@contextmanager
+def _model_folder(target: Target):
+    """A local folder with the model's weights and a tokenizer: the resolved model, or for a checkpoint whose
+    ``policy/`` has no tokenizer, a temporary folder of links to its files plus the run's model's tokenizer files."""
+    from tinyzero.models import resolve_model
+
+    folder = resolve_model(target.model)
+    if target.tokenizer_from is None or (folder / "tokenizer_config.json").is_file():
+        yield folder
+        return
+    source = resolve_model(target.tokenizer_from)
+    with tempfile.TemporaryDirectory(prefix="tinyzero-eval-") as tmp:
+        view = Path(tmp)
+        for item in folder.iterdir():
+            os.symlink(item.resolve(), view / item.name)
+        for item in source.iterdir():
+            if item.is_file() and not (view / item.name).exists() and item.name not in _MODEL_FILES \
+                    and not item.name.endswith(_WEIGHT_SUFFIXES):
+                os.symlink(item.resolve(), view / item.name)
+        yield view
+
+
+def _save(target: Target, settings: Settings, metrics: dict) -> Path:
+    """``RUN/eval/step_NNNNNN.json`` (the latest evaluation of that checkpoint) and TensorBoard at its step."""
+    out = target.run_dir / "eval" / f"step_{target.step:06d}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"model": target.label, "step": target.step, "settings": asdict(settings), "metrics": metrics}
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    from torch.utils.tensorboard import SummaryWriter
+
+    # A folder of its own: TensorBoard shows it as a run named "eval" beside the training curves, so these
+    # points never mix with the trainer's own eval/ values at the same step.
+    with SummaryWriter(log_dir=str(target.run_dir / "tensorboard" / "eval")) as writer:
+        for key, value in metrics.items():
+            writer.add_scalar(f"eval/{key}", value, target.step)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ output
+ROWS = [  # (metric key or prefix, row label, format)
+    ("accuracy", "greedy accuracy", "pct"),
+    ("pass@", "pass@{k}", "pct"),
+    ("maj@", "maj@{k}", "pct"),
+    ("format_rate", "greedy format rate", "pct"),
+    ("sampled_format_rate", "sampled format rate", "pct"),
+    ("response_length", "greedy length, mean (tokens)", "num"),
+    ("response_length_median", "greedy length, median", "num"),
+    ("sampled_length", "sampled length, mean", "num"),
+    ("sampled_length_median", "sampled length, median", "num"),
+    ("tokens", "tokens generated", "int"),
+    ("seconds", "seconds", "num"),
+]
+
+
+def _rows(report: dict) -> list[tuple[str, str, str]]:
+    """(metric key, label, format) for every metric present, in table order."""
+    keys = list(dict.fromkeys(k for r in report["results"] for k in r["metrics"]))
+    rows = []
+    for key, label, fmt in ROWS:
+        if key.endswith("@"):
+            for k in sorted(int(x.removeprefix(key)) for x in keys if x.startswith(key)):
+                rows.append((f"{key}{k}", label.format(k=k), fmt))
+        elif key in keys:
+            rows.append((key, label, fmt))
+    return rows
+
+
+def _cell(value, fmt: str) -> str:
+    if value is None:
+        return "—"
+    if fmt == "pct":
+        return f"{value:.1%}"
+    if fmt == "int":
+        return f"{value:,.0f}"
+    return f"{value:.1f}"
+
+
+def format_table(report: dict) -> str:
+    """A Markdown table: one row per metric, one column per model."""
+    results = report["results"]
+    lines = [report["description"], "",
+             "| metric | " + " | ".join(r["model"] for r in results) + " |",
+             "| --- |" + " --- |" * len(results)]
+    for key, label, fmt in _rows(report):
+        lines.append(f"| {label} | " + " | ".join(_cell(r["metrics"].get(key), fmt) for r in results) + " |")
+    return "\n".join(lines)
+
+
+def format_csv(report: dict) -> str:
+    """One row per model: model, source, step, then every metric."""
+    keys = [key for key, _, _ in _rows(report)] + ["problems"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["model", "source", "step", *keys])
+    for r in report["results"]:
+        writer.writerow([r["model"], r["source"], r["step"] if r["step"] is not None else "",
+                         *(r["metrics"].get(key, "") for key in keys)])
+    return buf.getvalue()
