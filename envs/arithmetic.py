@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from tinyzero.rewards.arithmetic import DEFAULT_FORMAT_SCORE, arithmetic_reward, last_integer_reward
+from tinyzero.rewards.checks import Checks, arithmetic_checks
 from tinyzero.rewards.result import RewardResult
 
 ANSWER_FORMATS = ("tags", "last_integer")
@@ -83,3 +84,7 @@ class Arithmetic:
         if self.options.answer_format == "last_integer":
             return last_integer_reward(completion, problem)
         return arithmetic_reward(completion, problem, format_score=self.options.format_score)
+
+    def verification_checks(self, text: str, problem: Mapping) -> Checks:
+        """Optional hook (aha metrics): the result re-computed a second way."""
+        return arithmetic_checks(text, problem)

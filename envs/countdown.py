@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar
 
+from tinyzero.rewards.checks import Checks, countdown_checks
 from tinyzero.rewards.countdown import DEFAULT_FORMAT_SCORE, countdown_reward
 from tinyzero.rewards.result import RewardResult
 
@@ -130,3 +131,7 @@ class Countdown:
 
     def reward(self, completion: str, problem: Mapping) -> RewardResult:
         return countdown_reward(completion, problem, format_score=self.options.format_score)
+
+    def verification_checks(self, text: str, problem: Mapping) -> Checks:
+        """Optional hook (aha metrics): candidate expressions whose value the text compares with the target."""
+        return countdown_checks(text, problem)
