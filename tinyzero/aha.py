@@ -200,7 +200,7 @@ class Tracker:
         self.baseline: dict[str, float] = {}  # the first rollout batch
         self.eval_baseline: dict[str, float] = {}  # the step-0 evaluation
         self.series: list[tuple[int, float]] = []  # (step, signal) after the baseline batch
-        self.first_verification_step: int | None = None
+        self.first_verification: dict[str, int] = {}  # "rollout" / "eval" -> step of the first check seen
 
     def analyse(self, completions: Sequence[str], prompts: Sequence[str | None],
                 problems: Sequence[Mapping | None]) -> list[Analysis]:
@@ -239,13 +239,13 @@ class Tracker:
 
     def state(self) -> dict:
         return {"baseline": self.baseline, "eval_baseline": self.eval_baseline,
-                "series": [list(p) for p in self.series], "first_verification_step": self.first_verification_step}
+                "series": [list(p) for p in self.series], "first_verification": self.first_verification}
 
     def load(self, state: Mapping) -> None:
         self.baseline = dict(state.get("baseline", {}))
         self.eval_baseline = dict(state.get("eval_baseline", {}))
         self.series = [(int(s), float(v)) for s, v in state.get("series", [])]
-        self.first_verification_step = state.get("first_verification_step")
+        self.first_verification = dict(state.get("first_verification", {}))
 
 
 # ------------------------------------------------------------------------------------------ transcripts

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from tinyzero import algos
+from tinyzero.aha import Tracker
 from tinyzero.batches import RolloutBatch, ScoredBatch, TrainBatch, build_tokens
 from tinyzero.checkpoint import latest_checkpoint, read_state, save_checkpoint
 from tinyzero.config import Config, load_config, to_yaml
@@ -32,6 +33,7 @@ from tinyzero.errors import TinyZeroError
 from tinyzero.preflight import preflight
 from tinyzero.rewards.result import RewardResult
 from tinyzero.runlog import RunLog, Timer
+from tinyzero.transcripts import LEGEND, same_problem_at_start, transcript_markdown
 
 PARALLEL_SCORING_MIN = 512  # below this many completions, scoring in-process beats a process pool
 SCORING_WORKERS = 4  # at most this many reward processes: rewards are cheap string parsing
@@ -57,6 +59,9 @@ class Trainer:
             torch.set_num_threads(config.run.threads)
         _quiet_libraries()
         self.env = make_env(config.env.name, config.env.options)
+        a = config.aha
+        # Before any model loads: a malformed lexicon stops here with its dotted key.
+        self.aha = Tracker(a.lexicon, self.env, margin=a.margin, patience=a.patience, max_chars=a.max_chars)
         from tinyzero.models import load_tokenizer, resolve_model
 
         self.model_path = resolve_model(config.model.name)
@@ -120,6 +125,7 @@ class Trainer:
             raise TinyZeroError(f"{self.run_dir} has no complete checkpoint to resume from: start a new run")
         state = read_state(ckpt)
         self.step, self.cursor, self.history = state["step"], state["cursor"], state["history"]
+        self.aha.load(state.get("aha", {}))  # baselines and the aha rule's series (absent: an older run)
         self.meter.spent_s += state.get("wall_s", 0.0)  # what the run's earlier sessions spent
         self.roles.learner.load(str(ckpt))
         self.roles.sync_weights()
@@ -261,6 +267,9 @@ class Trainer:
             self.roles.rollout.sleep()  # colocated layouts: free vLLM's GPU memory for the update
         with timer("reward"):
             scored = self.score(batch)
+        with timer("aha"):
+            analyses = self.aha.analyse(batch.texts, batch.prompts, batch.problems)
+            aha_values = self.aha.rollout_metrics(self.step + 1, analyses, scored.correct.tolist())
         width = c.rollout.max_new_tokens if c.algo.loss_agg == "seq-mean-token-sum-norm" else None
         tokens = build_tokens(batch.prompt_ids, batch.response_ids, self._pad_id(), width)
         train_batch = self.advantages(scored, tokens, timer)
@@ -271,12 +280,33 @@ class Trainer:
         self.step += 1
         seconds = time.perf_counter() - start
         values = self._step_metrics(scored, stats, timer, seconds)
+        values.update(aha_values)
         rows = self._rows(scored)
         self.log.scalars(self.step, values)
         self.log.rollouts(self.step, rows)
         self.log.text("samples/train", self.step, rows[: c.log.samples])
+        self._aha_transcripts(analyses, rows)
         self.log.progress(self.step, values, seconds, usd_per_s=self.meter.usd_for(1.0))
         return values
+
+    def _aha_transcripts(self, analyses: list, rows: list[dict], kind: str = "rollout") -> None:
+        """TensorBoard text: the first check ever seen (beside a step-0 transcript of its problem) and, every
+        ``aha.transcripts_every`` steps, a few annotated completions (checks first, then reflections)."""
+        a, step = self.config.aha, self.step
+        verified = [i for i, x in enumerate(analyses) if x.verified]
+        if verified and self.aha.first_verification.get(kind) is None and (kind == "rollout" or step > 0):
+            self.aha.first_verification[kind] = step
+            i = verified[0]
+            blocks = [transcript_markdown(f"step {step}, first {kind} check", analyses[i], rows[i])]
+            before = same_problem_at_start(self.run_dir, rows[i].get("problem"), rows[i].get("prompt"))
+            if before is not None and before.get("step") != step:
+                old = self.aha.analyse([before["completion"]], [before.get("prompt")], [before.get("problem")])[0]
+                blocks.append(transcript_markdown(f"step {before.get('step', 0)}, same problem", old, before))
+            self.log.markdown(f"aha/first_verification_{kind}", step, [LEGEND, *blocks])
+        if kind == "rollout" and a.transcripts_every and step % a.transcripts_every == 0 and a.transcripts:
+            order = sorted(range(len(analyses)), key=lambda j: (not analyses[j].verified, not analyses[j].reflections))
+            blocks = [transcript_markdown(f"step {step}", analyses[j], rows[j]) for j in order[: a.transcripts]]
+            self.log.markdown("aha/transcripts", step, [LEGEND, *blocks])
 
     def _pad_id(self) -> int:
         tok = self.tokenizer
@@ -318,26 +348,30 @@ class Trainer:
         outs = self.roles.rollout.greedy([ids for _, ids in encoded], max_new_tokens=self.config.eval.max_new_tokens)
         results = self._score_texts([o.text for o in outs], self.eval_problems)
         n = len(results)
+        analyses = self.aha.analyse([o.text for o in outs], [t for t, _ in encoded], self.eval_problems)
         values = {
             "eval/accuracy": sum(r.correct for r in results) / n,
             "eval/format_rate": sum(r.components.get("format", 0.0) for r in results) / n,
             "eval/response_length": sum(len(o.token_ids) for o in outs) / n,
+            **self.aha.eval_metrics(analyses, [r.correct for r in results]),
             "eval/seconds": time.perf_counter() - start,
         }
         self.history.append({"step": self.step, **values, "n": n})
         if self.log.writer is not None:
             for key, value in values.items():
                 self.log.writer.add_scalar(key, value, self.step)
-        rows = [{"prompt": t, "completion": o.text, "score": r.score, "correct": r.correct}
-                for (t, _), o, r in zip(encoded, outs, results, strict=True)]
+        rows = [{"prompt": t, "completion": o.text, "score": r.score, "correct": r.correct, "reason": r.reason,
+                 "problem": p} for (t, _), o, r, p in zip(encoded, outs, results, self.eval_problems, strict=True)]
         self.log.text("samples/eval", self.step, rows[: self.config.log.samples])
+        self.log.evals(self.step, rows)
+        self._aha_transcripts(analyses, rows, kind="eval")
         self.log.say(f"eval at step {self.step}: greedy accuracy {values['eval/accuracy']:.1%} on {n} held-out "
                      f"problems, format {values['eval/format_rate']:.1%}, length {values['eval/response_length']:.0f}")
         return values
 
     def save(self) -> Path:
         state = {"step": self.step, "cursor": self.cursor, "history": self.history,
-                 "config": dataclasses.asdict(self.config), "wall_s": self.meter.seconds}
+                 "config": dataclasses.asdict(self.config), "wall_s": self.meter.seconds, "aha": self.aha.state()}
         path = save_checkpoint(self.run_dir, self.step, state,
                                lambda folder: self.roles.learner.save(str(folder)),
                                self.config.checkpoint.keep_last)
