@@ -315,3 +315,7 @@ def test_trainer_logs_aha_metrics(tiny_model_dir, tmp_path):
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0}).Reload()
     assert "aha/transcripts/text_summary" in events.Tags()["tensors"]
     assert "aha/eval/reflection_rate" in events.Tags()["scalars"]
+    from tinyzero.report import write_report
+
+    html = write_report(run_dir).read_text()  # the report of a real (tiny) run, eval curve from its checkpoint
+    assert "held-out accuracy, first → last eval" in html and "<h3>Self-verification against the step-0 baseline" in html
