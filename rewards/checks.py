@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
-from tinyzero.rewards.expr import ExprError, evaluate, parse
+from tinyzero.rewards.expr import ExprError, Parsed, evaluate, parse
 
 MAX_RUN = 200  # longest expression run read; longer runs are not candidates (no model writes one to check)
 TAIL = 40  # characters after the claimed value searched for the comparison with the target
@@ -56,15 +56,22 @@ class Checks:
 
 @dataclass(frozen=True)
 class Equation:
-    """``expr rel number`` as written: its span, the canonical expression, its exact value, the claim."""
+    """``expr rel number`` as written: its span, the canonical expression, its literals, the claimed value."""
 
     start: int
     end: int  # end of the claimed number
     expr: str  # whitespace removed, × ÷ mapped to * /
+    parsed: Parsed
     literals: tuple[int, ...]
-    value: Fraction | None  # None: division by zero
     rel: str
     claimed: int
+
+    def value(self) -> Fraction | None:
+        """The exact value of the expression; None on division by zero."""
+        try:
+            return evaluate(self.parsed, {str(n): n for n in self.literals})
+        except ExprError:
+            return None
 
 
 def equations(text: str) -> Iterator[Equation]:
@@ -88,13 +95,10 @@ def equations(text: str) -> Iterator[Equation]:
             parsed = parse(expr)
         except ExprError:
             continue
-        # Literals are at most MAX_RUN digits long: converting them is cheap.
+        # Literals are at most MAX_RUN digits long: converting them is cheap. The detectors compare the value
+        # the text *claims*; the exact value is computed only on request (``Equation.value``), as it is slower.
         literals = tuple(int(lit) for lit in parsed.literals)
-        try:
-            value = evaluate(parsed, {lit: int(lit) for lit in parsed.literals})
-        except ExprError:
-            value = None
-        yield Equation(start, rel.end(), expr, literals, value, rel.group(1).lower(), int(rel.group(2)))
+        yield Equation(start, rel.end(), expr, parsed, literals, rel.group(1).lower(), int(rel.group(2)))
 
 
 def _line_tail(text: str, pos: int) -> str:
