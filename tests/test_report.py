@@ -21,11 +21,12 @@ Q = {"numbers": [2, 4, 9], "target": 17}
 CHECK = "Wait, 3 + 5 = 8, not 22. 3 * 5 + 7 = 22 ✓ <answer>3 * 5 + 7</answer>"
 WRONG_TARGET = "Let me verify: 3 * 5 = 15, not 16. <answer>3 + 5 + 7</answer>"  # a check against a non-target
 PLAIN = "<answer>3 * 5 + 7</answer>"
-WAITRESS = "The waitress said <answer>3 + 5 * 7</answer>"
+PROMPT = "Use the numbers [3, 5, 7] to write an equation that equals 22. Verify it and double-check it."
+# "wait" inside a word, and the prompt quoted: neither counts.
+WAITRESS = f"The waitress said: {PROMPT} <answer>3 + 5 * 7</answer>"
 # Four completions a step: step 1 (the baseline) has no check; from step 3 on, half hold one.
 STEPS = {1: [PLAIN, WRONG_TARGET, WAITRESS, PLAIN], 2: [PLAIN, PLAIN, WRONG_TARGET, PLAIN],
          3: [CHECK, CHECK, PLAIN, WAITRESS], 4: [CHECK, PLAIN, CHECK, PLAIN], 5: [CHECK, WAITRESS, CHECK, PLAIN]}
-PROMPT = "Use the numbers [3, 5, 7] to write an equation that equals 22. Verify it and double-check it."
 
 
 def write_gz(path: Path, rows: list[dict]) -> None:
@@ -74,7 +75,8 @@ def test_aha_json_on_a_run_folder(run_dir):
     assert out["reflection_rate"] == 8 / 20
     assert [s["step"] for s in out["by_step"]] == [1, 2, 3, 4, 5]
     assert [s["verification_rate"] for s in out["by_step"]] == [0.0, 0.0, 0.5, 0.5, 0.5]
-    assert out["by_step"][0]["metrics"]["reflection/verify"] == 0.25  # the prompt's "Verify it" never counts
+    assert out["by_step"][0]["metrics"]["reflection/verify"] == 0.25  # the quoted prompt's "Verify it" never counts
+    assert out["metrics"]["reflection/double_check"] == 0.0
     assert out["aha_step"] == 3 and out["aha_signal"] == "verification_rate"
 
 
