@@ -8,7 +8,9 @@ never evaluate model output as code: equations are read with the allow-listed co
 
 How an equation is found, linearly: a greedy run of expression characters (ASCII digits, ``+ - * / × ÷``,
 parentheses, spaces and tabs; never a newline) that starts at a digit or ``(``, immediately followed by a
-relation (``=``, ``==``, ``≠``, ``!=``, ``<``, ``>``, ``equals``, ``is``) and a number. Runs are disjoint and
+relation (``=``, ``==``, ``≠``, ``!=``, ``<``, ``>``, ``equals``, ``is``) and a number. When that number
+starts another expression (``3 + 5 = 8 + 7 = 15``) the equation is a link of a chain (``chained``): its number
+is a derived value, never a checked or stated result. Runs are disjoint and
 each is read once, so the scan is linear in the text; a run longer than ``MAX_RUN`` characters is skipped.
 
 Simplifications (all documented in docs/metrics.md): unary minus is not read (``-3 + 5`` is read as ``3 + 5``
@@ -32,6 +34,9 @@ TAIL = 40  # characters after the claimed value searched for the comparison with
 # A run of expression characters, then (anchored at the run's end) a relation and a number.
 _RUN = re.compile(r"[0-9(][0-9 \t+\-*/×÷()]*")
 _REL = re.compile(r"(==|=|≠|!=|<|>|equals\b|is\b)[ \t]*(-?[0-9]{1,30})(?![0-9]|\.[0-9])", re.IGNORECASE)
+# After the number: an operator and an operand mean the number starts the next expression of a chain
+# ("3 + 5 = 8 + 7 = 15"), so it is a derived value, not a claimed result (bounded: matching stays linear).
+_CHAIN = re.compile(r"[ \t]{0,3}[-+*/×÷][ \t]{0,3}[0-9(]")
 # Verdicts that compare a value with the target without naming it ("that's too big", "= 22 ✓").
 _VERDICT = re.compile(
     r"✓|✔|✅|✗|✘|❌|\b(?:correct|incorrect|wrong|works|bingo|too\s(?:big|large|high|much|small|low|little)"
@@ -65,6 +70,7 @@ class Equation:
     literals: tuple[int, ...]
     rel: str
     claimed: int
+    chained: bool  # the claimed number starts the next expression of a chain
 
     def value(self) -> Fraction | None:
         """The exact value of the expression; None on division by zero."""
@@ -98,7 +104,8 @@ def equations(text: str) -> Iterator[Equation]:
         # Literals are at most MAX_RUN digits long: converting them is cheap. The detectors compare the value
         # the text *claims*; the exact value is computed only on request (``Equation.value``), as it is slower.
         literals = tuple(int(lit) for lit in parsed.literals)
-        yield Equation(start, rel.end(), expr, parsed, literals, rel.group(1).lower(), int(rel.group(2)))
+        chained = _CHAIN.match(text, rel.end()) is not None
+        yield Equation(start, rel.end(), expr, parsed, literals, rel.group(1).lower(), int(rel.group(2)), chained)
 
 
 def _line_tail(text: str, pos: int) -> str:
@@ -129,8 +136,10 @@ def countdown_checks(text: str, problem: Mapping) -> Checks:
     for eq in equations(text):
         if not all(lit in usable for lit in eq.literals):
             continue
-        tried.add(eq.expr)
         usable.add(eq.claimed)
+        if eq.chained:
+            continue
+        tried.add(eq.expr)
         if eq.rel in ("≠", "!=", "<", ">"):
             is_check, end = eq.claimed == target, eq.end
         else:
@@ -161,6 +170,8 @@ def arithmetic_checks(text: str, problem: Mapping) -> Checks:
     results: set[int] = set()
     spans: list[tuple[int, int]] = []
     for eq in equations(text):
+        if eq.chained:
+            continue
         if eq.literals == question and op in eq.expr and eq.rel in ("=", "==", "equals", "is"):
             results.add(eq.claimed)
             continue

@@ -70,6 +70,7 @@ def test_a_quoted_prompt_does_not_count():
     ("9 + 13 = 22, not 21 ✓", 0, 0),  # 9 and 13 are not the problem's numbers
     ("3 + 5 = 8\n22 is the target", 0, 1),  # the comparison must be on the same line
     ("The answer is 22.", 0, 0),
+    ("3 + 5 = 8 + 7 = 15, not 22", 1, 1),  # the chain's last link is the candidate
 ])
 def test_countdown_checks(text, checks, candidates):
     found = countdown_checks(text, PROBLEM)
@@ -88,6 +89,7 @@ def test_countdown_spans_mark_the_checks():
     ("47 + 38 = 85", 0, 1),
     ("47 + 38 = 84, 47 + 38 = 85", 0, 2),  # two results, no check
     ("85 - 38 = 47", 0, 0),  # no result stated for the question first
+    ("23 + 87 = 23 + 82 = 23 + 8 + 23", 0, 0),  # a chain: the 23 after "=" starts an expression, no value
     ("47 + 38 = 85, 85 - 30 = 55", 0, 1),  # back to a number that is not an operand
 ])
 def test_arithmetic_checks(text, checks, candidates):
