@@ -88,8 +88,9 @@ demo: setup ## train the bundled SmolLM2-135M on this machine's CPU (about 15 mi
 smoke: setup ## 2 real steps of RECIPE (default the demo) in minutes, then its projected time and cost
 	$(VENV)/bin/tinyzero smoke $(RECIPE) $(ARGS)
 
-bench: setup ## benchmarks: reward throughput, per-phase step time
+bench: setup ## benchmarks: reward throughput, aha-analysis cost, per-phase step time
 	$(PY) bench/rewards.py
+	$(PY) bench/aha.py
 	$(PY) bench/step_time.py
 
 countdown-3b: setup ## TinyZero countdown, Qwen2.5-3B, 2 x 80 GB GPUs

@@ -20,6 +20,7 @@ from tinyzero.rewards.arithmetic import (
     last_integer_reward,
     tagged_integer_answer,
 )
+from tinyzero.rewards.checks import Checks, arithmetic_checks
 from tinyzero.rewards.result import RewardResult
 
 ANSWER_FORMATS = ("tags", "last_integer")
@@ -95,3 +96,7 @@ class Arithmetic:
         if self.options.answer_format == "last_integer":
             return last_integer_answer(completion)
         return tagged_integer_answer(completion)
+
+    def verification_checks(self, text: str, problem: Mapping) -> Checks:
+        """Optional hook (aha metrics): the result re-computed a second way."""
+        return arithmetic_checks(text, problem)

@@ -71,6 +71,16 @@ def has_answer(env: Environment) -> bool:
     return callable(getattr(env, "answer", None))
 
 
+# Optional hook, not part of the Protocol (an environment without it is still an Environment):
+#
+#     def verification_checks(self, text: str, problem: Mapping) -> tinyzero.rewards.checks.Checks
+#
+# Task-grounded self-verification in a completion: the spans where the text checks a candidate answer against
+# the task, and how many distinct candidates it tried. The ``aha/verification_*`` metrics use it
+# (docs/metrics.md); without it only the lexical ``aha/reflection_*`` metrics are computed. Same rules as a
+# reward: pure, bounded, never evaluates the text as code.
+
+
 def render_prompt(env: Environment, problem: Mapping, template: str) -> str | list[dict[str, str]]:
     """The prompt for ``template``: a string for ``base``, chat messages for ``chat``."""
     text = env.task_text(problem)

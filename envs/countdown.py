@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar
 
+from tinyzero.rewards.checks import Checks, countdown_checks
 from tinyzero.rewards.countdown import DEFAULT_FORMAT_SCORE, countdown_answer, countdown_reward
 from tinyzero.rewards.result import RewardResult
 
@@ -135,3 +136,7 @@ class Countdown:
         """The exact value of a valid equation over the given numbers (``"24"``, ``"7/2"``), as the reward
         evaluates it, or None: what a majority vote counts (equations of equal value are one answer)."""
         return countdown_answer(completion, problem)
+
+    def verification_checks(self, text: str, problem: Mapping) -> Checks:
+        """Optional hook (aha metrics): candidate expressions whose value the text compares with the target."""
+        return countdown_checks(text, problem)

@@ -4,19 +4,27 @@ It is the worked example of README's "Add a task in one file". Run it with the k
 ``sort_numbers:SortNumbers`` (with ``examples/`` on PYTHONPATH), e.g.
 ``PYTHONPATH=examples tinyzero data sort_numbers:SortNumbers --out data/sort``.
 
-The reward follows the house rules: pure, no eval, bounded parsing of the model's text.
+The reward follows the house rules: pure, no eval, bounded parsing of the model's text. The optional
+``verification_checks`` hook shows how a task tells the ``aha/`` metrics what checking its answer looks like:
+here, comparing two of the given numbers (``12 < 35``); without the hook only the lexical metrics are computed.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 from tinyzero.rewards import RewardResult, extract_answer, strip_ascii_ws
+from tinyzero.rewards.checks import Checks
 
 MAX_ANSWER_CHARS = 500  # a bound on what we parse; longer answers are wrong, not slow
+# "12 < 35", "35 >= 12": two numbers and a comparison; fixed-width pieces, so matching is linear.
+COMPARISON = re.compile(r"(?<![0-9])([0-9]{1,12})[ \t]*(<=|>=|<|>|≤|≥)[ \t]*([0-9]{1,12})(?![0-9])")
+# A written ordering: three or more comma-separated integers.
+ORDERING = re.compile(r"(?<![0-9])[0-9]{1,12}(?:[ \t]*,[ \t]*[0-9]{1,12}){2,50}(?![0-9])")
 
 
 @dataclass(frozen=True)
@@ -74,3 +82,14 @@ class SortNumbers:
         if sorted(parts) == sorted(expected) and parts != [str(n) for n in problem["numbers"]]:
             return RewardResult(self.options.format_score, False, "wrong_order", {"format": 1.0})
         return RewardResult(0.0, False, "wrong_numbers", {"format": 0.0})
+
+    def verification_checks(self, text: str, problem: Mapping) -> Checks:
+        """Optional hook for the aha metrics: comparisons between two of the given numbers are the task's own
+        checks; candidates are the distinct orderings of exactly the given numbers the text writes out."""
+        given = {str(n) for n in problem["numbers"]}
+        spans = tuple(m.span() for m in COMPARISON.finditer(text)
+                      if m.group(1) in given and m.group(3) in given)
+        want = sorted(str(n) for n in problem["numbers"])
+        orderings = {m.group() for m in ORDERING.finditer(text)
+                     if sorted(p.strip() for p in m.group().split(",")) == want}
+        return Checks(spans, len({"".join(o.split()) for o in orderings}))

@@ -178,6 +178,8 @@ def check_resume(straight: Path, resumed: Path, steps: int, initial: Path, *, cr
     assert [m["step"] for m in mb] == list(range(1, steps + 1))
     for x, y in zip(ma, mb, strict=True):
         assert x["reward/mean"] == y["reward/mean"] and x["data/cursor"] == y["data/cursor"]
+        # The aha baselines and series come back with the checkpoint: deltas and the aha step match too.
+        assert {k: v for k, v in x.items() if k.startswith("aha/")} == {k: v for k, v in y.items() if k.startswith("aha/")}
     last = f"checkpoints/step_{steps:06d}"
     files = ["policy/model.safetensors"] + (["critic/model.safetensors"] if critic else [])
     for file in files:
@@ -281,3 +283,39 @@ def test_ray_mode_with_fsdp2_learners(tiny_model_dir, tmp_path):
     assert (run_dir / "checkpoints/step_000002/policy/model.safetensors").is_file()
     train(None, ["run.steps=3"], resume_dir=str(run_dir))
     assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3]
+
+
+def test_trainer_logs_aha_metrics(tiny_model_dir, tmp_path):
+    """aha/ scalars every step, equal to the same analysis of the logged rollouts; eval baselines; resumable state."""
+    from tinyzero.aha import DEFAULT_LEXICON, Tracker
+    from tinyzero.envs import make_env
+
+    train(None, overrides(tiny_model_dir, tmp_path, "aha", "rollout.backend=hf", "aha.transcripts_every=1"))
+    run_dir = tmp_path / "aha"
+    metrics, rows = read_metrics(run_dir), read_rollouts(run_dir)
+    env = make_env("arithmetic", {"digits": 1, "ops": "+", "answer_format": "last_integer"})
+    tracker = Tracker(DEFAULT_LEXICON, env)
+    for m in metrics:
+        batch = [r for r in rows if r["step"] == m["step"]]
+        analyses = tracker.analyse([r["completion"] for r in batch], [r["prompt"] for r in batch],
+                                   [r["problem"] for r in batch])
+        expected = tracker.rollout_metrics(m["step"], analyses, [r["correct"] for r in batch])
+        assert {k: v for k, v in m.items() if k.startswith("aha/")} == expected
+        assert "aha/verification_rate" in m and "aha/reflection/wait" in m and "time/aha" in m
+    assert metrics[0]["aha/delta/reflection_rate"] == 0.0
+    with gzip.open(run_dir / "evals.jsonl.gz", "rt") as fh:
+        evals = [json.loads(line) for line in fh]
+    assert sorted({r["step"] for r in evals}) == [0, 2, 3] and all("problem" in r for r in evals)
+    state = json.loads((run_dir / "checkpoints/step_000003/state.json").read_text())
+    assert state["aha"]["baseline"]["reflection_rate"] == metrics[0]["aha/reflection_rate"]
+    assert [s for s, _ in state["aha"]["series"]] == [2, 3]
+    assert state["history"][0]["aha/eval_delta/reflection_rate"] == 0.0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    assert "aha/transcripts/text_summary" in events.Tags()["tensors"]
+    assert "aha/eval/reflection_rate" in events.Tags()["scalars"]
+    from tinyzero.report import write_report
+
+    html = write_report(run_dir).read_text()  # the report of a real (tiny) run, eval curve from its checkpoint
+    assert "held-out accuracy, first → last eval" in html and "<h3>Self-verification against the step-0 baseline" in html

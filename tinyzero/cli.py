@@ -1,4 +1,5 @@
-"""The ``tinyzero`` command line: ``data``, ``reward``, ``envs``, ``train``, ``resume``, ``smoke`` and ``eval``.
+"""The ``tinyzero`` command line: ``data``, ``reward``, ``envs``, ``train``, ``resume``, ``smoke``, ``eval``,
+``aha`` and ``report``.
 
 User-fixable errors (TinyZeroError) print one sentence and exit non-zero, never a traceback.
 Heavy imports (torch, vLLM, datasets) happen inside the commands that need them, so ``--help`` is instant.
@@ -81,6 +82,27 @@ def _score_line(env, line: str, number: int):
         return env.reward(item["completion"], item["problem"])
     except (ValueError, KeyError, TypeError) as err:
         raise TinyZeroError(f"line {number}: malformed problem for {env.name} ({err})") from None
+
+
+def cmd_aha(args: argparse.Namespace) -> int:
+    from tinyzero.analysis import Fields, analyse_file, settings_for, table
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise TinyZeroError(f"{path} does not exist: give a JSONL or JSONL.gz transcript file")
+    settings = settings_for(path, args.env, _options(args.option))
+    fields = Fields(args.completion_field, args.problem_field, args.step_field, args.correct_field, args.prompt_field)
+    summary = analyse_file(path, settings, fields)
+    print(json.dumps(summary) if args.json else table(summary))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tinyzero.report import write_report
+
+    out = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(f"report: {out}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -222,6 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-save", action="store_true", help="write nothing into run folders")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("aha", help="self-verification metrics of a JSONL(.gz) transcript file (a table, or --json)")
+    p.add_argument("file", help="e.g. runs/demo/rollouts.jsonl.gz")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--env", help="environment for task-grounded checks (default: the run folder's config.yaml)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="environment option")
+    p.add_argument("--completion-field", default="completion", help="field with the completion text")
+    p.add_argument("--problem-field", default="problem", help="field with the problem (optional)")
+    p.add_argument("--step-field", default="step", help="field with the training step (optional)")
+    p.add_argument("--correct-field", default="correct", help="field with correct true/false (optional)")
+    p.add_argument("--prompt-field", default="prompt", help="field with the prompt, whose copies do not count")
+    p.set_defaults(func=cmd_aha)
+
+    p = sub.add_parser("report", help="a self-contained HTML report of a run folder: curves, aha metrics, transcripts")
+    p.add_argument("run_dir", help="the run folder, e.g. runs/demo")
+    p.add_argument("--out", help="where to write the HTML (default: RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("resume", help="continue a run from its latest complete checkpoint")
     p.add_argument("run_dir", help="the run folder, e.g. runs/demo")

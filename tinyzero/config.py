@@ -229,6 +229,32 @@ class LogConfig:
     samples: int = 2
 
 
+def _default_lexicon() -> dict:
+    from tinyzero.aha import DEFAULT_LEXICON
+
+    return {family: list(phrases) for family, phrases in DEFAULT_LEXICON.items()}
+
+
+@dataclass(frozen=True)
+class AhaConfig:
+    """Self-verification ("aha") metrics (docs/metrics.md, aha/).
+
+    lexicon: re-checking phrase families, {family: [phrase, ...]}; whole words, case-insensitive; a space or hyphen in a phrase matches up to 3 spaces/hyphens or none
+    margin: the aha rule: the signal must exceed its first-batch baseline by this much (absolute rate)
+    patience: the aha rule: for this many consecutive rollout batches
+    transcripts_every: annotated transcripts to TensorBoard every this many steps (0: never)
+    transcripts: completions per annotated-transcript text
+    max_chars: characters of each completion examined (the rest is ignored: the cost stays bounded)
+    """
+
+    lexicon: dict = field(default_factory=_default_lexicon)
+    margin: float = 0.05
+    patience: int = 3
+    transcripts_every: int = 4
+    transcripts: int = 3
+    max_chars: int = 8000
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole training job."""
@@ -245,6 +271,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    aha: AhaConfig = field(default_factory=AhaConfig)
 
 
 CHOICES = {
@@ -261,8 +288,10 @@ CHOICES = {
 # Keys that older recipes and run folders may still hold, with the key that replaced them.
 RENAMED = {"model.dtype": "model.compute_dtype (master weights are always float32)"}
 POSITIVE = ("run.steps", "rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
-            "algo.epochs", "algo.mini_batches", "optim.micro_batch_size", "eval.size")
-NON_NEGATIVE = ("run.budget_usd", "cost.usd_per_gpu_hour", "eval.k")
+            "algo.epochs", "algo.mini_batches", "optim.micro_batch_size", "eval.size", "aha.patience",
+            "aha.max_chars")
+NON_NEGATIVE = ("run.budget_usd", "cost.usd_per_gpu_hour", "eval.k", "aha.margin", "aha.transcripts_every",
+                "aha.transcripts")
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

@@ -1,10 +1,12 @@
 """Everything a run writes for people and for later analysis.
 
-- TensorBoard scalars (namespaced ``rollout/``, ``reward/``, ``train/``, ``eval/``, ``time/``, ``cost/``; each explained in
+- TensorBoard scalars (namespaced ``rollout/``, ``reward/``, ``train/``, ``eval/``, ``time/``, ``cost/``, ``aha/``; each explained in
   docs/metrics.md), the resolved config and sample completions as text;
 - ``metrics.jsonl``: the same scalars, one JSON object per step (for scripts and tests);
 - ``rollouts.jsonl.gz``: every completion of every step (prompt, completion, reward, correct, step); gzip
-  members are appended per step, which any gzip reader reads as one stream;
+  members are appended per step, which any gzip reader reads as one stream; ``evals.jsonl.gz``: the same for
+  every held-out evaluation (step 0 included);
+- annotated transcripts (``aha/`` text: re-checking phrases and task-grounded checks marked);
 - one progress line per step on stdout: step, reward, accuracy, seconds per step, ETA and, with a price, dollars.
 """
 
@@ -63,10 +65,19 @@ class RunLog:
             )
         self.writer.add_text(tag, "\n\n---\n\n".join(blocks), step)
 
-    def rollouts(self, step: int, rows: list[dict]) -> None:
-        with gzip.open(self.run_dir / "rollouts.jsonl.gz", "at", encoding="utf-8") as fh:
+    def markdown(self, tag: str, step: int, blocks: list[str]) -> None:
+        """Markdown blocks as one TensorBoard text, separated by rules."""
+        if self.writer is not None and blocks:
+            self.writer.add_text(tag, "\n\n---\n\n".join(blocks), step)
+
+    def rollouts(self, step: int, rows: list[dict], name: str = "rollouts.jsonl.gz") -> None:
+        with gzip.open(self.run_dir / name, "at", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps({"step": step, **row}) + "\n")
+
+    def evals(self, step: int, rows: list[dict]) -> None:
+        """Every evaluation completion (``evals.jsonl.gz``), for step-0 comparisons on the same problem."""
+        self.rollouts(step, rows, "evals.jsonl.gz")
 
     def progress(self, step: int, values: dict[str, float], seconds: float, usd_per_s: float = 0.0) -> None:
         """One line: step, reward, accuracy, length, seconds per step and phase, ETA, and with a price the

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from tinyzero import algos
+from tinyzero.aha import Tracker
 from tinyzero.batches import RolloutBatch, ScoredBatch, TrainBatch, build_tokens
 from tinyzero.checkpoint import latest_checkpoint, read_state, save_checkpoint
 from tinyzero.config import Config, load_config, to_yaml
@@ -33,6 +34,7 @@ from tinyzero.evaluation import Sampling, encode_prompt, evaluate
 from tinyzero.preflight import preflight
 from tinyzero.rewards.result import RewardResult
 from tinyzero.runlog import RunLog, Timer
+from tinyzero.transcripts import LEGEND, same_problem_at_start, transcript_markdown
 
 PARALLEL_SCORING_MIN = 512  # below this many completions, scoring in-process beats a process pool
 SCORING_WORKERS = 4  # at most this many reward processes: rewards are cheap string parsing
@@ -58,6 +60,9 @@ class Trainer:
             torch.set_num_threads(config.run.threads)
         _quiet_libraries()
         self.env = make_env(config.env.name, config.env.options)
+        a = config.aha
+        # Before any model loads: a malformed lexicon stops here with its dotted key.
+        self.aha = Tracker(a.lexicon, self.env, margin=a.margin, patience=a.patience, max_chars=a.max_chars)
         from tinyzero.models import load_tokenizer, resolve_model
 
         self.model_path = resolve_model(config.model.name)
@@ -120,6 +125,7 @@ class Trainer:
             raise TinyZeroError(f"{self.run_dir} has no complete checkpoint to resume from: start a new run")
         state = read_state(ckpt)
         self.step, self.cursor, self.history = state["step"], state["cursor"], state["history"]
+        self.aha.load(state.get("aha", {}))  # baselines and the aha rule's series (absent: an older run)
         self.meter.spent_s += state.get("wall_s", 0.0)  # what the run's earlier sessions spent
         self.roles.learner.load(str(ckpt))
         self.roles.sync_weights()
@@ -257,6 +263,9 @@ class Trainer:
             self.roles.rollout.sleep()  # colocated layouts: free vLLM's GPU memory for the update
         with timer("reward"):
             scored = self.score(batch)
+        with timer("aha"):
+            analyses = self.aha.analyse(batch.texts, batch.prompts, batch.problems)
+            aha_values = self.aha.rollout_metrics(self.step + 1, analyses, scored.correct.tolist())
         width = c.rollout.max_new_tokens if c.algo.loss_agg == "seq-mean-token-sum-norm" else None
         tokens = build_tokens(batch.prompt_ids, batch.response_ids, self._pad_id(), width)
         train_batch = self.advantages(scored, tokens, timer)
@@ -267,12 +276,33 @@ class Trainer:
         self.step += 1
         seconds = time.perf_counter() - start
         values = self._step_metrics(scored, stats, timer, seconds)
+        values.update(aha_values)
         rows = self._rows(scored)
         self.log.scalars(self.step, values)
         self.log.rollouts(self.step, rows)
         self.log.text("samples/train", self.step, rows[: c.log.samples])
+        self._aha_transcripts(analyses, rows)
         self.log.progress(self.step, values, seconds, usd_per_s=self.meter.usd_for(1.0))
         return values
+
+    def _aha_transcripts(self, analyses: list, rows: list[dict], kind: str = "rollout") -> None:
+        """TensorBoard text: the first check ever seen (beside a step-0 transcript of its problem) and, every
+        ``aha.transcripts_every`` steps, a few annotated completions (checks first, then reflections)."""
+        a, step = self.config.aha, self.step
+        verified = [i for i, x in enumerate(analyses) if x.verified]
+        if verified and self.aha.first_verification.get(kind) is None and (kind == "rollout" or step > 0):
+            self.aha.first_verification[kind] = step
+            i = verified[0]
+            blocks = [transcript_markdown(f"step {step}, first {kind} check", analyses[i], rows[i])]
+            before = same_problem_at_start(self.run_dir, rows[i].get("problem"), rows[i].get("prompt"))
+            if before is not None and before.get("step") != step:
+                old = self.aha.analyse([before["completion"]], [before.get("prompt")], [before.get("problem")])[0]
+                blocks.append(transcript_markdown(f"step {before.get('step', 0)}, same problem", old, before))
+            self.log.markdown(f"aha/first_verification_{kind}", step, [LEGEND, *blocks])
+        if kind == "rollout" and a.transcripts_every and step % a.transcripts_every == 0 and a.transcripts:
+            order = sorted(range(len(analyses)), key=lambda j: (not analyses[j].verified, not analyses[j].reflections))
+            blocks = [transcript_markdown(f"step {step}", analyses[j], rows[j]) for j in order[: a.transcripts]]
+            self.log.markdown("aha/transcripts", step, [LEGEND, *blocks])
 
     def _pad_id(self) -> int:
         tok = self.tokenizer
@@ -317,20 +347,25 @@ class Trainer:
             sampling = Sampling((c.eval.k,), c.eval.k, c.rollout.temperature, c.rollout.top_p, c.run.seed)
         outcome = evaluate(self.roles.rollout, self.env, [ids for _, ids in encoded], self.eval_problems,
                            self._score_texts, max_new_tokens=c.eval.max_new_tokens, sampling=sampling)
+        outs, results = outcome.greedy, outcome.greedy_results
         m, n = outcome.metrics, len(self.eval_problems)
+        analyses = self.aha.analyse([o.text for o in outs], [t for t, _ in encoded], self.eval_problems)
         values = {"eval/accuracy": m["accuracy"], "eval/format_rate": m["format_rate"],
                   "eval/response_length": m["response_length"]}
         for key in (f"pass@{c.eval.k}", f"maj@{c.eval.k}"):
             if key in m:
                 values[f"eval/{key}"] = m[key]
+        values.update(self.aha.eval_metrics(analyses, [r.correct for r in results]))
         values["eval/seconds"] = m["seconds"]
         self.history.append({"step": self.step, **values, "n": n})
         if self.log.writer is not None:
             for key, value in values.items():
                 self.log.writer.add_scalar(key, value, self.step)
-        rows = [{"prompt": t, "completion": o.text, "score": r.score, "correct": r.correct}
-                for (t, _), o, r in zip(encoded, outcome.greedy, outcome.greedy_results, strict=True)]
+        rows = [{"prompt": t, "completion": o.text, "score": r.score, "correct": r.correct, "reason": r.reason,
+                 "problem": p} for (t, _), o, r, p in zip(encoded, outs, results, self.eval_problems, strict=True)]
         self.log.text("samples/eval", self.step, rows[: c.log.samples])
+        self.log.evals(self.step, rows)
+        self._aha_transcripts(analyses, rows, kind="eval")
         scaling = "".join(f", {key.removeprefix('eval/')} {values[key]:.1%}" for key in values
                           if key.startswith(("eval/pass@", "eval/maj@")))
         self.log.say(f"eval at step {self.step}: greedy accuracy {values['eval/accuracy']:.1%} on {n} held-out "
@@ -340,7 +375,7 @@ class Trainer:
 
     def save(self) -> Path:
         state = {"step": self.step, "cursor": self.cursor, "history": self.history,
-                 "config": dataclasses.asdict(self.config), "wall_s": self.meter.seconds}
+                 "config": dataclasses.asdict(self.config), "wall_s": self.meter.seconds, "aha": self.aha.state()}
         path = save_checkpoint(self.run_dir, self.step, state,
                                lambda folder: self.roles.learner.save(str(folder)),
                                self.config.checkpoint.keep_last)
