@@ -230,6 +230,26 @@ def test_incomplete_checkpoint_is_ignored(tiny_model_dir, tmp_path):
     assert not half.exists()  # the next save cleared the debris
 
 
+def test_resume_after_a_lost_step_logs_each_step_once(tiny_model_dir, tmp_path):
+    """A crash after step 3 was logged but before its checkpoint: resume redoes step 3 from step 2's checkpoint,
+    and the completions logged by the lost step are dropped, so every step appears once."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    train(None, overrides(tiny_model_dir, tmp_path, "lost", "rollout.backend=hf", "run.steps=3"))
+    run_dir = tmp_path / "lost"
+    shutil.rmtree(run_dir / "checkpoints" / "step_000003")
+    train(None, ["run.steps=3"], resume_dir=str(run_dir))
+    steps = [r["step"] for r in read_rollouts(run_dir)]
+    assert sorted(set(steps)) == [1, 2, 3] and all(steps.count(s) == 16 for s in (1, 2, 3))
+    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3]
+    # A checkpoint's policy folder is a complete HF model folder: the tokenizer is saved with it.
+    policy = run_dir / "checkpoints" / "step_000003" / "policy"
+    assert AutoTokenizer.from_pretrained(policy).encode("7 + 5") == AutoTokenizer.from_pretrained(
+        tiny_model_dir).encode("7 + 5")
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tinyzero.cli", *args], capture_output=True, text=True,
                           timeout=300)

@@ -12,8 +12,9 @@ time, each on a fresh ``RolloutWorker`` (vLLM, or HF with ``--backend hf``), sco
 For a run or checkpoint the result is also written to ``RUN/eval/step_NNNNNN.json`` and to TensorBoard
 (``RUN/tensorboard/eval``, at the checkpoint's step) unless ``--no-save``.
 
-Simplifications: a checkpoint's ``policy/`` holds no tokenizer, so it is paired with the tokenizer of the run's
-``model.name`` through a folder of symbolic links; one engine at a time, never two models in memory together.
+Simplifications: a checkpoint written before checkpoints carried their tokenizer has none in ``policy/``; it is
+paired with the tokenizer of the run's ``model.name`` through a folder of symbolic links. One engine at a time,
+never two models in memory together.
 """
 
 from __future__ import annotations

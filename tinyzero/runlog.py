@@ -104,6 +104,18 @@ class RunLog:
             self.writer.close()
 
 
+def truncate_jsonl_gz(path: Path, step: int) -> None:
+    """Keep only rows of ``step`` or earlier (a resumed run redoes the later ones), streaming, replaced atomically."""
+    if not path.exists():
+        return
+    tmp = path.with_name(path.name + ".truncating")
+    with gzip.open(path, "rt", encoding="utf-8") as src, gzip.open(tmp, "wt", encoding="utf-8") as dst:
+        for line in src:
+            if line.strip() and json.loads(line)["step"] <= step:
+                dst.write(line)
+    tmp.replace(path)
+
+
 class Timer:
     """``with timer("rollout"): ...`` accumulates seconds per phase."""
 

@@ -133,13 +133,18 @@ class Trainer:
         self.log.say(f"resumed {self.run_dir} at step {self.step} from {ckpt.name}")
 
     def _truncate_logs(self, step: int) -> None:
-        """Drop metrics logged after the checkpoint, so a resumed run's logs read like an uninterrupted one's."""
+        """Drop what was logged after the checkpoint (metrics, completions), so a resumed run's logs read like an
+        uninterrupted one's."""
         import json
+
+        from tinyzero.runlog import truncate_jsonl_gz
 
         path = self.run_dir / "metrics.jsonl"
         if path.exists():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
             path.write_text("".join(line + "\n" for line in kept))
+        for name in ("rollouts.jsonl.gz", "evals.jsonl.gz"):
+            truncate_jsonl_gz(self.run_dir / name, step)
 
     # -------------------------------------------------------------------------------- prompts
     def encode(self, problem: dict) -> tuple[str, list[int]]:
@@ -376,9 +381,11 @@ class Trainer:
     def save(self) -> Path:
         state = {"step": self.step, "cursor": self.cursor, "history": self.history,
                  "config": dataclasses.asdict(self.config), "wall_s": self.meter.seconds, "aha": self.aha.state()}
-        path = save_checkpoint(self.run_dir, self.step, state,
-                               lambda folder: self.roles.learner.save(str(folder)),
-                               self.config.checkpoint.keep_last)
+        def write(folder: Path) -> None:
+            self.roles.learner.save(str(folder))
+            self.tokenizer.save_pretrained(folder / "policy")  # a checkpoint's policy/ loads on its own (HF, vLLM)
+
+        path = save_checkpoint(self.run_dir, self.step, state, write, self.config.checkpoint.keep_last)
         return path
 
     def summary(self) -> dict:
