@@ -98,9 +98,9 @@ def test_run_folder_must_be_writable_and_hold_the_checkpoints(tmp_path):
 def test_host_memory_for_the_weight_push():
     shape = ModelShape.from_config(qwen("3b"))
     config = load_config(None, ["run.mode=ray"])
-    check_host_memory(config, shape, available_bytes=64 * GB)
+    check_host_memory(config, plan_layout(config), shape, available_bytes=64 * GB)
     with pytest.raises(TinyZeroError, match="host memory"):
-        check_host_memory(config, shape, available_bytes=8 * GB)
+        check_host_memory(config, plan_layout(config), shape, available_bytes=8 * GB)
 
 
 def test_gpu_inventory_reads_nvidia_smi_without_touching_cuda(tmp_path, monkeypatch):

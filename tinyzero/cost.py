@@ -95,6 +95,18 @@ class CostMeter:
         return self.usd + self.usd_for(step_seconds) <= budget
 
 
+def generated_tokens(config: Config) -> int:
+    """Tokens a step generates, every response at ``max_new_tokens`` (an upper bound)."""
+    r = config.rollout
+    return r.prompts_per_step * r.samples_per_prompt * r.max_new_tokens
+
+
+def trained_tokens(config: Config) -> int:
+    """Tokens (prompt and response) a step's update sees in one pass, responses at ``max_new_tokens``."""
+    r = config.rollout
+    return r.prompts_per_step * r.samples_per_prompt * (PROMPT_TOKENS + r.max_new_tokens)
+
+
 @dataclass(frozen=True)
 class Estimate:
     step_s: float
@@ -109,9 +121,7 @@ def estimate_run(config: Config, params: float, card: str | None) -> Estimate:
     from tinyzero.placement import plan_layout
 
     c, layout = config, plan_layout(config)
-    seqs = c.rollout.prompts_per_step * c.rollout.samples_per_prompt
-    gen_tokens = seqs * c.rollout.max_new_tokens
-    train_tokens = seqs * (PROMPT_TOKENS + c.rollout.max_new_tokens)
+    gen_tokens, train_tokens = generated_tokens(c), trained_tokens(c)
     passes = c.algo.epochs * (4 / 3 if c.model.gradient_checkpointing else 1.0)
     train_flops = 6 * params * train_tokens * passes * (2 if c.algo.name == "ppo" else 1)
     extra_flops = 2 * params * train_tokens * ((c.algo.kl_coef > 0) + (c.algo.name == "ppo")

@@ -297,9 +297,7 @@ class Learner:
     def named_weights(self, dtype: str | None = None) -> list[tuple[str, torch.Tensor]]:
         """The policy's weights for the rollout workers (CPU tensors, detached; gathered when sharded), cast to
         ``dtype`` (the engine's own, e.g. "bfloat16": half the bytes to move) when given."""
-        target = getattr(torch, dtype) if dtype else None
-        return [(k, v.to(target) if target is not None else v)
-                for k, v in self._full_state(self.policy, target).items()]
+        return list(self._full_state(self.policy, getattr(torch, dtype) if dtype else None).items())
 
     def iter_weights(self, dtype: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """The policy's weights one tensor at a time, on the learner's device, each cast to ``dtype`` only when it
@@ -333,11 +331,11 @@ class Learner:
         torch.save(state, folder / "learner.pt")
 
     def _full_state(self, module: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """Full weights on CPU; with ``dtype``, cast before leaving the device (half the copy for bf16)."""
+        """Full weights on CPU; with ``dtype``, cast (unsharded: before leaving the device, half the copy for bf16)."""
         if self.world_size > 1:
             from tinyzero import sharding
 
-            return sharding.full_state_dict(module)
+            return {k: v.to(dtype or v.dtype) for k, v in sharding.full_state_dict(module).items()}
         return {k: v.detach().to(dtype or v.dtype).cpu() for k, v in module.state_dict().items()}
 
     def _optimizers(self) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]:
@@ -360,7 +358,7 @@ class Learner:
         for key, (module, optimizer) in self._optimizers().items():
             if key not in state:  # a sharded checkpoint written before optimizer states were saved
                 if self.rank == 0:
-                        print(f"tinyzero: this checkpoint holds no {key} state (an older sharded run): AdamW's "
+                    print(f"tinyzero: this checkpoint holds no {key} state (an older sharded run): AdamW's "
                           "moments restart from zero", flush=True)
                 continue
             saved = state[key]

@@ -168,11 +168,7 @@ def _split_layout(config: Config, need_ref: bool) -> Layout:
             f"{config.rollout.gpu_memory_utilization} leaves it too little: set it to "
             f"{MAX_UTIL_BESIDE_REFERENCE} or less")
     ref_share = REFERENCE_SHARE if need_ref else 0.0
-    engines = []
-    for i in range(p.rollout_gpus // tp):
-        group = tuple(range(i * tp, (i + 1) * tp))
-        share = 1.0 - (ref_share if 0 in group else 0.0)
-        engines.append(Engine(group, Slot(group[0], share if tp == 1 else 0.0), share if tp > 1 else 0.0))
+    engines = _engines(p.rollout_gpus, tp, lambda group: 1.0 - (ref_share if 0 in group else 0.0))
     learners = tuple(Slot(p.rollout_gpus + r, 1.0) for r in range(n_learners))
     return _layout(p.num_gpus, engines, learners, Slot(0, ref_share) if need_ref else None, sleeps=False)
 
@@ -186,13 +182,20 @@ def _colocate_layout(num_gpus: int, tp: int, n_learners: int, need_ref: bool) ->
         raise TinyZeroError(
             f"placement.learner_workers={n_learners} is more than placement.num_gpus={num_gpus}: each learner process "
             "needs a GPU of its own; lower placement.learner_workers")
-    engines = []
-    for i in range(num_gpus // tp):
-        group = tuple(range(i * tp, (i + 1) * tp))
-        engines.append(Engine(group, Slot(group[0], ROLLOUT_SHARE if tp == 1 else 0.0),
-                              ROLLOUT_SHARE if tp > 1 else 0.0))
+    engines = _engines(num_gpus, tp, lambda group: ROLLOUT_SHARE)
     learners = tuple(Slot(r, LEARNER_SHARE) for r in range(n_learners))
     return _layout(num_gpus, engines, learners, Slot(0, REFERENCE_SHARE) if need_ref else None, sleeps=True)
+
+
+def _engines(gpus: int, tp: int, share) -> list[Engine]:
+    """One engine per ``tp`` consecutive GPUs of the first ``gpus``; ``share(group)`` is its share of each GPU,
+    held by the engine's actor (tp 1) or by each of vLLM's Ray workers (tp > 1)."""
+    engines = []
+    for i in range(gpus // tp):
+        group = tuple(range(i * tp, (i + 1) * tp))
+        s = share(group)
+        engines.append(Engine(group, Slot(group[0], s if tp == 1 else 0.0), s if tp > 1 else 0.0))
+    return engines
 
 
 def _layout(num_gpus: int, engines: list[Engine], learners: tuple[Slot, ...], reference: Slot | None,

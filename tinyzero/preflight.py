@@ -152,11 +152,10 @@ def check_run_folder(config: Config, shape: ModelShape, free_bytes=None) -> None
             "or lower checkpoint.keep_last")
 
 
-def check_host_memory(config: Config, shape: ModelShape, available_bytes: float | None = None) -> None:
+def check_host_memory(config: Config, layout: Layout, shape: ModelShape, available_bytes: float | None = None) -> None:
     """The weight push gathers the full policy on the host (float32 when sharded) and, under Ray, puts a copy in
     the object store in the engine's dtype."""
-    sharded = config.placement.learner_workers > 1 or (config.placement.strategy == "split"
-                                                       and config.placement.num_gpus - config.placement.rollout_gpus > 1)
+    sharded = len(layout.learners) > 1
     gather = 0.0 if config.run.mode == "local" else shape.params * (4 if sharded else 2)  # local: on the device
     store = shape.params * 2 if config.run.mode == "ray" else 0.0
     need = gather + store
@@ -210,5 +209,5 @@ def preflight(config: Config, layout: Layout, model_config) -> list[GpuNeed]:
         if len(gpus) >= layout.num_gpus:
             needs = check_gpu_memory(config, layout, shape, gpus)
     check_run_folder(config, shape)
-    check_host_memory(config, shape)
+    check_host_memory(config, layout, shape)
     return needs

@@ -210,8 +210,6 @@ class RolloutPool:
             self.asleep = False
 
     def update_weights(self, weights: Any) -> None:
-        if not isinstance(weights, list | tuple) and len(self.workers) > 1 and isinstance(self.backend, _LocalBackend):
-            weights = list(weights)  # an iterator can be read once; local mode has one engine, but be safe
         self.wake_up()
         self.backend.get([self.backend.submit(w, "update_weights", weights) for w in self.workers])
 
@@ -248,13 +246,12 @@ class LearnerGroup:
         self._all("load", folder)
 
     def submit_named_weights(self, dtype: str) -> list:
-        """Futures of every process's ``named_weights(dtype)`` (all must gather); the first holds the weights.
-
-        In one process (local mode) the first is instead a lazy iterator over the weights on the learner's device:
-        the engine loads them from there, with no copy through host memory."""
-        if isinstance(self.backend, _LocalBackend) and len(self.processes) == 1:
-            return [self.processes[0].iter_weights(dtype)]
+        """Futures of every process's ``named_weights(dtype)`` (all must gather); the first holds the weights."""
         return [self.backend.submit(p, "named_weights", dtype) for p in self.processes]
+
+    def iter_weights(self, dtype: str):
+        """A lazy iterator over the weights on the learner's device (one unsharded learner in this process)."""
+        return self.processes[0].iter_weights(dtype)
 
 
 class ReferenceHandle:
@@ -274,7 +271,13 @@ class Roles:
     backend: Any
 
     def sync_weights(self) -> None:
-        """Push the learner's weights, cast to the rollout engine's dtype, into every rollout worker in place."""
+        """Push the learner's weights, cast to the rollout engine's dtype, into every rollout worker in place.
+
+        One process with one engine (local mode): the engine reads the learner's tensors lazily, where they are,
+        with no copy through host memory (an iterator can be read once, hence one engine)."""
+        if isinstance(self.backend, _LocalBackend) and len(self.rollout.workers) == 1:
+            self.rollout.update_weights(self.learner.iter_weights(self.rollout.dtype))
+            return
         futures = self.learner.submit_named_weights(self.rollout.dtype)
         self.rollout.update_weights(futures[0])  # Ray: an object reference, resolved inside each worker
         self.backend.get(futures[1:])
@@ -288,12 +291,12 @@ class Roles:
 def check_gpus(config: Config, available: int | None = None) -> Layout:
     """Stop early, with the fix, when the recipe's layout is impossible or this machine cannot serve it."""
     layout = plan_layout(config)
+    if config.run.mode == "ray" and config.cluster.address:
+        return layout  # a cluster: its GPUs are counted when Ray joins it
     if available is None:
         import torch
 
         available = torch.cuda.device_count()
-    if config.run.mode == "ray" and config.cluster.address:
-        return layout  # a cluster: its GPUs are counted when Ray joins it
     if layout.num_gpus > available:
         raise TinyZeroError(gpu_shortfall(layout.num_gpus, available))
     return layout
@@ -344,9 +347,10 @@ def build_roles(config: Config, model_path: Path, cache_dir: Path, layout: Layou
     layout = layout or check_gpus(config)
     backend = _make_backend(config, layout)
     r, device, dtype = config.rollout, _device(config), rollout_dtype(config)
+    max_model_len = _max_model_len(model_path)
     engines = [
         backend.spawn(RolloutWorker, e.actor, e.env(), model_path, backend=r.backend, dtype=dtype,
-                      seed=config.run.seed + i, device=device, max_model_len=_max_model_len(model_path),
+                      seed=config.run.seed + i, device=device, max_model_len=max_model_len,
                       kv_cache_gib=r.kv_cache_gib, gpu_memory_utilization=r.gpu_memory_utilization,
                       tensor_parallel_size=r.tensor_parallel_size, cache_dir=cache_dir,
                       sleep_mode=layout.rollout_sleeps)

@@ -104,12 +104,14 @@ class RunLog:
             self.writer.close()
 
 
-def truncate_jsonl_gz(path: Path, step: int) -> None:
-    """Keep only rows of ``step`` or earlier (a resumed run redoes the later ones), streaming, replaced atomically."""
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Keep only rows of ``step`` or earlier (a resumed run redoes the later ones) of a JSONL file, gzipped or
+    not (by its suffix), streaming, replaced atomically."""
     if not path.exists():
         return
+    opener = gzip.open if path.suffix == ".gz" else open
     tmp = path.with_name(path.name + ".truncating")
-    with gzip.open(path, "rt", encoding="utf-8") as src, gzip.open(tmp, "wt", encoding="utf-8") as dst:
+    with opener(path, "rt", encoding="utf-8") as src, opener(tmp, "wt", encoding="utf-8") as dst:
         for line in src:
             if line.strip() and json.loads(line)["step"] <= step:
                 dst.write(line)

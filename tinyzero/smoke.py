@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinyzero.config import Config, load_config
-from tinyzero.cost import PROMPT_TOKENS, billed_units, usd_per_gpu_hour
+from tinyzero.cost import billed_units, generated_tokens, trained_tokens, usd_per_gpu_hour
 from tinyzero.errors import TinyZeroError
 
 MARKER = ".tinyzero-smoke"  # only folders holding it are ever replaced by a new smoke run
@@ -128,15 +128,8 @@ def sync_gap(trainer) -> float:
 
 def project_step(phases: dict[str, float], small: Config, full: Config) -> float:
     """Seconds a full step would take, each phase scaled by its tokens (see the module docstring)."""
-    def gen(c: Config) -> float:
-        return c.rollout.prompts_per_step * c.rollout.samples_per_prompt * c.rollout.max_new_tokens
-
-    def trained(c: Config) -> float:
-        seqs = c.rollout.prompts_per_step * c.rollout.samples_per_prompt
-        return seqs * (PROMPT_TOKENS + c.rollout.max_new_tokens) * c.algo.epochs
-
-    scale = {"rollout": gen(full) / gen(small), "sync": 1.0}
-    token_scale = trained(full) / trained(small)
+    scale = {"rollout": generated_tokens(full) / generated_tokens(small), "sync": 1.0}
+    token_scale = (trained_tokens(full) * full.algo.epochs) / (trained_tokens(small) * small.algo.epochs)
     return sum(seconds * scale.get(name, token_scale) for name, seconds in phases.items())
 
 

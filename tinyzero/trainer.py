@@ -135,16 +135,10 @@ class Trainer:
     def _truncate_logs(self, step: int) -> None:
         """Drop what was logged after the checkpoint (metrics, completions), so a resumed run's logs read like an
         uninterrupted one's."""
-        import json
+        from tinyzero.runlog import truncate_jsonl
 
-        from tinyzero.runlog import truncate_jsonl_gz
-
-        path = self.run_dir / "metrics.jsonl"
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in kept))
-        for name in ("rollouts.jsonl.gz", "evals.jsonl.gz"):
-            truncate_jsonl_gz(self.run_dir / name, step)
+        for name in ("metrics.jsonl", "rollouts.jsonl.gz", "evals.jsonl.gz"):
+            truncate_jsonl(self.run_dir / name, step)
 
     # -------------------------------------------------------------------------------- prompts
     def encode(self, problem: dict) -> tuple[str, list[int]]:
