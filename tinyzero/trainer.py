@@ -81,6 +81,8 @@ class Trainer:
             self.log.say(f"layout: {layout.describe()}")
             for need in needs:
                 self.log.say(f"GPU {need.gpu}: about {need.peak / 1e9:.0f} GB at peak ({need.describe()} GB)")
+            if layout.num_gpus and not needs and not config.cluster.address:
+                self.log.say("GPU memory not checked: nvidia-smi did not list this machine's GPUs")
             if not resume:
                 self._say_estimate(model_cfg)
             roles = build_roles(config, self.model_path, cache, layout)
