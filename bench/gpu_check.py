@@ -19,7 +19,8 @@ import torch
 def build_model(out: Path) -> Path:
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from tinyzero.models import build_tiny_tokenizer
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' hub-free byte tokenizer
+    from tiny_models import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     # Qwen2.5-0.5B's body (hidden 896, 24 layers, 14 heads, 2 KV heads), with the byte tokenizer's vocabulary.

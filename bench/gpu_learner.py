@@ -47,7 +47,7 @@ def build(shape: str, out: Path, device: str) -> Path:
 
 def batch(n: int, prompt: int, response: int, vocab: int, group: int = 8):
     from tinyzero import algos
-    from tinyzero.batches import TrainBatch, build_tokens
+    from tinyzero.messages import TrainBatch, build_tokens
 
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, vocab, (prompt,), generator=gen).tolist() for _ in range(max(n // group, 1))]

@@ -23,7 +23,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from tinyzero.errors import TinyZeroError
-from tinyzero.fields import field_helps
+from tinyzero.fields import build, field_helps, type_name
 from tinyzero.rewards.result import RewardResult
 
 TEMPLATES = ("base", "chat")
@@ -92,48 +92,16 @@ def render_prompt(env: Environment, problem: Mapping, template: str) -> str | li
 
 
 def parse_options(options_cls: type, values: Mapping[str, Any] | None, env_name: str) -> Any:
-    """Build an options dataclass from a mapping, rejecting unknown keys and wrong types by name."""
-    values = dict(values or {})
-    fields = {f.name: f for f in dataclasses.fields(options_cls)}
-    hints = typing.get_type_hints(options_cls)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise TinyZeroError(
-            f"unknown option {env_name}.{unknown[0]}: {env_name} accepts {', '.join(fields) or 'no options'}"
-        )
-    checked = {key: coerce(value, hints[key], f"{env_name}.{key}") for key, value in values.items()}
+    """Build an options dataclass from a mapping, rejecting unknown keys and wrong types by name (the coercer and
+    field constraints config sections use: tinyzero/fields.py)."""
+
+    def unknown(dotted: str, valid: list[str]) -> str:
+        return f"unknown option {dotted}: {env_name} accepts {', '.join(valid) or 'no options'}"
+
     try:
-        return options_cls(**checked)
+        return build(options_cls, dict(values or {}), f"{env_name}.", unknown=unknown)
     except ValueError as err:  # the dataclass's own range checks
         raise TinyZeroError(f"bad options for {env_name}: {err}") from None
-
-
-def coerce(value: Any, hint: Any, dotted: str) -> Any:
-    """Accept ``value`` for a field typed ``hint`` (str values from the command line are converted)."""
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-    elif hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    else:
-        return value
-    raise TinyZeroError(f"{dotted} must be {hint.__name__}, got {value!r}")
 
 
 def describe_options(options_cls: type) -> list[tuple[str, str, Any, str]]:
@@ -141,6 +109,6 @@ def describe_options(options_cls: type) -> list[tuple[str, str, Any, str]]:
     helps = field_helps(options_cls)
     hints = typing.get_type_hints(options_cls)
     return [
-        (f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), f.default, helps.get(f.name, ""))
+        (f.name, type_name(hints[f.name]), f.default, helps.get(f.name, ""))
         for f in dataclasses.fields(options_cls)
     ]

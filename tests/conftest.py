@@ -2,8 +2,7 @@
 ``gpu`` marker: tests that need CUDA are skipped, with the reason, where ``torch.cuda.is_available()`` is false."""
 
 import pytest
-
-from tinyzero.models import build_tiny_model
+from tiny_models import build_tiny_model
 
 pytest_plugins = ["pytester"]  # tests/test_markers.py runs a small suite through this conftest
 

@@ -1,11 +1,13 @@
-"""Tests for tinyzero.algos: hand-computed cases (arithmetic in the comments) plus a loop reference for GAE."""
+"""Tests for tinyzero.algos: hand-computed cases (arithmetic in the comments) plus a loop reference for GAE; and
+the fused log-prob/entropy of tinyzero.forward against the plain reference implementations in reference_math."""
 
 import math
 
 import pytest
+import reference_math
 import torch
 
-from tinyzero import algos
+from tinyzero import algos, forward
 
 F64 = torch.float64
 
@@ -51,7 +53,7 @@ def test_logprobs_from_logits_matches_manual_gather():
     logits = torch.randn(2, 3, 5, generator=gen, dtype=F64)
     labels = torch.randint(0, 5, (2, 3), generator=gen)
     manual = torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    out = algos.logprobs_from_logits(logits, labels)
+    out = reference_math.logprobs_from_logits(logits, labels)
     assert out.shape == (2, 3)
     close(out.double(), manual, atol=1e-6)  # float32 output from float64 logits
 
@@ -60,14 +62,14 @@ def test_logprobs_from_logits_upcasts_bf16_to_float32():
     gen = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 4, 7, generator=gen).to(torch.bfloat16)
     labels = torch.randint(0, 7, (2, 4), generator=gen)
-    out = algos.logprobs_from_logits(logits, labels)
+    out = reference_math.logprobs_from_logits(logits, labels)
     assert out.dtype == torch.float32
     manual = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(out, manual, atol=1e-6, rtol=0)
 
 
 def test_entropy_of_uniform_logits_is_log_vocab():
-    out = algos.entropy_from_logits(torch.zeros(2, 3, 7))
+    out = reference_math.entropy_from_logits(torch.zeros(2, 3, 7))
     torch.testing.assert_close(out, torch.full((2, 3), math.log(7)), atol=1e-6, rtol=0)
 
 
@@ -75,7 +77,7 @@ def test_entropy_matches_manual_formula():
     logits = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(2), dtype=F64)
     logp = torch.log_softmax(logits, dim=-1)
     manual = -(logp.exp() * logp).sum(-1)  # -sum p log p
-    close(algos.entropy_from_logits(logits).double(), manual, atol=1e-5)
+    close(reference_math.entropy_from_logits(logits).double(), manual, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ advantages
@@ -351,7 +353,7 @@ def test_gradients_flow_end_to_end(mode):
     logits = torch.randn(4, 5, 11, generator=gen, requires_grad=True)
     labels = torch.randint(0, 11, (4, 5), generator=gen)
     mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 0, 0, 1, 1], [0, 0, 0, 0, 0]])
-    logprobs = algos.logprobs_from_logits(logits, labels)
+    logprobs = reference_math.logprobs_from_logits(logits, labels)
     old = (logprobs + 0.3 * torch.randn(4, 5, generator=gen)).detach()
     ref = (logprobs + 0.3 * torch.randn(4, 5, generator=gen)).detach()
     adv = algos.broadcast_sequence_advantages(
@@ -359,7 +361,7 @@ def test_gradients_flow_end_to_end(mode):
     )
     pg, _ = algos.clipped_policy_loss(logprobs, old, adv, mask, 0.2, 0.28, mode)
     loss = pg + 0.1 * algos.kl_loss(logprobs, ref, mask, "k3", mode)
-    loss = loss - 0.01 * algos.entropy_bonus(algos.entropy_from_logits(logits), mask, mode)
+    loss = loss - 0.01 * algos.entropy_bonus(reference_math.entropy_from_logits(logits), mask, mode)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
     assert logits.grad[:3].abs().sum() > 0
@@ -370,12 +372,12 @@ def test_fused_token_logprobs_and_entropy_match_the_separate_functions():
     torch.manual_seed(0)
     logits = torch.randn(7, 11, dtype=torch.float64, requires_grad=True)  # [K, V]
     labels = torch.randint(0, 11, (7,))
-    lp, ent = algos.token_logprobs_and_entropy(logits, labels, with_entropy=True, entropy_grad=True)
-    torch.testing.assert_close(lp, algos.logprobs_from_logits(logits[None], labels[None])[0].to(lp.dtype))
-    torch.testing.assert_close(ent, algos.entropy_from_logits(logits[None])[0].to(ent.dtype))
+    lp, ent = forward.token_logprobs_and_entropy(logits, labels, with_entropy=True, entropy_grad=True)
+    torch.testing.assert_close(lp, reference_math.logprobs_from_logits(logits[None], labels[None])[0].to(lp.dtype))
+    torch.testing.assert_close(ent, reference_math.entropy_from_logits(logits[None])[0].to(ent.dtype))
     (lp.sum() + ent.sum()).backward()
     assert torch.isfinite(logits.grad).all()
-    _, detached = algos.token_logprobs_and_entropy(logits, labels, entropy_grad=False)
+    _, detached = forward.token_logprobs_and_entropy(logits, labels, entropy_grad=False)
     assert not detached.requires_grad
-    lp_only, none = algos.token_logprobs_and_entropy(logits, labels, with_entropy=False)
+    lp_only, none = forward.token_logprobs_and_entropy(logits, labels, with_entropy=False)
     assert none is None and lp_only.shape == (7,)

@@ -36,7 +36,7 @@ def test_overrides_and_round_trip(tmp_path):
         (["rollout.temperature=hot"], "rollout.temperature must be float"),
         (["run.steps=0"], "run.steps must be at least 1"),
         (["run.steps=2.5"], "run.steps must be int"),
-        (["algo.name=dpo"], "algo.name must be one of grpo, ppo"),
+        (["algo.name=dpo"], "algo.name must be one of grpo, rloo, ppo"),
         (["model.gradient_checkpointing=3"], "model.gradient_checkpointing must be bool"),
         (["rollout=3"], "rollout must be a mapping"),
         (["steps"], "not a.b.c=value"),

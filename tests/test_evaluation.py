@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tinyzero.envs import make_env
 from tinyzero.errors import TinyZeroError
 from tinyzero.evaluation import Sampling, evaluate, maj_at_k, majority_vote, parse_ks, pass_at_k
-from tinyzero.rollout import Completion
+from tinyzero.messages import Completion
 from tinyzero.trainer import score_many
 
 

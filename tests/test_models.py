@@ -4,11 +4,12 @@ import huggingface_hub.constants
 import pytest
 import torch
 from safetensors import safe_open
+from tiny_models import build_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tinyzero import models
 from tinyzero.errors import TinyZeroError
-from tinyzero.models import build_tiny_model, default_cache_dir, load_tokenizer, resolve_model
+from tinyzero.models import default_cache_dir, load_tokenizer, resolve_model
 
 
 def test_tiny_model_round_trips_through_transformers(tiny_model_dir):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tinyzero.batches import build_tokens
 from tinyzero.config import AlgoConfig, OptimConfig
 from tinyzero.errors import TinyZeroError
 from tinyzero.learner import Learner
+from tinyzero.messages import build_tokens
 from tinyzero.models import load_tokenizer
 from tinyzero.rollout import (
     _RELOAD_LOGGER,

@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tinyzero.batches import build_tokens
 from tinyzero.config import load_config
+from tinyzero.messages import build_tokens
 from tinyzero.trainer import Trainer, train
 
 STEPS = 3
@@ -143,7 +143,7 @@ def test_ray_mode_with_vllm(tiny_tied_model_dir, tmp_path):
 
 def test_ppo_with_kl_runs(tiny_model_dir, tmp_path):
     summary = train(None, overrides(tiny_model_dir, tmp_path, "ppo", "rollout.backend=hf", "algo.name=ppo",
-                                    "algo.kl_coef=0.05", "algo.kl_in=reward", "algo.mini_batches=2"))
+                                    "algo.kl_coef=0.05", "algo.kl_applied_as=reward", "algo.mini_batches=2"))
     assert summary["steps"] == STEPS
     metrics = read_metrics(tmp_path / "ppo")
     assert "train/vf_loss" in metrics[-1] and "time/reference" in metrics[-1]
@@ -201,7 +201,7 @@ def check_resume(straight: Path, resumed: Path, steps: int, initial: Path, *, cr
 @pytest.mark.parametrize("algo", [
     ("algo.kl_coef=0.01",),
     # PPO: the critic, both optimizers and the mini-batch shuffling generator must come back.
-    ("algo.name=ppo", "algo.kl_coef=0.05", "algo.kl_in=reward", "algo.mini_batches=2"),
+    ("algo.name=ppo", "algo.kl_coef=0.05", "algo.kl_applied_as=reward", "algo.mini_batches=2"),
 ], ids=["grpo", "ppo"])
 def test_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path, algo):
     extra = ("rollout.backend=hf", "checkpoint.every=1", "checkpoint.keep_last=4", "run.steps=4", *LEARNABLE, *algo)

@@ -3,6 +3,12 @@
 Everything here is pure tensor code: tensors in, tensors out, no I/O, no model code, no config
 objects. The trainer feeds it per-token log-probabilities and masks and gets back losses and stats.
 
+An algorithm is one pluggable unit: an advantage estimator is a pure function registered by name with
+``@register_advantage`` (and a policy loss with ``@register_policy_loss``), declaring which ``algo.*``
+settings it reads and whether it needs a critic. ``algo.name`` / ``algo.policy_loss`` pick them; the driver
+asks ``needs(...)`` what a configuration requires (critic, reference, old log-probs) instead of branching on
+names. docs/engine.md, "Add an algorithm", walks through adding one.
+
 Conventions
     B rows (one per completion), T token positions, V vocabulary entries, G samples per prompt.
     ``response_mask`` is float or bool ``[B, T]``, 1 on completion tokens and 0 on prompt and padding.
@@ -21,6 +27,9 @@ Simplifications
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -29,25 +38,112 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 _K3_LOG_RATIO_LIMIT = 20.0
 
 __all__ = [
+    "ADVANTAGE_ESTIMATORS",
     "AGG_MODES",
     "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "AdvantageInputs",
+    "AdvantageOutput",
+    "Needs",
+    "Registered",
+    "advantage_estimator",
+    "needs",
+    "policy_loss",
+    "register_advantage",
+    "register_policy_loss",
     "aggregate_loss",
     "broadcast_sequence_advantages",
     "clipped_policy_loss",
     "clipped_value_loss",
     "entropy_bonus",
-    "entropy_from_logits",
     "gae_advantages",
     "grpo_advantages",
     "kl_estimate",
     "kl_loss",
     "kl_penalised_rewards",
-    "logprobs_from_logits",
     "masked_mean",
     "masked_sum",
     "masked_whiten",
-    "token_logprobs_and_entropy",
 ]
+
+
+# -------------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registered advantage estimator or policy loss."""
+
+    name: str
+    fn: Callable
+    options: tuple[str, ...]  # the ``algo.*`` settings passed to ``fn`` as keyword arguments
+    critic: bool  # it reads a value model's ``values`` (advantage estimators only)
+    summary: str  # the first line of ``fn``'s docstring
+
+
+ADVANTAGE_ESTIMATORS: dict[str, Registered] = {}
+POLICY_LOSSES: dict[str, Registered] = {}
+
+
+def _register(table: dict[str, Registered], kind: str, name: str, options, critic: bool):
+    def decorate(fn: Callable) -> Callable:
+        if name in table:
+            raise ValueError(f"{kind} {name!r} is registered twice; pick another name")
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        table[name] = Registered(name, fn, tuple(options), critic, summary)
+        return fn
+
+    return decorate
+
+
+def register_advantage(name: str, *, options: tuple[str, ...] = (), critic: bool = False):
+    """Register ``fn(inputs: AdvantageInputs, **options) -> AdvantageOutput`` as ``algo.name=name``.
+
+    ``options`` names the ``algo.*`` settings it takes as keyword arguments; ``critic=True`` makes the learner
+    train a value model and fill ``inputs.values``."""
+    return _register(ADVANTAGE_ESTIMATORS, "advantage estimator", name, options, critic)
+
+
+def register_policy_loss(name: str, *, options: tuple[str, ...] = ()):
+    """Register ``fn(logprobs, old_logprobs, advantages, response_mask, *, agg, **options) -> (loss, stats)`` as
+    ``algo.policy_loss=name``; ``stats`` is a dict of detached scalars logged under ``train/``."""
+    return _register(POLICY_LOSSES, "policy loss", name, options, False)
+
+
+def _lookup(table: dict[str, Registered], kind: str, name: str) -> Registered:
+    if name not in table:
+        raise ValueError(f"Unknown {kind} {name!r}; choose one of {', '.join(table)}.")
+    return table[name]
+
+
+def advantage_estimator(name: str) -> Registered:
+    return _lookup(ADVANTAGE_ESTIMATORS, "advantage estimator", name)
+
+
+def policy_loss(name: str) -> Registered:
+    return _lookup(POLICY_LOSSES, "policy loss", name)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What one configuration of an algorithm requires from the roles."""
+
+    critic: bool  # a value model, trained beside the policy
+    reference: bool  # a frozen reference model for the KL term
+    several_updates: bool  # more than one optimizer step per rollout batch: rows are shuffled into mini-batches
+    old_logprobs: bool  # the sampling policy's log-probs, from a separate pass before the update
+
+
+def needs(name: str, *, kl_coef: float, kl_applied_as: str, epochs: int, mini_batches: int) -> Needs:
+    """The one place that decides what an algorithm needs.
+
+    Old log-probs: with one epoch and one mini-batch the update is on-policy, and the learner takes them from
+    the same forward pass (ratio exactly 1); otherwise they must be recorded first. A KL reward penalty also
+    needs them, to measure the sampling policy's KL before the update."""
+    several = epochs * mini_batches > 1
+    reference = kl_coef > 0
+    return Needs(critic=advantage_estimator(name).critic, reference=reference, several_updates=several,
+                 old_logprobs=several or (reference and kl_applied_as == "reward"))
 
 
 # ----------------------------------------------------------------------------------------- masks
@@ -79,51 +175,6 @@ def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     mean = masked_mean(x, mask)  # []
     var = masked_mean((x - mean) ** 2, mask)  # []
     return _masked((x - mean) * torch.rsqrt(var + eps), mask)  # same shape as x
-
-
-# ---------------------------------------------------------------------------------------- logits
-
-
-def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
-    """log softmax(logits)[label] per position: [B, T, V], [B, T] -> [B, T] in float32.
-
-    Memory-aware: it never builds a full [B, T, V] log-softmax. It gathers the label logits and
-    subtracts a float32 logsumexp computed one row at a time, so a bf16 batch is upcast only a
-    [T, V] slice at a time (under autograd those slices are kept for the backward pass).
-    """
-    picked = logits.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1).float()  # [B, T]
-    lse = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])  # [B, T]
-    return picked - lse  # [B, T]
-
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of softmax(logits) per position: [B, T, V] -> [B, T] in float32, one row at a time."""
-    return torch.stack([_row_entropy(row.float()) for row in logits])  # [B, T]
-
-
-def token_logprobs_and_entropy(
-    logits: Tensor, labels: Tensor, *, with_entropy: bool = True, entropy_grad: bool = False
-) -> tuple[Tensor, Tensor | None]:
-    """Log-prob of each label and (optionally) the entropy, from one fused float32 log-softmax.
-
-    logits [K, V], labels [K] -> logprobs [K], entropy [K] (detached unless ``entropy_grad``).
-    Same values as ``logprobs_from_logits`` and ``entropy_from_logits``, for a flat run of K tokens; one
-    log-softmax serves both (its backward is a single fused kernel), which measured faster on CPU than the
-    logsumexp route. The caller bounds K so the [K, V] float32 intermediate fits in memory.
-    """
-    log_probs = torch.log_softmax(logits.float(), dim=-1)  # [K, V]
-    picked = log_probs.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)  # [K]
-    if not with_entropy:
-        return picked, None
-    source = log_probs if entropy_grad else log_probs.detach()
-    entropy = -(source.exp() * source).sum(-1)  # [K]
-    return picked, entropy
-
-
-def _row_entropy(row: Tensor) -> Tensor:
-    """H = logsumexp(z) - sum_v p_v z_v for one row of logits z: [T, V] -> [T]."""
-    probs = torch.softmax(row, dim=-1)  # [T, V]
-    return torch.logsumexp(row, dim=-1) - (probs * row).sum(-1)  # [T]
 
 
 # ------------------------------------------------------------------------------------ advantages
@@ -256,6 +307,7 @@ def aggregate_loss(loss: Tensor, response_mask: Tensor, mode: str) -> Tensor:
 # ---------------------------------------------------------------------------------------- losses
 
 
+@register_policy_loss("clip", options=("clip_low", "clip_high"))
 def clipped_policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -265,7 +317,7 @@ def clipped_policy_loss(
     clip_high: float,
     agg: str,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO clipped surrogate (Schulman et al. 2017, arXiv:1707.06347) with separate clip bounds.
+    """PPO's clipped surrogate (Schulman et al. 2017, arXiv:1707.06347) with separate clip bounds.
 
     ratio = exp(logprobs - old_logprobs); per-token loss = -min(ratio * A, clip(ratio, 1 - clip_low,
     1 + clip_high) * A), reduced by aggregate_loss(agg). clip_high > clip_low is DAPO's clip-higher
@@ -319,3 +371,72 @@ def clipped_value_loss(
     with torch.no_grad():
         stats = {"vf_clip_frac": masked_mean((err_clipped > err_plain).to(values.dtype), response_mask)}
     return loss, stats
+
+
+# ----------------------------------------------------------------------- registered advantage estimators
+
+
+@dataclass(frozen=True)
+class AdvantageInputs:
+    """What an advantage estimator may read. Rows are group-contiguous: prompt i's G samples are rows iG..iG+G-1."""
+
+    scores: Tensor  # [B] one outcome score per completion
+    response_mask: Tensor  # [B, T]
+    group_size: int  # G
+    values: Tensor | None = None  # [B, T] the critic's values at rollout time (estimators with critic=True)
+    kl: Tensor | None = None  # [B, T] per-token KL(policy || reference) to charge as a reward penalty; None: none
+    kl_coef: float = 0.0  # the penalty's weight
+
+
+@dataclass(frozen=True)
+class AdvantageOutput:
+    advantages: Tensor  # [B, T], 0 off the response mask
+    returns: Tensor | None = None  # [B, T] the critic's regression targets (estimators with critic=True)
+
+
+def _penalised_scores(inputs: AdvantageInputs) -> Tensor:
+    """Sequence scores less the KL reward penalty summed over each response, [B]."""
+    if inputs.kl is None or not inputs.kl_coef:
+        return inputs.scores
+    return inputs.scores - inputs.kl_coef * masked_sum(inputs.kl, inputs.response_mask, dim=1)  # [B]
+
+
+@register_advantage("grpo", options=("normalize_std",))
+def grpo(inputs: AdvantageInputs, *, normalize_std: bool) -> AdvantageOutput:
+    """GRPO: each completion's score against its group's mean (and std; without it, Dr. GRPO), on every token."""
+    seq = grpo_advantages(_penalised_scores(inputs), inputs.group_size, normalize_std)  # [B]
+    return AdvantageOutput(broadcast_sequence_advantages(seq, inputs.response_mask))
+
+
+@register_advantage("rloo")
+def rloo(inputs: AdvantageInputs) -> AdvantageOutput:
+    """RLOO: each completion's score minus the mean score of the other G - 1 samples of its prompt.
+
+    REINFORCE with a leave-one-out baseline (Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for
+    free!"; Ahmadian et al. 2024, arXiv:2402.14740). The baseline excludes the sample itself, so it is unbiased;
+    equal to G / (G - 1) times the group-centred score. A group of one sample has no baseline: advantage 0.
+    """
+    g = inputs.group_size
+    scores = _penalised_scores(inputs)
+    if g < 1 or scores.numel() % g:
+        raise ValueError(f"rloo: {scores.numel()} scores cannot be split into groups of {g}.")
+    scores = scores if scores.is_floating_point() else scores.float()
+    if g == 1:
+        return AdvantageOutput(torch.zeros_like(inputs.response_mask, dtype=scores.dtype))
+    groups = scores.reshape(-1, g)  # [B/G, G]
+    others_mean = (groups.sum(dim=1, keepdim=True) - groups) / (g - 1)  # [B/G, G]
+    seq = (groups - others_mean).reshape(scores.shape)  # [B]
+    return AdvantageOutput(broadcast_sequence_advantages(seq, inputs.response_mask))
+
+
+@register_advantage("ppo", options=("gamma", "lam"), critic=True)
+def ppo(inputs: AdvantageInputs, *, gamma: float, lam: float) -> AdvantageOutput:
+    """PPO: GAE over token rewards (the score on the last token, a KL penalty on every token) against a critic."""
+    if inputs.values is None:
+        raise ValueError("ppo advantages need the critic's values (inputs.values)")
+    mask = inputs.response_mask
+    kl = inputs.kl if inputs.kl is not None else torch.zeros_like(mask)
+    penalty = inputs.kl_coef if inputs.kl is not None else 0.0
+    token_rewards = kl_penalised_rewards(inputs.scores, kl, mask, penalty)  # [B, T]
+    adv, returns = gae_advantages(token_rewards, inputs.values, mask, gamma, lam)
+    return AdvantageOutput(masked_whiten(adv, mask), returns)

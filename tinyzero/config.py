@@ -1,8 +1,10 @@
 """The one config source: frozen, typed dataclasses; a recipe is their values in YAML.
 
 Each section's docstring has one ``field: help`` line per field (``tinyzero train --help-config`` prints
-them). ``load_config(recipe, overrides)`` reads a YAML recipe, applies ``a.b.c=value`` overrides (values
-parsed as YAML scalars), and rejects unknown keys and wrong types with the key's dotted name.
+them), and each field carries its own constraint: allowed values as ``Literal[...]``, a lower bound with
+``at_least``, registry names (advantage estimators, policy losses) with ``one_of`` (tinyzero/fields.py).
+``load_config(recipe, overrides)`` reads a YAML recipe, applies ``a.b.c=value`` overrides (values parsed as
+YAML scalars), and rejects unknown keys and wrong types with the key's dotted name.
 Simplification: ``env.options`` is a free mapping here; the environment's own Options dataclass checks it.
 """
 
@@ -13,12 +15,24 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from tinyzero.errors import TinyZeroError
-from tinyzero.fields import field_helps
+from tinyzero.fields import at_least, build, field_helps, one_of
+
+
+def _estimators() -> list[str]:
+    from tinyzero import algos
+
+    return list(algos.ADVANTAGE_ESTIMATORS)
+
+
+def _policy_losses() -> list[str]:
+    from tinyzero import algos
+
+    return list(algos.POLICY_LOSSES)
 
 
 @dataclass(frozen=True)
@@ -37,10 +51,10 @@ class RunConfig:
     name: str = "run"
     out_dir: str = "runs"
     seed: int = 0
-    steps: int = 20
-    mode: str = "local"
+    steps: int = at_least(1, 20)
+    mode: Literal["local", "ray"] = "local"
     threads: int = 0
-    budget_usd: float = 0.0
+    budget_usd: float = at_least(0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,7 @@ class ModelConfig:
     """
 
     name: str = "smollm2-135m"
-    compute_dtype: str = "auto"
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     gradient_checkpointing: bool = False
 
 
@@ -67,7 +81,7 @@ class EnvConfig:
     """
 
     name: str = "arithmetic"
-    template: str = "chat"
+    template: Literal["chat", "base"] = "chat"
     options: dict = field(default_factory=dict)
 
 
@@ -86,10 +100,10 @@ class RolloutConfig:
     tensor_parallel_size: GPUs per vLLM engine
     """
 
-    backend: str = "vllm"
-    prompts_per_step: int = 8
-    samples_per_prompt: int = 8
-    max_new_tokens: int = 64
+    backend: Literal["vllm", "hf"] = "vllm"
+    prompts_per_step: int = at_least(1, 8)
+    samples_per_prompt: int = at_least(1, 8)
+    max_new_tokens: int = at_least(1, 64)
     temperature: float = 1.0
     top_p: float = 1.0
     kv_cache_gib: int = 2
@@ -101,7 +115,8 @@ class RolloutConfig:
 class AlgoConfig:
     """Algorithm.
 
-    name: grpo (group-normalised advantages) or ppo (critic + GAE)
+    name: the advantage estimator: grpo (group-normalised), rloo (leave-one-out baseline) or ppo (critic + GAE); tinyzero/algos.py registers them
+    policy_loss: the policy loss: clip (PPO's clipped surrogate, with clip_low/clip_high)
     normalize_std: divide GRPO advantages by the group std (false: Dr. GRPO)
     gamma: PPO discount
     lam: PPO GAE lambda
@@ -109,7 +124,7 @@ class AlgoConfig:
     clip_high: upper PPO clip range (ratio <= 1 + clip_high; > clip_low is DAPO's clip-higher)
     kl_coef: weight of the KL to the reference model (0: no reference model is loaded)
     kl_estimator: k1, k2 or k3
-    kl_in: loss (a KL loss term) or reward (a per-token reward penalty)
+    kl_applied_as: loss (a KL term added to the policy loss) or reward (a per-token penalty subtracted from the reward)
     entropy_coef: weight of the entropy bonus
     loss_agg: token-mean, seq-mean-token-mean or seq-mean-token-sum-norm
     epochs: passes over each rollout batch
@@ -117,20 +132,29 @@ class AlgoConfig:
     vf_clip: PPO value clip range
     """
 
-    name: str = "grpo"
+    name: str = one_of(_estimators, "grpo")
+    policy_loss: str = one_of(_policy_losses, "clip")
     normalize_std: bool = True
     gamma: float = 1.0
     lam: float = 1.0
     clip_low: float = 0.2
     clip_high: float = 0.2
     kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    kl_in: str = "loss"
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_applied_as: Literal["loss", "reward"] = "loss"
     entropy_coef: float = 0.0
-    loss_agg: str = "token-mean"
-    epochs: int = 1
-    mini_batches: int = 1
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    epochs: int = at_least(1, 1)
+    mini_batches: int = at_least(1, 1)
     vf_clip: float = 0.2
+
+    @property
+    def needs(self):
+        """What this algorithm requires: critic, reference model, old log-probs (``algos.Needs``)."""
+        from tinyzero import algos
+
+        return algos.needs(self.name, kl_coef=self.kl_coef, kl_applied_as=self.kl_applied_as, epochs=self.epochs,
+                           mini_batches=self.mini_batches)
 
 
 @dataclass(frozen=True)
@@ -150,7 +174,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     warmup_steps: int = 0
-    micro_batch_size: int = 16
+    micro_batch_size: int = at_least(1, 16)
 
 
 @dataclass(frozen=True)
@@ -163,7 +187,7 @@ class PlacementConfig:
     learner_workers: learner processes sharding the policy with FSDP2 (0: one per learner GPU; 1 on CPU)
     """
 
-    strategy: str = "colocate"
+    strategy: Literal["colocate", "split"] = "colocate"
     num_gpus: int = 0
     rollout_gpus: int = 1
     learner_workers: int = 0
@@ -186,7 +210,7 @@ class CostConfig:
     usd_per_gpu_hour: price of one GPU for one hour (0: read $TINYZERO_USD_PER_GPU_HOUR; unset: dollars are not shown); a CPU-only run is billed as one unit
     """
 
-    usd_per_gpu_hour: float = 0.0
+    usd_per_gpu_hour: float = at_least(0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -200,9 +224,9 @@ class EvalConfig:
     """
 
     every: int = 10
-    size: int = 100
+    size: int = at_least(1, 100)
     max_new_tokens: int = 64
-    k: int = 0
+    k: int = at_least(0, 0)
 
 
 @dataclass(frozen=True)
@@ -248,11 +272,11 @@ class AhaConfig:
     """
 
     lexicon: dict = field(default_factory=_default_lexicon)
-    margin: float = 0.05
-    patience: int = 3
-    transcripts_every: int = 4
-    transcripts: int = 3
-    max_chars: int = 8000
+    margin: float = at_least(0, 0.05)
+    patience: int = at_least(1, 3)
+    transcripts_every: int = at_least(0, 4)
+    transcripts: int = at_least(0, 3)
+    max_chars: int = at_least(1, 8000)
 
 
 @dataclass(frozen=True)
@@ -274,69 +298,24 @@ class Config:
     aha: AhaConfig = field(default_factory=AhaConfig)
 
 
-CHOICES = {
-    "run.mode": ("local", "ray"),
-    "model.compute_dtype": ("auto", "float32", "bfloat16"),
-    "env.template": ("chat", "base"),
-    "rollout.backend": ("vllm", "hf"),
-    "algo.name": ("grpo", "ppo"),
-    "algo.kl_estimator": ("k1", "k2", "k3"),
-    "algo.kl_in": ("loss", "reward"),
-    "algo.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
-    "placement.strategy": ("colocate", "split"),
-}
 # Keys that older recipes and run folders may still hold, with the key that replaced them.
-RENAMED = {"model.dtype": "model.compute_dtype (master weights are always float32)"}
-POSITIVE = ("run.steps", "rollout.prompts_per_step", "rollout.samples_per_prompt", "rollout.max_new_tokens",
-            "algo.epochs", "algo.mini_batches", "optim.micro_batch_size", "eval.size", "aha.patience",
-            "aha.max_chars")
-NON_NEGATIVE = ("run.budget_usd", "cost.usd_per_gpu_hour", "eval.k", "aha.margin", "aha.transcripts_every",
-                "aha.transcripts")
+RENAMED = {
+    "model.dtype": "model.compute_dtype (master weights are always float32)",
+    "algo.kl_in": "algo.kl_applied_as",
+}
+
+
+def _unknown_key(dotted: str, valid: list[str]) -> str:
+    if dotted in RENAMED:
+        return f"{dotted} was renamed: write {RENAMED[dotted]} instead"
+    return f"unknown key {dotted}: valid keys here are {', '.join(sorted(valid))}"
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, Mapping):
         where = prefix.rstrip(".") or "the recipe"
         raise TinyZeroError(f"{where} must be a mapping of keys to values, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            if dotted in RENAMED:
-                raise TinyZeroError(f"{dotted} was renamed: write {RENAMED[dotted]} instead")
-            raise TinyZeroError(f"unknown key {dotted}: valid keys here are {', '.join(sorted(names))}")
-        kwargs[key] = _value(hints[key], value, dotted)
-    return cls(**kwargs)
-
-
-def _value(hint: Any, value: Any, dotted: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, dotted + ".")
-    if hint is dict:
-        if not isinstance(value, Mapping):
-            raise TinyZeroError(f"{dotted} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads `1e-5` (no dot) as a string; accept it as the number it plainly is
-            value = float(value)
-        except ValueError:
-            pass
-    if hint is bool and not isinstance(value, bool) or not isinstance(value, hint) or (
-        hint is int and isinstance(value, bool)
-    ):
-        raise TinyZeroError(f"{dotted} must be {hint.__name__}, got {value!r}")
-    choices = CHOICES.get(dotted)
-    if choices and value not in choices:
-        raise TinyZeroError(f"{dotted} must be one of {', '.join(choices)}, got {value!r}")
-    if dotted in POSITIVE and value < 1:
-        raise TinyZeroError(f"{dotted} must be at least 1, got {value!r}")
-    if dotted in NON_NEGATIVE and value < 0:
-        raise TinyZeroError(f"{dotted} must be 0 or more, got {value!r}")
-    return value
+    return build(cls, data, prefix, unknown=_unknown_key, nested=_build)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -369,9 +348,15 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
         if not path.is_file():
             raise TinyZeroError(f"recipe {path} does not exist: give a YAML file such as recipes/demo-cpu.yaml")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise TinyZeroError(f"recipe {path} is not a text file: give a YAML recipe such as recipes/demo-cpu.yaml"
+                                ) from None
         except yaml.YAMLError as err:
             raise TinyZeroError(f"recipe {path} is not valid YAML ({str(err).splitlines()[0]}): fix it") from None
+        if not isinstance(tree, Mapping):
+            raise TinyZeroError(f"recipe {path} holds a {type(tree).__name__}, not a mapping of sections: write it as "
+                                "`section:` lines with indented `key: value` pairs, as in recipes/demo-cpu.yaml")
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)

@@ -123,9 +123,10 @@ def estimate_run(config: Config, params: float, card: str | None) -> Estimate:
     c, layout = config, plan_layout(config)
     gen_tokens, train_tokens = generated_tokens(c), trained_tokens(c)
     passes = c.algo.epochs * (4 / 3 if c.model.gradient_checkpointing else 1.0)
-    train_flops = 6 * params * train_tokens * passes * (2 if c.algo.name == "ppo" else 1)
-    extra_flops = 2 * params * train_tokens * ((c.algo.kl_coef > 0) + (c.algo.name == "ppo")
-                                               + (c.algo.epochs * c.algo.mini_batches > 1))
+    needs = c.algo.needs
+    train_flops = 6 * params * train_tokens * passes * (2 if needs.critic else 1)
+    # forward-only passes: the reference, the critic's values, the old log-probs
+    extra_flops = 2 * params * train_tokens * (needs.reference + needs.critic + needs.old_logprobs)
     if layout.num_gpus == 0:
         scale = CPU_MEASURED_PARAMS / params
         rollout_s = gen_tokens / (CPU_ROLLOUT_TOKENS_S * scale)

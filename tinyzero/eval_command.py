@@ -209,15 +209,14 @@ def _evaluate_target(target: Target, env, problems, settings: Settings, sampling
 
 def _load(target: Target, folder: Path, settings: Settings, base: Config):
     """The rollout worker and tokenizer of one model; a folder that does not load is one sentence."""
-    import torch
 
-    from tinyzero.learner import resolve_dtype
+    from tinyzero.devices import dtype_name, resolve_device
     from tinyzero.models import default_cache_dir, load_tokenizer
     from tinyzero.roles import _max_model_len
     from tinyzero.rollout import RolloutWorker
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = str(resolve_dtype(base.model.compute_dtype, device)).removeprefix("torch.")
+    device = resolve_device()
+    dtype = dtype_name(base.model.compute_dtype, device)
     try:
         tokenizer = load_tokenizer(folder)
         worker = RolloutWorker(folder, backend=settings.backend, dtype=dtype, seed=settings.seed, device=device,

@@ -2,7 +2,7 @@
 
 A plain class (no Ray import): the job assembly wraps it with ``ray.remote`` where roles become actors.
 Exact savings (the gradient is unchanged):
-- the LM head runs on completion positions only (see ``batches.sequence_logprobs``);
+- the LM head runs on completion positions only (see ``forward.sequence_logprobs``);
 - with one pass and one mini-batch the update is on-policy, so ``old_logprobs`` are the detached log-probs of
   the same forward pass (ratio exactly 1) instead of a second forward;
 - with no KL loss and no entropy bonus, rows whose advantages are all zero (GRPO groups whose samples all got
@@ -26,35 +26,12 @@ import torch
 from torch import nn
 
 from tinyzero import algos
-from tinyzero.batches import TokenBatch, TrainBatch, response_hidden, sequence_logprobs
 from tinyzero.config import AlgoConfig, OptimConfig
+from tinyzero.devices import resolve_device, resolve_dtype
+from tinyzero.forward import in_chunks, response_hidden, sequence_logprobs
+from tinyzero.messages import TokenBatch, TrainBatch
+from tinyzero.models import load_causal_lm
 from tinyzero.sharding import to_local_float
-
-
-def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """The compute dtype. ``auto``: bfloat16 on GPU; float32 on CPU, where bf16 measured 1.8x slower (no AMX)
-    and a bf16 matmul ran at 1.3 GFLOP/s against fp32's 88 on an AVX2-only CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-
-
-def resolve_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def load_causal_lm(path: str | Path, dtype: torch.dtype, device: str):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    return model.to(device)
-
-
-def in_chunks(fn, tokens: TokenBatch, size: int) -> torch.Tensor:
-    """``fn`` over ``size``-row slices of ``tokens`` (bounded activation memory), concatenated on CPU, [N, T]."""
-    return torch.cat([fn(tokens.select(rows)).cpu() for rows in torch.arange(len(tokens)).split(size)])
 
 
 class Critic(nn.Module):
@@ -62,9 +39,7 @@ class Critic(nn.Module):
 
     def __init__(self, path: str | Path):
         super().__init__()
-        from transformers import AutoModelForCausalLM
-
-        lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)  # fp32 master weights
+        lm = load_causal_lm(path, torch.float32, "cpu")  # fp32 master weights
         self.body = lm.base_model
         self.head = nn.Linear(lm.config.hidden_size, 1, dtype=torch.float32)
         nn.init.zeros_(self.head.weight)
@@ -102,6 +77,8 @@ class Learner:
         (``init_method`` is the process group's rendezvous, e.g. ``tcp://host:port``)."""
         torch.manual_seed(seed)
         self.algo, self.optim_cfg = algo, optim
+        self.needs = algo.needs  # critic? several updates per batch? (algos.needs)
+        self.policy_loss = algos.policy_loss(algo.policy_loss)
         self.rank, self.world_size = rank, world_size
         self.device = resolve_device(device)
         if world_size > 1:
@@ -121,7 +98,7 @@ class Learner:
         )
         self.critic = None
         self.critic_optimizer = None
-        if algo.name == "ppo":
+        if self.needs.critic:
             self.critic = Critic(model_path).to(self.device)
             if world_size > 1:
                 sharding.shard(self.critic, self.critic.body.layers, self.compute_dtype)
@@ -147,7 +124,7 @@ class Learner:
     @torch.no_grad()
     def values(self, tokens: TokenBatch) -> torch.Tensor:
         """Critic values, [N, T] (PPO only)."""
-        assert self.critic is not None, "values() needs algo.name=ppo"
+        assert self.critic is not None, "values() needs an estimator registered with critic=True (algo.name=ppo)"
         self.critic.eval()
         with self._compute():
             return in_chunks(self.critic, tokens, self.optim_cfg.micro_batch_size)
@@ -170,7 +147,7 @@ class Learner:
         return self.algo.loss_agg != "seq-mean-token-sum-norm"
 
     def _can_skip_zero_rows(self, batch: TrainBatch) -> bool:
-        no_kl_loss = self.algo.kl_coef == 0 or self.algo.kl_in != "loss" or batch.ref_logprobs is None
+        no_kl_loss = self.algo.kl_coef == 0 or self.algo.kl_applied_as != "loss" or batch.ref_logprobs is None
         return no_kl_loss and self.algo.entropy_coef == 0 and self.critic is None
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
@@ -180,8 +157,7 @@ class Learner:
         totals: dict[str, float] = {}
         count = 0
         for _ in range(self.algo.epochs):
-            order = torch.randperm(n, generator=self.rng) if self.algo.epochs * self.algo.mini_batches > 1 \
-                else torch.arange(n)
+            order = torch.randperm(n, generator=self.rng) if self.needs.several_updates else torch.arange(n)
             for mini in order.chunk(self.algo.mini_batches):
                 stats = self._mini_batch_step(batch, mini)
                 for key, value in stats.items():
@@ -198,7 +174,7 @@ class Learner:
         for group in self.optimizer.param_groups:
             group["lr"] = self.optim_cfg.lr * self._lr_scale()
         self.optimizer.zero_grad(set_to_none=True)
-        sums = {"pg_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl": 0.0}
+        sums = dict.fromkeys(("pg_loss", "clip_frac", "approx_kl", "entropy", "kl"), 0.0)  # + the loss's own stats
         weight_seen = 0.0
         if self._can_trim and len(keep):
             # Longest responses first: micro-batches then hold rows of similar length, so cropping each to
@@ -208,8 +184,8 @@ class Learner:
             keep = keep[torch.argsort(lengths, descending=True, stable=True)]
         for part, weight in self._weighted_parts(batch, keep, units_all):
             stats = self._micro_step(part, weight * self.world_size)  # FSDP averages gradients over processes
-            for key in sums:
-                sums[key] += stats.get(key, 0.0) * weight
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + value * weight
             weight_seen += weight
         grad_norm = self._clip_and_step(self.policy, self.optimizer)
         out = {key: (value / weight_seen if weight_seen else 0.0) for key, value in sums.items()}
@@ -248,16 +224,15 @@ class Learner:
             logprobs, entropy = self.scorer(part.tokens, with_entropy=True, entropy_grad=algo.entropy_coef > 0)
         old = logprobs.detach() if part.old_logprobs is None else part.old_logprobs.to(self.device)
         adv = part.advantages.to(self.device)
-        loss, stats = algos.clipped_policy_loss(
-            logprobs, old, adv, mask, algo.clip_low, algo.clip_high, algo.loss_agg
-        )
-        out = {"pg_loss": float(loss.detach()), "clip_frac": float(stats["clip_frac"]),
-               "approx_kl": float(stats["approx_kl"]), "entropy": float(algos.masked_mean(entropy.detach(), mask))}
+        options = {key: getattr(algo, key) for key in self.policy_loss.options}
+        loss, stats = self.policy_loss.fn(logprobs, old, adv, mask, agg=algo.loss_agg, **options)
+        out = {"pg_loss": float(loss.detach()), **{key: float(value) for key, value in stats.items()},
+               "entropy": float(algos.masked_mean(entropy.detach(), mask))}
         if part.ref_logprobs is not None:
             ref = part.ref_logprobs.to(self.device)
             kl = algos.kl_loss(logprobs, ref, mask, algo.kl_estimator, algo.loss_agg)
             out["kl"] = float(kl.detach())
-            if algo.kl_coef > 0 and algo.kl_in == "loss":
+            if algo.kl_coef > 0 and algo.kl_applied_as == "loss":
                 loss = loss + algo.kl_coef * kl
         if algo.entropy_coef > 0:
             loss = loss - algo.entropy_coef * algos.entropy_bonus(entropy, mask, algo.loss_agg)
@@ -401,21 +376,3 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     for part in sorted(folder.glob("*.safetensors")):
         weights.update(load_file(str(part)))
     return weights
-
-
-class ReferenceModel:
-    """A frozen copy of the initial policy; gives ``ref_logprobs`` for the KL term.
-
-    Held in the compute dtype (``dtype``, e.g. bfloat16 on GPU): it never takes an optimizer step, so it needs no
-    float32 master copy, and bf16 halves its memory (6.2 GB instead of 12.3 GB for a 3B model)."""
-
-    def __init__(self, model_path: str | Path, *, dtype: str = "auto", device: str = "auto",
-                 micro_batch_size: int = 16):
-        self.device = resolve_device(device)
-        self.model = load_causal_lm(model_path, resolve_dtype(dtype, self.device), self.device).eval()
-        self.model.requires_grad_(False)
-        self.micro_batch_size = micro_batch_size
-
-    @torch.no_grad()
-    def logprobs(self, tokens: TokenBatch) -> torch.Tensor:
-        return in_chunks(lambda part: sequence_logprobs(self.model, part)[0], tokens, self.micro_batch_size)

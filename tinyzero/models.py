@@ -28,14 +28,6 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Written last into a converted folder: a folder without it is a half-written leftover, never used.
 _COMPLETE_MARKER = ".tinyzero-complete"
 
-# The chat format of Qwen and SmolLM2 (ChatML), so tiny models render prompts the way real ones do.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def default_cache_dir() -> Path:
@@ -151,73 +143,11 @@ def _dequantise_gguf(gguf: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def build_tiny_model(
-    out_dir: str | Path, *, arch: str = "qwen2", tie_word_embeddings: bool = False, seed: int = 0
-) -> Path:
-    """Save a tiny random float32 causal LM ("qwen2" or "llama") with a hub-free tokenizer to `out_dir`."""
-    import torch
+def load_causal_lm(path: str | Path, dtype, device: str):
+    """An HF causal LM from ``path`` with weights in ``dtype`` (a torch dtype), moved to ``device``."""
     from transformers import AutoModelForCausalLM
 
-    out = Path(out_dir)
-    tokenizer = build_tiny_tokenizer()
-    config = _tiny_config(arch, tokenizer, tie_word_embeddings)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def _tiny_config(arch: str, tokenizer, tie_word_embeddings: bool):
-    from transformers import LlamaConfig, Qwen2Config
-
-    classes = {"qwen2": Qwen2Config, "llama": LlamaConfig}
-    if arch not in classes:
-        raise TinyZeroError(f"unknown tiny model architecture {arch!r}; use one of {sorted(classes)}.")
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    return classes[arch](
-        # A multiple of 64 above the tokenizer's 259 entries, as real checkpoints pad their vocabularies.
-        vocab_size=320,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,  # head_dim 32: vLLM's CPU attention needs head_dim >= 32
-        num_key_value_heads=1,  # grouped-query attention, as in Qwen2.5, so that code path is exercised
-        max_position_embeddings=1024,
-        # Larger than the usual 0.02 so logits have clear margins: greedy decoding then does not flip
-        # between engines on float rounding, which the weight-sync tests rely on.
-        initializer_range=0.1,
-        tie_word_embeddings=tie_word_embeddings,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=eos,
-        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        dtype="float32",
-    )
-
-
-def build_tiny_tokenizer():
-    """A byte-level tokenizer (256 bytes + ChatML specials) that encodes any text and needs no hub."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {tok: i for i, tok in enumerate(TINY_SPECIAL_TOKENS)}
-    for char in sorted(alphabet):
-        vocab[char] = len(vocab)
-    # A BPE with no merges is a byte-level tokenizer: every byte is one token.
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(TINY_SPECIAL_TOKENS)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        bos_token=None,
-        unk_token=None,
-        chat_template=CHATML_TEMPLATE,
-        model_max_length=1024,
-    )
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
 
 
 def load_tokenizer(path: str | Path):

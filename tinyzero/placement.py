@@ -112,7 +112,7 @@ class Layout:
 def plan_layout(config: Config) -> Layout:
     """The layout for ``config``'s placement; raises TinyZeroError (naming the keys) if it is impossible."""
     p, tp = config.placement, config.rollout.tensor_parallel_size
-    need_ref = config.algo.kl_coef > 0
+    need_ref = config.algo.needs.reference
     _check_common(config)
     if p.num_gpus == 0:
         return _cpu_layout(p.learner_workers or 1, need_ref)

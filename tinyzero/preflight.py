@@ -24,7 +24,7 @@ from tinyzero.placement import Layout
 
 GB = 1e9
 HEADROOM = 0.92  # of a GPU's memory: the CUDA context, the allocator's fragmentation and NCCL buffers need the rest
-LM_HEAD_CHUNK = 2048  # tokens per LM-head chunk in tinyzero.batches (fp32 logits)
+LM_HEAD_CHUNK = 2048  # tinyzero.forward.HEAD_CHUNK (fp32 logits; a test keeps the two equal)
 PROMPT_TOKENS = 256  # a generous prompt length for activation estimates
 
 
@@ -69,7 +69,7 @@ class GpuNeed:
 def learner_bytes(config: Config, shape: ModelShape, world: int, gpu: bool) -> dict[str, float]:
     """One learner process: float32 states (masters, grads, AdamW m and v: 16 bytes a parameter, sharded over
     ``world``), the 16-bit copies autocast makes, activations of one micro-batch, and the LM-head chunk."""
-    nets = 2 if config.algo.name == "ppo" else 1  # the PPO critic is a second body of the same size
+    nets = 2 if config.algo.needs.critic else 1  # a critic (PPO) is a second body of the same size
     compute_bytes = 2 if gpu and config.model.compute_dtype in ("auto", "bfloat16") else 4
     tokens = config.optim.micro_batch_size * (PROMPT_TOKENS + config.rollout.max_new_tokens)
     layer_act = 34 * tokens * shape.hidden * compute_bytes / 2
@@ -130,7 +130,7 @@ def _memory_fix(config: Config, layout: Layout, shape: ModelShape) -> str:
 
 def checkpoint_bytes(config: Config, shape: ModelShape) -> float:
     """One checkpoint: the float32 policy (4 bytes a parameter) and its AdamW moments (8), twice for PPO."""
-    return 12 * shape.params * (2 if config.algo.name == "ppo" else 1)
+    return 12 * shape.params * (2 if config.algo.needs.critic else 1)
 
 
 def check_run_folder(config: Config, shape: ModelShape, free_bytes=None) -> None:

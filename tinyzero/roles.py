@@ -314,9 +314,9 @@ def gpu_shortfall(asked: int, have: int) -> str:
 
 def rollout_dtype(config: Config) -> str:
     """The dtype the rollout engine and reference model hold weights in: the compute dtype."""
-    from tinyzero.learner import resolve_dtype
+    from tinyzero.devices import dtype_name
 
-    return str(resolve_dtype(config.model.compute_dtype, _device(config))).removeprefix("torch.")
+    return dtype_name(config.model.compute_dtype, _device(config))
 
 
 def _device(config: Config) -> str:
@@ -341,7 +341,8 @@ def _free_port() -> int:
 
 def build_roles(config: Config, model_path: Path, cache_dir: Path, layout: Layout | None = None) -> Roles:
     """Create every role where ``layout`` (default: ``check_gpus(config)``) puts it, vLLM first."""
-    from tinyzero.learner import Learner, ReferenceModel
+    from tinyzero.learner import Learner
+    from tinyzero.reference import ReferenceModel
     from tinyzero.rollout import RolloutWorker
 
     layout = layout or check_gpus(config)

@@ -30,24 +30,15 @@ import os
 import random
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from tinyzero.errors import TinyZeroError
+from tinyzero.messages import Completion
 
 _HEAD = "lm_head.weight"
 _EMBED_SUFFIX = "embed_tokens.weight"
-
-
-@dataclass
-class Completion:
-    """One sampled continuation of a prompt."""
-
-    token_ids: list[int]  # generated tokens only (not the prompt); includes the stop token when finished
-    text: str  # the decoded tokens, special tokens skipped
-    finished: bool  # True: stopped at EOS / a stop token; False: cut off at max_new_tokens
 
 
 class RolloutWorker:
@@ -365,15 +356,12 @@ class _HfEngine:
     """transformers `generate` on one device."""
 
     def __init__(self, path: Path, *, dtype: str, seed: int, device: str) -> None:
-        from transformers import AutoModelForCausalLM
+        from tinyzero.devices import resolve_device
+        from tinyzero.models import load_causal_lm, load_tokenizer
 
-        from tinyzero.models import load_tokenizer
-
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = torch.device(resolve_device(device))
         self.tokenizer = load_tokenizer(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device)
+        self.model = load_causal_lm(path, getattr(torch, dtype), self.device)
         self.model.eval()
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         # transformers samples from the global generator; seed it once, as vLLM seeds its engine.
@@ -410,7 +398,8 @@ class _HfEngine:
     @torch.no_grad()
     def logprobs(self, prompts, responses) -> list[list[float]]:
         # The learner's own layout and log-prob code (left-padded prompts, LM head on response tokens only).
-        from tinyzero.batches import build_tokens, sequence_logprobs
+        from tinyzero.forward import sequence_logprobs
+        from tinyzero.messages import build_tokens
 
         tokens = build_tokens(prompts, responses, self.tokenizer.pad_token_id)
         values = sequence_logprobs(self.model, tokens)[0].cpu()  # [N, T], 0 past each response

@@ -48,11 +48,16 @@ class RunLog:
             self.writer.add_text("config", "```\n" + yaml_text + "\n```", 0)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
+        """One step's metrics: to TensorBoard and as one line of ``metrics.jsonl``."""
+        self.tensorboard_scalars(step, values)
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": step, **values}) + "\n")
+
+    def tensorboard_scalars(self, step: int, values: dict[str, float]) -> None:
+        """Scalars to TensorBoard only (evaluations: their file record is the run's history)."""
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps({"step": step, **values}) + "\n")
 
     def text(self, tag: str, step: int, rows: list[dict]) -> None:
         if self.writer is None or not rows:

@@ -107,7 +107,7 @@ def _clear_previous(run_dir: Path) -> None:
 
 def sync_gap(trainer) -> float:
     """Mean |engine - learner| log-prob over the engine's greedy answers to a few held-out prompts."""
-    from tinyzero.batches import build_tokens
+    from tinyzero.messages import build_tokens
 
     roles = trainer.roles
     prompts = [trainer.encode(p)[1] for p in trainer.eval_problems[:EVAL_SIZE]]

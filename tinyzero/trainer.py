@@ -24,13 +24,13 @@ import torch
 
 from tinyzero import algos
 from tinyzero.aha import Tracker
-from tinyzero.batches import RolloutBatch, ScoredBatch, TrainBatch, build_tokens
 from tinyzero.checkpoint import latest_checkpoint, read_state, save_checkpoint
 from tinyzero.config import Config, load_config, to_yaml
 from tinyzero.data import iter_train, sample_test
 from tinyzero.envs import make_env
 from tinyzero.errors import TinyZeroError
 from tinyzero.evaluation import Sampling, encode_prompt, evaluate
+from tinyzero.messages import RolloutBatch, ScoredBatch, TrainBatch, build_tokens
 from tinyzero.preflight import preflight
 from tinyzero.rewards.result import RewardResult
 from tinyzero.runlog import RunLog, Timer
@@ -60,9 +60,9 @@ class Trainer:
             torch.set_num_threads(config.run.threads)
         _quiet_libraries()
         self.env = make_env(config.env.name, config.env.options)
-        a = config.aha
+        aha = config.aha
         # Before any model loads: a malformed lexicon stops here with its dotted key.
-        self.aha = Tracker(a.lexicon, self.env, margin=a.margin, patience=a.patience, max_chars=a.max_chars)
+        self.aha = Tracker(aha.lexicon, self.env, margin=aha.margin, patience=aha.patience, max_chars=aha.max_chars)
         from tinyzero.models import load_tokenizer, resolve_model
 
         self.model_path = resolve_model(config.model.name)
@@ -148,22 +148,22 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ steps
     def run(self) -> dict:
-        c = self.config
+        config = self.config
         if self.step == 0 and not self.history:
             self.evaluate()
         try:
-            while self.step < c.run.steps:
+            while self.step < config.run.steps:
                 start = time.monotonic()
                 self.train_step()
-                last = self.step == c.run.steps
-                if (c.eval.every and self.step % c.eval.every == 0) or last:
+                last = self.step == config.run.steps
+                if (config.eval.every and self.step % config.eval.every == 0) or last:
                     if not (self.history and self.history[-1]["step"] == self.step):
                         self.evaluate()
-                saved = (c.checkpoint.every and self.step % c.checkpoint.every == 0) or last
+                saved = (config.checkpoint.every and self.step % config.checkpoint.every == 0) or last
                 if saved:
                     self.save()
                 self._iteration_s.append(time.monotonic() - start)
-                if not last and not self.meter.next_step_fits(c.run.budget_usd, self._next_step_s()):
+                if not last and not self.meter.next_step_fits(config.run.budget_usd, self._next_step_s()):
                     self._stop_for_budget(saved)
                     break
         finally:
@@ -175,16 +175,16 @@ class Trainer:
         return max(self._iteration_s[-5:])
 
     def _stop_for_budget(self, saved: bool) -> None:
-        c, meter = self.config, self.meter
+        run, meter = self.config.run, self.meter
         if not saved:
             self.save()
-        remaining = (c.run.steps - self.step) * sum(self._iteration_s[-5:]) / len(self._iteration_s[-5:])
+        remaining = (run.steps - self.step) * sum(self._iteration_s[-5:]) / len(self._iteration_s[-5:])
         need = meter.usd + meter.usd_for(remaining)
         self.stopped = "budget"
         self.log.say(
-            f"budget: ${meter.usd:.2f} of run.budget_usd={c.run.budget_usd:g} spent after step {self.step}, and one "
+            f"budget: ${meter.usd:.2f} of run.budget_usd={run.budget_usd:g} spent after step {self.step}, and one "
             f"more step (about ${meter.usd_for(self._next_step_s()):.2f}) would pass it; stopped with a checkpoint. "
-            f"To finish the {c.run.steps} steps (about ${need:.2f} in all): tinyzero resume {self.run_dir} "
+            f"To finish the {run.steps} steps (about ${need:.2f} in all): tinyzero resume {self.run_dir} "
             f"run.budget_usd={need * 1.1:.2f}")
 
     def _sample_problems(self) -> list[dict]:
@@ -193,21 +193,22 @@ class Trainer:
         return problems
 
     def rollout(self, problems: list[dict]) -> RolloutBatch:
-        r = self.config.rollout
-        encoded = [self.encode(p) for p in problems]
+        settings = self.config.rollout
+        encoded = [self.encode(problem) for problem in problems]
         # A step's samples depend on (seed, step) only, so a resumed run repeats them: the engines' global
         # generators are reseeded (CPU), and each request carries its own seed where the platform takes one (GPU).
         self.roles.rollout.reseed(step_seed(self.config.run.seed, self.step))
         groups = self.roles.rollout.generate(
-            [ids for _, ids in encoded], n=r.samples_per_prompt, max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature, top_p=r.top_p,
-            seeds=request_seeds(self.config.run.seed, self.step, len(encoded), r.samples_per_prompt))
-        rows = [(text, ids, p, c) for (text, ids), p, group in zip(encoded, problems, groups, strict=True)
-                for c in group]
+            [ids for _, ids in encoded], n=settings.samples_per_prompt, max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature, top_p=settings.top_p,
+            seeds=request_seeds(self.config.run.seed, self.step, len(encoded), settings.samples_per_prompt))
+        rows = [(text, ids, problem, completion)
+                for (text, ids), problem, group in zip(encoded, problems, groups, strict=True) for completion in group]
         return RolloutBatch(
-            prompt_ids=[ids for _, ids, _, _ in rows], response_ids=[c.token_ids for *_, c in rows],
-            texts=[c.text for *_, c in rows], finished=[c.finished for *_, c in rows],
-            problems=[p for _, _, p, _ in rows], prompts=[t for t, *_ in rows], group_size=r.samples_per_prompt,
+            prompt_ids=[ids for _, ids, _, _ in rows], response_ids=[done.token_ids for *_, done in rows],
+            texts=[done.text for *_, done in rows], finished=[done.finished for *_, done in rows],
+            problems=[problem for _, _, problem, _ in rows], prompts=[text for text, *_ in rows],
+            group_size=settings.samples_per_prompt,
         )
 
     def score(self, batch: RolloutBatch) -> ScoredBatch:
@@ -229,34 +230,33 @@ class Trainer:
         return score_many(self.env, texts, problems, self._pool)
 
     def advantages(self, scored: ScoredBatch, tokens, timer: Timer) -> TrainBatch:
-        a, roles = self.config.algo, self.roles
+        """The learner's batch: reference and old log-probs where the algorithm needs them, then the registered
+        advantage estimator (``algo.name``, tinyzero/algos.py)."""
+        algo, roles = self.config.algo, self.roles
+        needs = algo.needs
         mask = tokens.response_mask  # [N, T]
-        ref = old = None
-        if a.kl_coef > 0 and roles.reference is not None:
+        ref_logprobs = old_logprobs = critic_values = None
+        if needs.reference:
             with timer("reference"):
-                ref = roles.reference.logprobs(tokens)  # [N, T]
-        need_old = a.epochs * a.mini_batches > 1 or (ref is not None and a.kl_in == "reward")
-        if need_old:
+                ref_logprobs = roles.reference.logprobs(tokens)  # [N, T]
+        if needs.old_logprobs:
             with timer("old_logprobs"):
-                old = roles.learner.logprobs(tokens)  # [N, T]
-        kl_tokens = algos.kl_estimate(old, ref, a.kl_estimator) if (ref is not None and old is not None) else None
-        penalty = a.kl_coef if (kl_tokens is not None and a.kl_in == "reward") else 0.0
-        if a.name == "grpo":
-            scores = scored.scores
-            if penalty:
-                scores = scores - penalty * algos.masked_sum(kl_tokens, mask, dim=1)  # [N]
-            seq_adv = algos.grpo_advantages(scores, scored.rollout.group_size, a.normalize_std)  # [N]
-            return TrainBatch(tokens, algos.broadcast_sequence_advantages(seq_adv, mask), old,
-                              ref if a.kl_in == "loss" else None)
-        values = roles.learner.values(tokens)  # [N, T]
-        kl_for_reward = kl_tokens if kl_tokens is not None else torch.zeros_like(mask)
-        token_rewards = algos.kl_penalised_rewards(scored.scores, kl_for_reward, mask, penalty)  # [N, T]
-        adv, returns = algos.gae_advantages(token_rewards, values, mask, a.gamma, a.lam)
-        adv = algos.masked_whiten(adv, mask)
-        return TrainBatch(tokens, adv, old, ref if a.kl_in == "loss" else None, returns, values)
+                old_logprobs = roles.learner.logprobs(tokens)  # [N, T]
+        if needs.critic:
+            critic_values = roles.learner.values(tokens)  # [N, T]
+        kl_as_reward = needs.reference and algo.kl_applied_as == "reward"
+        inputs = algos.AdvantageInputs(
+            scores=scored.scores, response_mask=mask, group_size=scored.rollout.group_size, values=critic_values,
+            kl=algos.kl_estimate(old_logprobs, ref_logprobs, algo.kl_estimator) if kl_as_reward else None,
+            kl_coef=algo.kl_coef)
+        estimator = algos.advantage_estimator(algo.name)
+        out = estimator.fn(inputs, **{key: getattr(algo, key) for key in estimator.options})
+        return TrainBatch(tokens=tokens, advantages=out.advantages, old_logprobs=old_logprobs,
+                          ref_logprobs=ref_logprobs if algo.kl_applied_as == "loss" else None,
+                          returns=out.returns, old_values=critic_values)
 
     def train_step(self) -> dict:
-        c, timer = self.config, Timer()
+        config, timer = self.config, Timer()
         start = time.perf_counter()
         problems = self._sample_problems()
         with timer("rollout"):
@@ -266,8 +266,8 @@ class Trainer:
             scored = self.score(batch)
         with timer("aha"):
             analyses = self.aha.analyse(batch.texts, batch.prompts, batch.problems)
-            aha_values = self.aha.rollout_metrics(self.step + 1, analyses, scored.correct.tolist())
-        width = c.rollout.max_new_tokens if c.algo.loss_agg == "seq-mean-token-sum-norm" else None
+            aha_metrics = self.aha.rollout_metrics(self.step + 1, analyses, scored.correct.tolist())
+        width = config.rollout.max_new_tokens if config.algo.loss_agg == "seq-mean-token-sum-norm" else None
         tokens = build_tokens(batch.prompt_ids, batch.response_ids, self._pad_id(), width)
         train_batch = self.advantages(scored, tokens, timer)
         with timer("learner"):
@@ -276,20 +276,20 @@ class Trainer:
             self.roles.sync_weights()
         self.step += 1
         seconds = time.perf_counter() - start
-        values = self._step_metrics(scored, stats, timer, seconds)
-        values.update(aha_values)
+        metrics = self._step_metrics(scored, stats, timer, seconds)
+        metrics.update(aha_metrics)
         rows = self._rows(scored)
-        self.log.scalars(self.step, values)
+        self.log.scalars(self.step, metrics)
         self.log.rollouts(self.step, rows)
-        self.log.text("samples/train", self.step, rows[: c.log.samples])
+        self.log.text("samples/train", self.step, rows[: config.log.samples])
         self._aha_transcripts(analyses, rows)
-        self.log.progress(self.step, values, seconds, usd_per_s=self.meter.usd_for(1.0))
-        return values
+        self.log.progress(self.step, metrics, seconds, usd_per_s=self.meter.usd_for(1.0))
+        return metrics
 
     def _aha_transcripts(self, analyses: list, rows: list[dict], kind: str = "rollout") -> None:
         """TensorBoard text: the first check ever seen (beside a step-0 transcript of its problem) and, every
         ``aha.transcripts_every`` steps, a few annotated completions (checks first, then reflections)."""
-        a, step = self.config.aha, self.step
+        aha, step = self.config.aha, self.step
         verified = [i for i, x in enumerate(analyses) if x.verified]
         if verified and self.aha.first_verification.get(kind) is None and (kind == "rollout" or step > 0):
             self.aha.first_verification[kind] = step
@@ -300,9 +300,9 @@ class Trainer:
                 old = self.aha.analyse([before["completion"]], [before.get("prompt")], [before.get("problem")])[0]
                 blocks.append(transcript_markdown(f"step {before.get('step', 0)}, same problem", old, before))
             self.log.markdown(f"aha/first_verification_{kind}", step, [LEGEND, *blocks])
-        if kind == "rollout" and a.transcripts_every and step % a.transcripts_every == 0 and a.transcripts:
+        if kind == "rollout" and aha.transcripts_every and step % aha.transcripts_every == 0 and aha.transcripts:
             order = sorted(range(len(analyses)), key=lambda j: (not analyses[j].verified, not analyses[j].reflections))
-            blocks = [transcript_markdown(f"step {step}", analyses[j], rows[j]) for j in order[: a.transcripts]]
+            blocks = [transcript_markdown(f"step {step}", analyses[j], rows[j]) for j in order[: aha.transcripts]]
             self.log.markdown("aha/transcripts", step, [LEGEND, *blocks])
 
     def _pad_id(self) -> int:
@@ -320,7 +320,7 @@ class Trainer:
     def _step_metrics(self, scored: ScoredBatch, stats: dict, timer: Timer, seconds: float) -> dict:
         b = scored.rollout
         lengths = torch.tensor([len(r) for r in b.response_ids], dtype=torch.float32)
-        values = {
+        metrics = {
             "reward/mean": float(scored.scores.mean()),
             "reward/std": float(scored.scores.std()) if len(scored.scores) > 1 else 0.0,
             "reward/accuracy": float(scored.correct.float().mean()),
@@ -331,48 +331,50 @@ class Trainer:
             "rollout/tokens_per_s": float(lengths.sum()) / max(timer.seconds.get("rollout", 0.0), 1e-9),
             "time/step": seconds,
         }
-        values.update({f"train/{k}": v for k, v in stats.items()})
-        values.update({f"time/{k}": v for k, v in timer.seconds.items()})
-        values["data/cursor"] = float(self.cursor)
-        values.update(self.meter.metrics())
-        return values
+        metrics.update({f"train/{key}": value for key, value in stats.items()})
+        metrics.update({f"time/{phase}": spent for phase, spent in timer.seconds.items()})
+        metrics["data/cursor"] = float(self.cursor)
+        metrics.update(self.meter.metrics())
+        return metrics
 
     # ------------------------------------------------------------------------------- eval, save
     def evaluate(self) -> dict:
         """Greedy decoding on the held-out problems (accuracy counts ``correct`` only); with ``eval.k``, also k
         samples per problem for pass@k and maj@k (tinyzero/evaluation.py)."""
-        c = self.config
-        encoded = [self.encode(p) for p in self.eval_problems]
+        config = self.config
+        encoded = [self.encode(problem) for problem in self.eval_problems]
         sampling = None
-        if c.eval.k:
-            sampling = Sampling((c.eval.k,), c.eval.k, c.rollout.temperature, c.rollout.top_p, c.run.seed)
+        if config.eval.k:
+            sampling = Sampling((config.eval.k,), config.eval.k, config.rollout.temperature, config.rollout.top_p,
+                                config.run.seed)
         outcome = evaluate(self.roles.rollout, self.env, [ids for _, ids in encoded], self.eval_problems,
-                           self._score_texts, max_new_tokens=c.eval.max_new_tokens, sampling=sampling)
-        outs, results = outcome.greedy, outcome.greedy_results
-        m, n = outcome.metrics, len(self.eval_problems)
-        analyses = self.aha.analyse([o.text for o in outs], [t for t, _ in encoded], self.eval_problems)
-        values = {"eval/accuracy": m["accuracy"], "eval/format_rate": m["format_rate"],
-                  "eval/response_length": m["response_length"]}
-        for key in (f"pass@{c.eval.k}", f"maj@{c.eval.k}"):
-            if key in m:
-                values[f"eval/{key}"] = m[key]
-        values.update(self.aha.eval_metrics(analyses, [r.correct for r in results]))
-        values["eval/seconds"] = m["seconds"]
-        self.history.append({"step": self.step, **values, "n": n})
-        if self.log.writer is not None:
-            for key, value in values.items():
-                self.log.writer.add_scalar(key, value, self.step)
-        rows = [{"prompt": t, "completion": o.text, "score": r.score, "correct": r.correct, "reason": r.reason,
-                 "problem": p} for (t, _), o, r, p in zip(encoded, outs, results, self.eval_problems, strict=True)]
-        self.log.text("samples/eval", self.step, rows[: c.log.samples])
+                           self._score_texts, max_new_tokens=config.eval.max_new_tokens, sampling=sampling)
+        completions, results = outcome.greedy, outcome.greedy_results
+        found, n = outcome.metrics, len(self.eval_problems)
+        analyses = self.aha.analyse([done.text for done in completions], [text for text, _ in encoded],
+                                    self.eval_problems)
+        metrics = {"eval/accuracy": found["accuracy"], "eval/format_rate": found["format_rate"],
+                   "eval/response_length": found["response_length"]}
+        for key in (f"pass@{config.eval.k}", f"maj@{config.eval.k}"):
+            if key in found:
+                metrics[f"eval/{key}"] = found[key]
+        metrics.update(self.aha.eval_metrics(analyses, [result.correct for result in results]))
+        metrics["eval/seconds"] = found["seconds"]
+        self.history.append({"step": self.step, **metrics, "n": n})
+        self.log.tensorboard_scalars(self.step, metrics)  # the history above is the file record (checkpoint state)
+        rows = [{"prompt": text, "completion": done.text, "score": result.score, "correct": result.correct,
+                 "reason": result.reason, "problem": problem}
+                for (text, _), done, result, problem in zip(encoded, completions, results, self.eval_problems,
+                                                            strict=True)]
+        self.log.text("samples/eval", self.step, rows[: config.log.samples])
         self.log.evals(self.step, rows)
         self._aha_transcripts(analyses, rows, kind="eval")
-        scaling = "".join(f", {key.removeprefix('eval/')} {values[key]:.1%}" for key in values
+        scaling = "".join(f", {key.removeprefix('eval/')} {metrics[key]:.1%}" for key in metrics
                           if key.startswith(("eval/pass@", "eval/maj@")))
-        self.log.say(f"eval at step {self.step}: greedy accuracy {values['eval/accuracy']:.1%} on {n} held-out "
-                     f"problems{scaling}, format {values['eval/format_rate']:.1%}, "
-                     f"length {values['eval/response_length']:.0f}")
-        return values
+        self.log.say(f"eval at step {self.step}: greedy accuracy {metrics['eval/accuracy']:.1%} on {n} held-out "
+                     f"problems{scaling}, format {metrics['eval/format_rate']:.1%}, "
+                     f"length {metrics['eval/response_length']:.0f}")
+        return metrics
 
     def save(self) -> Path:
         state = {"step": self.step, "cursor": self.cursor, "history": self.history,

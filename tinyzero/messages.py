@@ -1,4 +1,9 @@
-"""Typed messages between the roles, and the token layout every model-side role shares.
+"""The typed messages between the roles, and the token layout every model-side role shares.
+
+Flow of one step: a rollout worker returns ``Completion``s; the driver groups them into a ``RolloutBatch``,
+scores it into a ``ScoredBatch``, packs the tokens into a ``TokenBatch`` and sends the learner a
+``TrainBatch``. No model code lives here: the forward passes that read a ``TokenBatch`` are in
+``tinyzero/forward.py``.
 
 Layout of a ``TokenBatch`` (N sequences): prompts are LEFT-padded to width P and responses RIGHT-padded to
 width T, so every response starts at column P. The logits that predict response token t sit at column
@@ -12,6 +17,15 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+
+@dataclass
+class Completion:
+    """One sampled continuation of a prompt."""
+
+    token_ids: list[int]  # generated tokens only (not the prompt); includes the stop token when finished
+    text: str  # the decoded tokens, special tokens skipped
+    finished: bool  # True: stopped at EOS / a stop token; False: cut off at max_new_tokens
 
 
 @dataclass
@@ -118,75 +132,3 @@ def build_tokens(
             response_mask[i, : len(response)] = 1.0
     position_ids = (attention.cumsum(dim=1) - 1).clamp_min(0)  # [N, P+T]
     return TokenBatch(input_ids, attention, position_ids, response_mask, p_width)
-
-
-def sequence_logprobs(
-    model, tokens: TokenBatch, *, with_entropy: bool = False, entropy_grad: bool = False
-) -> tuple[Tensor, Tensor | None]:
-    """Log-probs of the response tokens under ``model`` ([N, T]); entropy [N, T] when asked
-    (detached unless ``entropy_grad``: as a metric it needs no backward pass).
-
-    The LM head and the log-softmax run only on real response tokens (not on prompts, not on padding):
-    exact savings, since no other position's vocabulary distribution is ever used.
-    """
-    from tinyzero.algos import token_logprobs_and_entropy
-
-    device = next(model.parameters()).device
-    hidden = response_hidden(model.base_model, tokens, device)  # [N, T, H]
-    mask = tokens.response_mask.to(device) > 0  # [N, T]
-    picked_hidden = hidden[mask]  # [K, H], K = real response tokens
-    labels = tokens.response_ids.to(device)[mask]  # [K]
-    head = model.get_output_embeddings()
-    lp_parts, ent_parts = [], []
-    for start in range(0, picked_hidden.shape[0], _HEAD_CHUNK):
-        logits = head(picked_hidden[start : start + _HEAD_CHUNK])  # [k, V]
-        lp, ent = token_logprobs_and_entropy(logits, labels[start : start + _HEAD_CHUNK],
-                                             with_entropy=with_entropy, entropy_grad=entropy_grad)
-        lp_parts.append(lp)
-        if ent is not None:
-            ent_parts.append(ent)
-    logprobs = _scatter(mask, lp_parts)  # [N, T] float32, 0 off the mask
-    entropy = _scatter(mask, ent_parts) if with_entropy else None
-    return logprobs, entropy
-
-
-_HEAD_CHUNK = 2048  # tokens per LM-head chunk: bounds the float32 [k, V] logits held at once
-
-
-def _scatter(mask: Tensor, parts: list[Tensor]) -> Tensor:
-    """Put per-token values (in mask order) back into an [N, T] tensor, zeros elsewhere (differentiable)."""
-    flat = torch.cat(parts) if parts else torch.zeros(0, device=mask.device)
-    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-    return out.masked_scatter(mask, flat.float())
-
-
-def response_hidden(body, tokens: TokenBatch, device) -> Tensor:
-    """Hidden states at the positions that predict each response token, [N, T, H].
-
-    Rows that share a prompt (a GRPO group: G samples of one prompt) share one forward pass of that prompt:
-    the prompt runs once per distinct prompt, its key/value cache is gathered out to every row that uses it
-    (``index_select`` — the gradient flows back through it), and only the responses run per row. The result
-    equals the full per-row forward up to float rounding; with prompts of ~40 tokens and G = 8 it removes
-    7/8 of the prompt compute from the learner's forward and backward passes.
-    """
-    p, t = tokens.prompt_width, tokens.response_mask.shape[1]
-    ids, attn, pos = (x.to(device) for x in (tokens.input_ids, tokens.attention_mask, tokens.position_ids))
-    # The key holds the mask too: with pad == a real token id, equal ids could still differ in length.
-    keys = torch.cat([ids[:, :p], attn[:, :p]], dim=1)  # [N, 2P]
-    unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
-    # HF turns the cache off under gradient checkpointing in training, so sharing needs it off.
-    checkpointing = getattr(body, "gradient_checkpointing", False) and body.training
-    if len(unique) == len(ids) or t < 2 or checkpointing:
-        hidden = body(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
-        return hidden[:, p - 1 : p - 1 + t]  # [N, T, H]
-    first = torch.full((len(unique),), len(ids), dtype=torch.long, device=device)
-    first.scatter_reduce_(0, inverse, torch.arange(len(ids), device=device), reduce="amin")  # a row per prompt
-    shared = body(input_ids=ids[first, :p], attention_mask=attn[first, :p], position_ids=pos[first, :p], use_cache=True)
-    cache = shared.past_key_values
-    cache.reorder_cache(inverse)  # [U, ...] -> [N, ...] along the batch dimension
-    last_prompt = shared.last_hidden_state[:, -1][inverse]  # [N, H]: predicts response token 0
-    rest = body(
-        input_ids=ids[:, p : p + t - 1], attention_mask=attn[:, : p + t - 1], position_ids=pos[:, p : p + t - 1],
-        past_key_values=cache, use_cache=True,
-    ).last_hidden_state  # [N, T-1, H]: predict response tokens 1..T-1
-    return torch.cat([last_prompt.unsqueeze(1), rest], dim=1)  # [N, T, H]
