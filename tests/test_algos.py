@@ -381,3 +381,87 @@ def test_fused_token_logprobs_and_entropy_match_the_separate_functions():
     assert not detached.requires_grad
     lp_only, none = forward.token_logprobs_and_entropy(logits, labels, with_entropy=False)
     assert none is None and lp_only.shape == (7,)
+
+
+# ------------------------------------------------------------------------- registered estimators
+
+
+def inputs(scores, mask, group_size, **extra):
+    return algos.AdvantageInputs(scores=t64(scores), response_mask=t64(mask), group_size=group_size, **extra)
+
+
+def test_rloo_hand_case():
+    # Group [1, 0, 0.5]: the other two average (0 + 0.5) / 2 = 0.25, (1 + 0.5) / 2 = 0.75, (1 + 0) / 2 = 0.5,
+    # so advantages 0.75, -0.75, 0. Group [2, 2, 2]: every baseline is 2, advantages 0.
+    mask = [[1, 1], [1, 0], [1, 1], [1, 1], [1, 1], [0, 0]]
+    out = algos.rloo(inputs([1, 0, 0.5, 2, 2, 2], mask, 3))
+    close(out.advantages, [[0.75, 0.75], [-0.75, 0], [0, 0], [0, 0], [0, 0], [0, 0]])
+    assert out.returns is None
+    # Equal to G / (G - 1) times the group-centred score (GRPO without the std), token by token.
+    grpo = algos.grpo(inputs([1, 0, 0.5, 2, 2, 2], mask, 3), normalize_std=False).advantages
+    close(out.advantages, 1.5 * grpo)
+
+
+def test_rloo_charges_the_kl_reward_penalty_and_handles_groups_of_one():
+    # Scores [1, 1], per-token KL [[0.5, 0.5], [0, 0]] at coefficient 0.2: penalised scores 0.8 and 1.0,
+    # so advantages -0.2 and 0.2 on each response token.
+    mask = [[1, 1], [1, 1]]
+    out = algos.rloo(inputs([1, 1], mask, 2, kl=t64([[0.5, 0.5], [0, 0]]), kl_coef=0.2))
+    close(out.advantages, [[-0.2, -0.2], [0.2, 0.2]])
+    close(algos.rloo(inputs([3, 5], mask, 1)).advantages, [[0, 0], [0, 0]])
+    with pytest.raises(ValueError, match="groups of 3"):
+        algos.rloo(inputs([1, 2], mask, 3))
+
+
+def test_registered_estimators_match_their_building_blocks():
+    torch.manual_seed(0)
+    scores, mask = torch.rand(8, dtype=F64), (torch.rand(8, 5) > 0.3).double()
+    seq = algos.grpo_advantages(scores, 4, True)
+    close(algos.grpo(algos.AdvantageInputs(scores, mask, 4), normalize_std=True).advantages,
+          algos.broadcast_sequence_advantages(seq, mask))
+    values = torch.rand(8, 5, dtype=F64)
+    out = algos.ppo(algos.AdvantageInputs(scores, mask, 4, values=values), gamma=1.0, lam=0.95)
+    adv, returns = algos.gae_advantages(algos.kl_penalised_rewards(scores, torch.zeros_like(mask), mask, 0.0),
+                                        values, mask, 1.0, 0.95)
+    close(out.advantages, algos.masked_whiten(adv, mask))
+    close(out.returns, returns)
+    with pytest.raises(ValueError, match="critic's values"):
+        algos.ppo(algos.AdvantageInputs(scores, mask, 4), gamma=1.0, lam=1.0)
+
+
+def test_registry_names_options_and_needs():
+    assert list(algos.ADVANTAGE_ESTIMATORS) == ["grpo", "rloo", "ppo"]
+    assert algos.advantage_estimator("ppo").critic and not algos.advantage_estimator("rloo").critic
+    assert algos.advantage_estimator("grpo").options == ("normalize_std",)
+    assert algos.policy_loss("clip").fn is algos.clipped_policy_loss
+    with pytest.raises(ValueError, match="choose one of grpo, rloo, ppo"):
+        algos.advantage_estimator("dpo")
+
+    def needs(name="grpo", kl_coef=0.0, kl_applied_as="loss", epochs=1, mini_batches=1):
+        return algos.needs(name, kl_coef=kl_coef, kl_applied_as=kl_applied_as, epochs=epochs,
+                           mini_batches=mini_batches)
+
+    assert needs() == algos.Needs(critic=False, reference=False, several_updates=False, old_logprobs=False)
+    assert needs("ppo").critic
+    assert needs(kl_coef=0.1) == algos.Needs(False, True, False, False)  # KL loss: same forward pass
+    assert needs(kl_coef=0.1, kl_applied_as="reward").old_logprobs  # the penalty is measured before the update
+    assert needs(epochs=2) == algos.Needs(False, False, True, True)
+    assert needs(mini_batches=2).old_logprobs
+
+
+def test_registering_an_estimator_is_one_decorated_function(monkeypatch):
+    monkeypatch.setattr(algos, "ADVANTAGE_ESTIMATORS", dict(algos.ADVANTAGE_ESTIMATORS))
+
+    @algos.register_advantage("sign", options=("gamma",))
+    def sign(inputs, *, gamma):
+        """The sign of each score, times gamma."""
+        seq = torch.sign(inputs.scores) * gamma
+        return algos.AdvantageOutput(algos.broadcast_sequence_advantages(seq, inputs.response_mask))
+
+    entry = algos.advantage_estimator("sign")
+    assert (entry.options, entry.critic, entry.summary) == (("gamma",), False, "The sign of each score, times gamma.")
+    from tinyzero.config import load_config
+
+    assert load_config(None, ["algo.name=sign"]).algo.needs.critic is False  # the config accepts the new name
+    with pytest.raises(ValueError, match="registered twice"):
+        algos.register_advantage("sign")(sign)

@@ -40,6 +40,11 @@ def test_overrides_and_round_trip(tmp_path):
         (["model.gradient_checkpointing=3"], "model.gradient_checkpointing must be bool"),
         (["rollout=3"], "rollout must be a mapping"),
         (["steps"], "not a.b.c=value"),
+        (["algo.kl_applied_as=both"], "algo.kl_applied_as must be one of loss, reward, got 'both'"),
+        (["algo.kl_in=reward"], "algo.kl_in was renamed: write algo.kl_applied_as"),
+        (["algo.policy_loss=dpo"], "algo.policy_loss must be one of clip"),
+        (["eval.k=-1"], "eval.k must be 0 or more"),
+        (["placement.strategy=spread"], "placement.strategy must be one of colocate, split"),
     ],
 )
 def test_mistakes_name_the_key(overrides, fragment):
@@ -58,6 +63,49 @@ def test_bad_recipe_files(tmp_path):
     typo.write_text("rollout:\n  samples_per_promt: 4\n")
     with pytest.raises(TinyZeroError, match="unknown key rollout.samples_per_promt"):
         load_config(typo)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"just a sentence\n", "holds a str, not a mapping of sections"),
+    (b"- run\n- model\n", "holds a list, not a mapping of sections"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "is not a text file"),
+])
+def test_a_recipe_that_is_not_a_mapping_is_one_sentence(tmp_path, content, fragment):
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes(content)
+    with pytest.raises(TinyZeroError, match=fragment) as caught:
+        load_config(path, ["run.steps=2"])  # an override on top must not turn it into a traceback
+    assert "\n" not in str(caught.value)
+
+
+def test_choices_live_on_the_fields_and_the_registry():
+    import dataclasses
+    import typing
+
+    from tinyzero import algos
+    from tinyzero.config import AlgoConfig
+
+    hints = typing.get_type_hints(AlgoConfig)
+    assert typing.get_args(hints["loss_agg"]) == algos.AGG_MODES  # one list, read from the field
+    assert typing.get_args(hints["kl_estimator"]) == algos.KL_ESTIMATORS
+    fields = {f.name: f for f in dataclasses.fields(AlgoConfig)}
+    assert list(fields["name"].metadata["choices"]()) == list(algos.ADVANTAGE_ESTIMATORS)
+    assert list(fields["policy_loss"].metadata["choices"]()) == list(algos.POLICY_LOSSES)
+    for estimator in algos.ADVANTAGE_ESTIMATORS.values():  # every option an estimator reads is a real setting
+        assert set(estimator.options) <= set(fields), estimator.name
+    for loss in algos.POLICY_LOSSES.values():
+        assert set(loss.options) <= set(fields), loss.name
+
+
+def test_config_and_env_options_share_one_coercer():
+    from tinyzero.envs import make_env
+
+    # The same strings a command line gives are read the same way in both places.
+    assert load_config(None, ["model.gradient_checkpointing=yes"]).model.gradient_checkpointing is True
+    env = make_env("arithmetic", {"digits": "2"})
+    assert env.options.digits == 2
+    with pytest.raises(TinyZeroError, match="arithmetic.digits must be int, got 'two'"):
+        make_env("arithmetic", {"digits": "two"})
 
 
 def test_describe_documents_every_field():

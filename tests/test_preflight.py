@@ -116,3 +116,10 @@ def test_gpu_inventory_reads_nvidia_smi_without_touching_cuda(tmp_path, monkeypa
     assert gpu_inventory() == [("NVIDIA A10G", 23028 * 2**20)]
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert gpu_inventory() == []  # no nvidia-smi: no GPUs to check
+
+
+def test_the_estimate_uses_the_forward_pass_lm_head_chunk():
+    from tinyzero.forward import HEAD_CHUNK
+    from tinyzero.preflight import LM_HEAD_CHUNK
+
+    assert LM_HEAD_CHUNK == HEAD_CHUNK

@@ -149,6 +149,26 @@ def test_ppo_with_kl_runs(tiny_model_dir, tmp_path):
     assert "train/vf_loss" in metrics[-1] and "time/reference" in metrics[-1]
 
 
+def test_a_registered_estimator_drives_training(tiny_model_dir, tmp_path, monkeypatch):
+    """The driver branches on no algorithm name: an estimator registered in one place (here a wrapper around RLOO
+    that records its calls) is what a run with algo.name=NAME uses, with the options it declares."""
+    from tinyzero import algos
+
+    monkeypatch.setattr(algos, "ADVANTAGE_ESTIMATORS", dict(algos.ADVANTAGE_ESTIMATORS))
+    calls = []
+
+    @algos.register_advantage("recorded_rloo", options=("lam",))
+    def recorded_rloo(inputs, *, lam):
+        """RLOO, recording what it was given."""
+        calls.append((inputs.group_size, tuple(inputs.scores.shape), inputs.values, lam))
+        return algos.rloo(inputs)
+
+    train(None, overrides(tiny_model_dir, tmp_path, "custom", "rollout.backend=hf", *LEARNABLE, "run.steps=2",
+                          "algo.name=recorded_rloo", "algo.lam=0.5", "eval.every=0", "checkpoint.every=0"))
+    assert calls == [(4, (16,), None, 0.5)] * 2
+    assert read_metrics(tmp_path / "custom")[-1]["train/grad_norm"] > 0  # RLOO's advantages reached the learner
+
+
 def test_training_raises_the_reward_of_a_learnable_task(tiny_model_dir, tmp_path):
     """Learning, not just running: ten GRPO steps on toy_tasks:Letters (share of ASCII letters in the reply).
 

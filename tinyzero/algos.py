@@ -27,20 +27,27 @@ Simplifications
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_ESTIMATORS = ("k1", "k2", "k3")
+# The allowed values, declared once: config fields are typed with these Literals (tinyzero/config.py).
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+KlEstimator = Literal["k1", "k2", "k3"]
+AGG_MODES = typing.get_args(LossAgg)
+KL_ESTIMATORS = typing.get_args(KlEstimator)
 _K3_LOG_RATIO_LIMIT = 20.0
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AGG_MODES",
     "KL_ESTIMATORS",
+    "KlEstimator",
+    "LossAgg",
     "POLICY_LOSSES",
     "AdvantageInputs",
     "AdvantageOutput",

@@ -19,20 +19,10 @@ from typing import Any, Literal
 
 import yaml
 
+from tinyzero import algos
+from tinyzero.algos import KlEstimator, LossAgg
 from tinyzero.errors import TinyZeroError
 from tinyzero.fields import at_least, build, field_helps, one_of
-
-
-def _estimators() -> list[str]:
-    from tinyzero import algos
-
-    return list(algos.ADVANTAGE_ESTIMATORS)
-
-
-def _policy_losses() -> list[str]:
-    from tinyzero import algos
-
-    return list(algos.POLICY_LOSSES)
 
 
 @dataclass(frozen=True)
@@ -132,18 +122,18 @@ class AlgoConfig:
     vf_clip: PPO value clip range
     """
 
-    name: str = one_of(_estimators, "grpo")
-    policy_loss: str = one_of(_policy_losses, "clip")
+    name: str = one_of(lambda: algos.ADVANTAGE_ESTIMATORS, "grpo")
+    policy_loss: str = one_of(lambda: algos.POLICY_LOSSES, "clip")
     normalize_std: bool = True
     gamma: float = 1.0
     lam: float = 1.0
     clip_low: float = 0.2
     clip_high: float = 0.2
     kl_coef: float = 0.0
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_estimator: KlEstimator = "k3"
     kl_applied_as: Literal["loss", "reward"] = "loss"
     entropy_coef: float = 0.0
-    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    loss_agg: LossAgg = "token-mean"
     epochs: int = at_least(1, 1)
     mini_batches: int = at_least(1, 1)
     vf_clip: float = 0.2
@@ -151,8 +141,6 @@ class AlgoConfig:
     @property
     def needs(self):
         """What this algorithm requires: critic, reference model, old log-probs (``algos.Needs``)."""
-        from tinyzero import algos
-
         return algos.needs(self.name, kl_coef=self.kl_coef, kl_applied_as=self.kl_applied_as, epochs=self.epochs,
                            mini_batches=self.mini_batches)
 
