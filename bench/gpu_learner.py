@@ -56,7 +56,7 @@ def batch(n: int, prompt: int, response: int, vocab: int, group: int = 8):
     tokens = build_tokens(prompt_ids, response_ids, pad_id=0)
     scores = torch.arange(n, dtype=torch.float32) % 2  # half right, half wrong: every group has advantages
     adv = algos.grpo_advantages(scores, min(group, n))
-    return TrainBatch(tokens, algos.broadcast_sequence_advantages(adv, tokens.response_mask))
+    return TrainBatch(tokens=tokens, advantages=algos.broadcast_sequence_advantages(adv, tokens.response_mask))
 
 
 def run_shape(shape: str, out: Path, args, device: str) -> dict:

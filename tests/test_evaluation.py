@@ -120,11 +120,12 @@ class ScriptedEngine:
         self.seeds: list[int] = []
 
     def greedy(self, prompts, max_new_tokens):
-        return [Completion([1] * len(self.greedy_texts[p[0]]), self.greedy_texts[p[0]], True) for p in prompts]
+        return [Completion(token_ids=[1] * len(self.greedy_texts[p[0]]), text=self.greedy_texts[p[0]], finished=True)
+                for p in prompts]
 
     def generate(self, prompts, *, n, max_new_tokens, temperature, top_p, seeds=None):
         assert len(self.sample_texts[prompts[0][0]]) == n
-        return [[Completion([1, 2], t, True) for t in self.sample_texts[p[0]]] for p in prompts]
+        return [[Completion(token_ids=[1, 2], text=t, finished=True) for t in self.sample_texts[p[0]]] for p in prompts]
 
     def reseed(self, seed):
         self.seeds.append(seed)

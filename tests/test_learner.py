@@ -56,7 +56,7 @@ def _grads(learner: Learner, batch: TrainBatch) -> dict[str, torch.Tensor]:
 def test_skipping_zero_advantage_rows_and_micro_batching_are_exact(tiny_model_dir, tokens, agg):
     scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])  # the last group is uniform: zero advantage
     adv = algos.broadcast_sequence_advantages(algos.grpo_advantages(scores, 2), tokens.response_mask)
-    batch = TrainBatch(tokens, adv)
+    batch = TrainBatch(tokens=tokens, advantages=adv)
     base = Learner(tiny_model_dir, AlgoConfig(loss_agg=agg), OptimConfig(micro_batch_size=6))
     skipped = _grads(base, batch)
     no_skip = copy.copy(base)
@@ -76,7 +76,7 @@ def test_update_moves_probability_towards_positive_advantage(tiny_model_dir, tok
     adv = algos.broadcast_sequence_advantages(algos.grpo_advantages(scores, 2), tokens.response_mask)
     before = learner.logprobs(tokens)
     for _ in range(3):
-        stats = learner.update(TrainBatch(tokens, adv))
+        stats = learner.update(TrainBatch(tokens=tokens, advantages=adv))
     after = learner.logprobs(tokens)
     gain = algos.masked_sum(after - before, tokens.response_mask, dim=1)  # [N]
     assert torch.all(gain[scores == 1] > 0) and torch.all(gain[scores == 0] < 0)
@@ -92,7 +92,8 @@ def test_ppo_critic_learns_and_checkpoint_round_trips(tiny_model_dir, tokens, tm
         values = learner.values(tokens)
         rewards = algos.kl_penalised_rewards(scores, torch.zeros_like(mask), mask, 0.0)
         adv, returns = algos.gae_advantages(rewards, values, mask, 1.0, 1.0)
-        batch = TrainBatch(tokens, algos.masked_whiten(adv, mask), learner.logprobs(tokens), None, returns, values)
+        batch = TrainBatch(tokens=tokens, advantages=algos.masked_whiten(adv, mask), old_logprobs=learner.logprobs(tokens),
+                           returns=returns, old_values=values)
         stats = learner.update(batch)
     assert "vf_loss" in stats
     err_after = algos.masked_mean((learner.values(tokens) - returns) ** 2, mask)
@@ -129,7 +130,7 @@ def test_bf16_compute_keeps_fp32_masters_so_a_tiny_lr_still_moves_weights(tiny_m
     scores = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
     adv = algos.broadcast_sequence_advantages(algos.grpo_advantages(scores, 2), tokens.response_mask)
     before = {n: p.detach().clone() for n, p in learner.policy.named_parameters()}
-    learner.update(TrainBatch(tokens, adv))
+    learner.update(TrainBatch(tokens=tokens, advantages=adv))
     total = moved = 0
     for name, p in learner.policy.named_parameters():
         touched = p.grad != 0  # embedding rows of tokens absent from the batch get no gradient, and stay

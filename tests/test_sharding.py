@@ -23,14 +23,15 @@ SCORES = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
 def batch() -> TrainBatch:
     tokens = build_tokens(PROMPTS, RESPONSES, pad_id=0)
     adv = algos.grpo_advantages(torch.tensor(SCORES), 4)
-    return TrainBatch(tokens, algos.broadcast_sequence_advantages(adv, tokens.response_mask))
+    return TrainBatch(tokens=tokens, advantages=algos.broadcast_sequence_advantages(adv, tokens.response_mask))
 
 
 def batch_for(learner: Learner, algo_name: str) -> TrainBatch:
     b = batch()
     if algo_name == "ppo":  # critic targets and old values/log-probs, computed the same way everywhere
         values = learner.values(b.tokens)
-        b = TrainBatch(b.tokens, b.advantages, learner.logprobs(b.tokens), None, torch.ones_like(values), values)
+        b = TrainBatch(tokens=b.tokens, advantages=b.advantages, old_logprobs=learner.logprobs(b.tokens),
+                       returns=torch.ones_like(values), old_values=values)
     return b
 
 

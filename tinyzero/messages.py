@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Completion:
     """One sampled continuation of a prompt."""
 
@@ -28,7 +28,7 @@ class Completion:
     finished: bool  # True: stopped at EOS / a stop token; False: cut off at max_new_tokens
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RolloutBatch:
     """One step's completions, group-contiguous: prompt i's G samples are rows i*G .. i*G+G-1."""
 
@@ -41,7 +41,7 @@ class RolloutBatch:
     group_size: int  # G
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ScoredBatch:
     """A rollout batch with its rewards."""
 
@@ -52,7 +52,7 @@ class ScoredBatch:
     components: dict[str, Tensor] = field(default_factory=dict)  # name -> [N]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TokenBatch:
     """Padded token tensors for the learner and the reference model (layout in the module docstring)."""
 
@@ -71,8 +71,9 @@ class TokenBatch:
 
     def select(self, index: Tensor) -> TokenBatch:
         return TokenBatch(
-            self.input_ids[index], self.attention_mask[index], self.position_ids[index],
-            self.response_mask[index], self.prompt_width,
+            input_ids=self.input_ids[index], attention_mask=self.attention_mask[index],
+            position_ids=self.position_ids[index], response_mask=self.response_mask[index],
+            prompt_width=self.prompt_width,
         )
 
     def trim_width(self) -> int:
@@ -83,11 +84,12 @@ class TokenBatch:
     def crop(self, width: int) -> TokenBatch:
         """Drop response columns past ``width`` (padding only when width >= trim_width())."""
         end = self.prompt_width + width
-        return TokenBatch(self.input_ids[:, :end], self.attention_mask[:, :end], self.position_ids[:, :end],
-                          self.response_mask[:, :width], self.prompt_width)
+        return TokenBatch(input_ids=self.input_ids[:, :end], attention_mask=self.attention_mask[:, :end],
+                          position_ids=self.position_ids[:, :end], response_mask=self.response_mask[:, :width],
+                          prompt_width=self.prompt_width)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainBatch:
     """What one learner update consumes."""
 
@@ -95,8 +97,8 @@ class TrainBatch:
     advantages: Tensor  # [N, T]
     old_logprobs: Tensor | None = None  # [N, T]; None: on-policy single pass, taken from the same forward
     ref_logprobs: Tensor | None = None  # [N, T]; None: no KL loss term
-    returns: Tensor | None = None  # [N, T]; PPO critic targets
-    old_values: Tensor | None = None  # [N, T]; PPO critic values at rollout time
+    returns: Tensor | None = None  # [N, T]; the critic's targets (estimators with a critic)
+    old_values: Tensor | None = None  # [N, T]; the critic's values at rollout time
 
     def select(self, index: Tensor, trim: bool = False) -> TrainBatch:
         """Rows ``index``; with ``trim``, also drop the response columns that are padding for all of them
@@ -105,8 +107,9 @@ class TrainBatch:
         width = tokens.trim_width() if trim else tokens.response_mask.shape[1]
         pick = lambda t: None if t is None else t[index][:, :width]  # noqa: E731
         return TrainBatch(
-            tokens.crop(width), self.advantages[index][:, :width], pick(self.old_logprobs),
-            pick(self.ref_logprobs), pick(self.returns), pick(self.old_values),
+            tokens=tokens.crop(width), advantages=self.advantages[index][:, :width],
+            old_logprobs=pick(self.old_logprobs), ref_logprobs=pick(self.ref_logprobs), returns=pick(self.returns),
+            old_values=pick(self.old_values),
         )
 
 
@@ -131,4 +134,5 @@ def build_tokens(
             attention[i, p_width : p_width + len(response)] = 1
             response_mask[i, : len(response)] = 1.0
     position_ids = (attention.cumsum(dim=1) - 1).clamp_min(0)  # [N, P+T]
-    return TokenBatch(input_ids, attention, position_ids, response_mask, p_width)
+    return TokenBatch(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                      response_mask=response_mask, prompt_width=p_width)

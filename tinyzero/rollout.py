@@ -184,7 +184,8 @@ def _with_tied_head(weights: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tup
 
 
 def _completion(token_ids: list[int], finished: bool, tokenizer) -> Completion:
-    return Completion(list(token_ids), tokenizer.decode(token_ids, skip_special_tokens=True), finished)
+    return Completion(token_ids=list(token_ids), text=tokenizer.decode(token_ids, skip_special_tokens=True),
+                      finished=finished)
 
 
 class _VllmEngine:
