@@ -96,13 +96,19 @@ def model_path(name: str) -> tuple[str, list[str]]:
     return str(folder), note
 
 
-def translate(config, paths: dict[str, str], max_prompt_length: int) -> Translation:
-    """The recipe ``config`` as verl 0.9.1 overrides; ``paths``: absolute train, test and reward file paths."""
-    run, rollout, algo, optim = config.run, config.rollout, config.algo, config.optim
+def check_translatable(config) -> None:
+    """Stop before anything is written when the recipe has no verl form."""
+    rollout, algo = config.rollout, config.algo
     if rollout.prompts_per_step % algo.mini_batches:
         raise TinyZeroError(
             f"rollout.prompts_per_step={rollout.prompts_per_step} is not a multiple of algo.mini_batches="
             f"{algo.mini_batches}: verl's mini-batches are whole prompt groups, so choose values that divide")
+
+
+def translate(config, paths: dict[str, str], max_prompt_length: int) -> Translation:
+    """The recipe ``config`` as verl 0.9.1 overrides; ``paths``: absolute train, test and reward file paths."""
+    run, rollout, algo, optim = config.run, config.rollout, config.algo, config.optim
+    check_translatable(config)
     model, warnings = model_path(config.model.name)
     ppo = algo.name == "ppo"
     o: list[tuple[str, Any]] = [
@@ -245,8 +251,8 @@ def unmapped_warnings(config) -> list[str]:
         pairs = [(f"{section}.{k}", v, defaults[section][k]) for k, v in ours[section].items()] if not key else [
             (dotted, ours[section][key], defaults[section][key])]
         for name, value, default in pairs:
-            if dotted == "eval.max_new_tokens" and value == config.rollout.max_new_tokens:
-                continue  # the same length as training: verl's single length covers it
+            if dotted == "eval.max_new_tokens":
+                default = config.rollout.max_new_tokens  # verl's one length is the training one
             if value != default:
                 lines.append(f"{name}={_short(value)} has no verl equivalent and is not exported: {why}")
     return lines
@@ -356,6 +362,7 @@ def export(recipe: str, overrides: list[str], out: Path, train_size: int | None 
     env = make_env(config.env.name, config.env.options)
     out = Path(out).expanduser().resolve()
     check_out_dir(out)
+    check_translatable(config)
     train_n, test_n = split_sizes(config, train_size, test_size)
     train, test = make_splits(env, train_n, test_n, config.run.seed, progress=True)
     prompts = [to_columns(env, problems, split, config.env.template)["prompt"]
