@@ -49,7 +49,7 @@ NO_EQUIVALENT = {
     "cost.usd_per_gpu_hour": "verl has no cost meter",
     "eval.max_new_tokens": "verl validates with the training response length (data.max_response_length)",
     "eval.k": "verl's validation is either greedy or sampled, not both: it stays greedy (pass@k not computed)",
-    "log.samples": "verl logs no training completions as text (trainer.rollout_data_dir dumps them as JSONL)",
+    "log.samples": "verl shows no training completions in TensorBoard (all of them are in trainer.rollout_data_dir)",
     "aha": "aha metrics are tinyzero's: run `tinyzero aha` on the completions verl dumps",
 }
 
@@ -233,6 +233,9 @@ def _trainer(config) -> list[tuple[str, Any]]:
         (t + "save_freq", ckpt.every if ckpt.every > 0 else run.steps),
         (t + "max_actor_ckpt_to_keep", ckpt.keep_last),
         (t + "default_local_dir", f"{run.out_dir}/{run.name}/checkpoints"),
+        # every completion as JSONL per step, as our rollouts.jsonl.gz keeps them (`tinyzero aha` reads them)
+        (t + "rollout_data_dir", f"{run.out_dir}/{run.name}/rollouts"),
+        (t + "validation_data_dir", f"{run.out_dir}/{run.name}/evals"),
         (t + "logger", ["console", "tensorboard"] if config.log.tensorboard else ["console"]),
     ]
     if config.algo.name == "ppo":
