@@ -36,8 +36,8 @@ def plain(value: Any) -> Any:
 def verdict(result: RewardResult) -> dict[str, float]:
     """What verl's reward managers expect: ``score`` (the reward), then numbers they log per key.
 
-    ``acc`` is our ``correct`` as 0.0/1.0 (verl reports the mean of ``acc`` as the accuracy of a validation run);
-    the components keep their names. Every value is a float, so verl can average each key over a batch."""
+    ``acc`` is our ``correct`` as 0.0/1.0 (verl's validation reports the mean of ``acc`` as its core metric); the
+    components keep their names. Every value is a float, so verl can average each key over a batch."""
     out = {name: float(value) for name, value in result.components.items()}
     out["score"] = float(result.score)
     out["acc"] = 1.0 if result.correct else 0.0
