@@ -248,3 +248,27 @@ def test_a_folder_with_other_files_is_refused(tmp_path):
     assert result.returncode == 2
     assert "already holds other files (notes.txt)" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_launch_script_says_when_tinyzero_is_missing(exported, tmp_path):
+    out, _ = exported
+    fake = tmp_path / "python"  # verl imports, tinyzero does not
+    fake.write_text('#!/bin/bash\ncase "$*" in *"import verl"*) exit 0;; esac\nexit 1\n')
+    fake.chmod(0o755)
+    result = subprocess.run(["bash", str(out / "run_verl.sh")], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHON": str(fake)})
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"run_verl.sh: tinyzero is not installed in {fake}: pip install --no-deps")
+
+
+def test_bundled_model_points_verl_at_the_converted_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYZERO_CACHE", str(tmp_path))
+    translation = translate(load_config(ROOT / "recipes/demo-cpu.yaml"), PATHS, 512)
+    folder = tmp_path / "models" / "smollm2-135m-instruct"
+    assert dict(translation.overrides)["actor_rollout_ref.model.path"] == str(folder)
+    assert [w for w in translation.warnings if w.startswith("model.name=smollm2-135m")] == [
+        f"model.name=smollm2-135m: verl reads the converted folder {folder}, which `tinyzero train` (or "
+        "`tinyzero eval smollm2-135m`) writes on first use; it does not exist yet"]
+    folder.mkdir(parents=True)
+    again = translate(load_config(ROOT / "recipes/demo-cpu.yaml"), PATHS, 512)
+    assert not any(w.startswith("model.name") for w in again.warnings)

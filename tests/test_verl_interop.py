@@ -34,11 +34,14 @@ pytestmark = [
     pytest.mark.skipif(not VERL_PYTHON, reason="needs verl's venv: run `make verl-check` (or `make test`)"),
 ]
 
-# recipe, overrides, the env options `tinyzero reward` gets for the same task
+# name: (recipe, its overrides, the env options `tinyzero reward` gets for the same task)
 RECIPES = {
-    "countdown-3b": (["env.options.format_score=0.25"], ["format_score=0.25"]),
-    "demo-cpu": (["model.name=HuggingFaceTB/SmolLM2-135M-Instruct"],
+    "countdown-3b": ("countdown-3b", ["env.options.format_score=0.25"], ["format_score=0.25"]),
+    "demo-cpu": ("demo-cpu", ["model.name=HuggingFaceTB/SmolLM2-135M-Instruct"],
                  ["digits=2", "ops=+", "answer_format=last_integer"]),
+    # PPO: the critic's config and validation, KL in the reward, Dr. GRPO's aggregation, warm-up
+    "countdown-3b-ppo": ("countdown-3b", ["algo.name=ppo", "algo.kl_in=reward", "optim.warmup_steps=8",
+                                          "algo.loss_agg=seq-mean-token-sum-norm"], []),
 }
 
 
@@ -57,9 +60,9 @@ def tinyzero_reward(env_name: str, options: list[str], rows: list[dict], todo: l
 def checked(request, tmp_path_factory):
     """(recipe name, manifest, test rows, cases, tinyzero's verdicts, what verl_check.py saw)."""
     name = request.param
-    recipe_overrides, reward_options = RECIPES[name]
+    recipe, recipe_overrides, reward_options = RECIPES[name]
     work = tmp_path_factory.mktemp(name)
-    manifest = export(str(ROOT / "recipes" / f"{name}.yaml"), recipe_overrides, work / "export",
+    manifest = export(str(ROOT / "recipes" / f"{recipe}.yaml"), recipe_overrides, work / "export",
                       train_size=48, test_size=8)
     rows = pq.read_table(work / "export" / "test.parquet").to_pylist()
     env_name = rows[0]["data_source"]
@@ -69,21 +72,24 @@ def checked(request, tmp_path_factory):
     result = subprocess.run(
         [VERL_PYTHON, str(ROOT / "tests" / "verl_check.py"), str(work / "export"), str(work / "cases.jsonl"),
          str(work / "result.json")], capture_output=True, text=True, timeout=600, cwd=work,
-        env={**os.environ, "HOME": str(work)})  # verl caches datasets under ~/.cache: keep them in tmp
+        # verl caches datasets under ~/.cache: keep them in tmp; and never wait on a hub this machine cannot reach
+        env={**os.environ, "HOME": str(work), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     seen = json.loads((work / "result.json").read_text())
     return name, manifest, rows, todo, want, seen
 
 
 def test_verl_composes_and_validates_the_exported_config(checked):
-    _, manifest, _, _, _, seen = checked
+    name, manifest, _, _, _, seen = checked
     assert seen["ran"][:2] == ["hydra compose ppo_trainer", "verl.utils.config.validate_config"]
+    assert seen["use_critic"] is name.endswith("-ppo")  # verl's own need_critic on the exported estimator
+    assert seen["use_reference_policy"] is (name != "demo-cpu")  # demo-cpu has no KL term
     config = seen["config"]
     for key, value in manifest["verl_overrides"].items():
         node = config
         for part in key.split("."):
             node = node[part]
-        if key == "actor_rollout_ref.model.path":
+        if key in ("actor_rollout_ref.model.path", "critic.model.path"):
             continue  # the check appends a tiny local model after the script's own arguments
         assert node == value, key
     assert Path(config["actor_rollout_ref"]["model"]["path"]).name == "tiny-model"
@@ -94,7 +100,7 @@ def test_verl_loads_the_parquet_with_its_dataset_class(checked):
     assert "create_rl_dataset (train, val)" in seen["ran"]
     assert (seen["train_rows"], seen["test_rows"]) == (48, 8)
     env = make_env(rows[0]["data_source"], manifest["tasks"][rows[0]["data_source"]]["options"])
-    template = "base" if name == "countdown-3b" else "chat"
+    template = "base" if name.startswith("countdown") else "chat"
     for row, rendered in zip(rows, seen["rendered"], strict=False):
         prompt = render_prompt(env, row["problem"], template)
         if template == "base":

@@ -4,7 +4,7 @@ Usage: verl_check.py EXPORT_DIR CASES_JSONL RESULT_JSON
 
 1. Runs the export's run_verl.sh with PYTHON set to a stand-in that records the arguments the script hands to
    `python -m verl.trainer.main_ppo` (its own `import verl` / `import tinyzero.verl_reward` checks run for real).
-   A tiny local model folder is appended as `actor_rollout_ref.model.path=...` (no hub here).
+   A tiny local model folder is appended as the actor's and critic's model path (no hub here).
 2. Composes them with Hydra against verl's own ppo_trainer config, as main_ppo's @hydra.main does, and runs
    verl.utils.config.validate_config (main_ppo's check) plus the dataclass conversions of the algorithm, rollout,
    reward and model sections (HFModelConfig loads the tokenizer and applies custom_chat_template).
@@ -69,7 +69,8 @@ def main(export_dir: Path, cases_path: Path, result_path: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = tiny_model(work)
-        args = launch_args(export_dir, [f"actor_rollout_ref.model.path={model}"], work)
+        # Passed after the script's own arguments, as a user's overrides are; the critic's only matters for PPO.
+        args = launch_args(export_dir, [f"actor_rollout_ref.model.path={model}", f"critic.model.path={model}"], work)
         result["args"] = args
         config = compose(args)
         result["ran"].append("hydra compose ppo_trainer")
