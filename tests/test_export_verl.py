@@ -23,6 +23,7 @@ from tinyzero.export_verl import (
     BASE_CHAT_TEMPLATE,
     NO_CLIP,
     VERL_VERSION,
+    epochs_needed,
     export,
     hydra_value,
     prompt_length_bound,
@@ -136,9 +137,13 @@ def test_interpolation_syntax_is_refused():
 def test_sizes_default_to_one_pass_over_the_run():
     config = load_config(ROOT / "recipes/countdown-3b.yaml")
     assert split_sizes(config, None, None) == (300 * 128, 512)
-    assert split_sizes(config, 10, 5) == (10, 5)
-    with pytest.raises(TinyZeroError, match="--train-size must be at least 1"):
-        split_sizes(config, 0, 5)
+    assert split_sizes(config, 128, 5) == (128, 5)
+    with pytest.raises(TinyZeroError, match="--train-size must be at least rollout.prompts_per_step=128, got 127"):
+        split_sizes(config, 127, 5)
+    with pytest.raises(TinyZeroError, match="--test-size must be at least 1"):
+        split_sizes(config, 128, 0)
+    assert epochs_needed(config, 300 * 128) == 1
+    assert epochs_needed(config, 300) == 150  # 2 whole batches of 128 a pass; the last 44 problems are dropped
 
 
 def test_prompt_length_bound_counts_bytes_plus_headroom():
@@ -156,7 +161,7 @@ def test_versions_agree_across_pyproject_makefile_and_exporter():
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "countdown"
     manifest = export(str(ROOT / "recipes/countdown-3b.yaml"), ["env.options.format_score=0.25"], out,
-                      train_size=40, test_size=6)
+                      train_size=256, test_size=6)
     return out, manifest
 
 
@@ -165,11 +170,11 @@ def test_export_writes_the_files_and_the_manifest(exported):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["train.parquet", "test.parquet", "reward.py", "run_verl.sh", "export.json"])
     assert json.loads((out / "export.json").read_text()) == manifest
-    assert (manifest["train_size"], manifest["test_size"]) == (40, 6)
-    assert manifest["verl_overrides"]["trainer.total_epochs"] == 960  # 300 steps x 128 prompts over 40 problems
+    assert (manifest["train_size"], manifest["test_size"]) == (256, 6)
+    assert manifest["verl_overrides"]["trainer.total_epochs"] == 150  # 300 steps, 2 batches of 128 a pass
     assert manifest["tasks"] == {"countdown": {"env": "countdown", "options": {"format_score": 0.25}}}
     train = pq.read_table(out / "train.parquet")
-    assert train.num_rows == 40
+    assert train.num_rows == 256
     assert {"data_source", "prompt", "ability", "reward_model", "extra_info"} <= set(train.column_names)
     assert manifest["verl_overrides"]["data.train_files"] == str(out / "train.parquet")
     assert os.access(out / "run_verl.sh", os.X_OK)
@@ -213,7 +218,7 @@ def test_reexport_into_the_same_folder_is_allowed(exported, tmp_path):
     for path in out.iterdir():
         (copy / path.name).write_bytes(path.read_bytes())
     result = run_cli("export", "verl", str(ROOT / "recipes/demo-cpu.yaml"), "--out", str(copy),
-                     "--train-size", "8", "--test-size", "4")
+                     "--train-size", "16", "--test-size", "4")
     assert result.returncode == 0, result.stderr
     assert json.loads((copy / "export.json").read_text())["tasks"]["arithmetic"]["env"] == "arithmetic"
     assert "next, on the GPU box" in result.stdout
@@ -232,7 +237,7 @@ def test_launch_script_says_when_verl_is_missing(exported):
 @pytest.mark.parametrize("args, message", [
     (["recipes/nope.yaml"], "recipe recipes/nope.yaml does not exist"),
     (["recipes/countdown-3b.yaml", "algo.mini_batches=3"], "not a multiple of algo.mini_batches"),
-    (["recipes/countdown-3b.yaml", "--train-size", "0"], "--train-size must be at least 1"),
+    (["recipes/countdown-3b.yaml", "--train-size", "0"], "--train-size must be at least rollout.prompts_per_step"),
 ])
 def test_bad_input_stops_with_one_sentence(tmp_path, args, message):
     result = run_cli("export", "verl", *args, "--out", str(tmp_path / "x"))

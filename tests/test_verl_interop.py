@@ -63,7 +63,7 @@ def checked(request, tmp_path_factory):
     recipe, recipe_overrides, reward_options = RECIPES[name]
     work = tmp_path_factory.mktemp(name)
     manifest = export(str(ROOT / "recipes" / f"{recipe}.yaml"), recipe_overrides, work / "export",
-                      train_size=48, test_size=8)
+                      train_size=128, test_size=8)
     rows = pq.read_table(work / "export" / "test.parquet").to_pylist()
     env_name = rows[0]["data_source"]
     todo = cases(env_name, [row["problem"] for row in rows])
@@ -98,7 +98,7 @@ def test_verl_composes_and_validates_the_exported_config(checked):
 def test_verl_loads_the_parquet_with_its_dataset_class(checked):
     name, manifest, rows, _, _, seen = checked
     assert "create_rl_dataset (train, val)" in seen["ran"]
-    assert (seen["train_rows"], seen["test_rows"]) == (48, 8)
+    assert (seen["train_rows"], seen["test_rows"]) == (128, 8)
     env = make_env(rows[0]["data_source"], manifest["tasks"][rows[0]["data_source"]]["options"])
     template = "base" if name.startswith("countdown") else "chat"
     for row, rendered in zip(rows, seen["rendered"], strict=False):

@@ -68,10 +68,17 @@ def split_sizes(config, train_size: int | None, test_size: int | None) -> tuple[
     the file is the whole run; test problems: eval.size, the held-out set our runs evaluate on."""
     train = train_size if train_size is not None else config.run.steps * config.rollout.prompts_per_step
     test = test_size if test_size is not None else config.eval.size
-    for name, value in (("--train-size", train), ("--test-size", test)):
-        if value < 1:
-            raise TinyZeroError(f"{name} must be at least 1, got {value}")
+    if test < 1:
+        raise TinyZeroError(f"--test-size must be at least 1, got {test}")
+    if train < config.rollout.prompts_per_step:
+        raise TinyZeroError(f"--train-size must be at least rollout.prompts_per_step={config.rollout.prompts_per_step}"
+                            f", got {train}: verl drops an incomplete last batch, so fewer would give no step")
     return train, test
+
+
+def epochs_needed(config, train_size: int) -> int:
+    """verl's ``trainer.total_epochs``: passes over the train file (whole batches only) that ``run.steps`` take."""
+    return math.ceil(config.run.steps / (train_size // config.rollout.prompts_per_step))
 
 
 def prompt_length_bound(prompts: list[list[dict]]) -> int:
@@ -375,7 +382,7 @@ def export(recipe: str, overrides: list[str], out: Path, train_size: int | None 
              for split, problems in (("train", train), ("test", test))}
     paths["reward"] = str(out / "reward.py")
     translation = translate(config, paths, prompt_length_bound(prompts[0] + prompts[1]))
-    epochs = math.ceil(config.run.steps * config.rollout.prompts_per_step / train_n)
+    epochs = epochs_needed(config, train_n)
     translation.overrides = [(k, epochs if k == "trainer.total_epochs" else v) for k, v in translation.overrides]
     tasks = {env.name: {"env": config.env.name, "options": dict(config.env.options)}}
     (out / "reward.py").write_text(reward_module(tasks, recipe))
