@@ -112,8 +112,9 @@ def check_translatable(config) -> None:
             f"{algo.mini_batches}: verl's mini-batches are whole prompt groups, so choose values that divide")
 
 
-def translate(config, paths: dict[str, str], max_prompt_length: int) -> Translation:
-    """The recipe ``config`` as verl 0.9.1 overrides; ``paths``: absolute train, test and reward file paths."""
+def translate(config, paths: dict[str, str], max_prompt_length: int, train_size: int | None = None) -> Translation:
+    """The recipe ``config`` as verl 0.9.1 overrides; ``paths``: absolute train, test and reward file paths;
+    ``train_size``: problems in the train file (default: one per prompt the run draws)."""
     run, rollout, algo, optim = config.run, config.rollout, config.algo, config.optim
     check_translatable(config)
     model, warnings = model_path(config.model.name)
@@ -139,7 +140,7 @@ def translate(config, paths: dict[str, str], max_prompt_length: int) -> Translat
     o += _kl(algo)
     if ppo:
         o += _critic(config, model)
-    o += _trainer(config)
+    o += _trainer(config, epochs_needed(config, split_sizes(config, train_size, 1)[0]))
     o += [("reward.custom_reward_function.path", paths["reward"]),
           ("reward.custom_reward_function.name", "compute_score")]
     env = {"TENSORBOARD_DIR": f"{run.out_dir}/{run.name}/tensorboard"}
@@ -224,7 +225,7 @@ def _critic(config, model: str) -> list[tuple[str, Any]]:
     ]
 
 
-def _trainer(config) -> list[tuple[str, Any]]:
+def _trainer(config, epochs: int) -> list[tuple[str, Any]]:
     run, ckpt = config.run, config.checkpoint
     t = "trainer."
     out = [
@@ -232,7 +233,7 @@ def _trainer(config) -> list[tuple[str, Any]]:
         (t + "experiment_name", run.name),
         (t + "nnodes", 1),
         (t + "n_gpus_per_node", max(config.placement.num_gpus, 1)),
-        (t + "total_epochs", 1),  # replaced by the caller once the train size is known
+        (t + "total_epochs", epochs),
         (t + "total_training_steps", run.steps),
         (t + "val_before_train", True),
         # ours evaluates every k steps and always after the last; verl's test_freq also fires on the last step
@@ -381,9 +382,7 @@ def export(recipe: str, overrides: list[str], out: Path, train_size: int | None 
     paths = {split: str(write_split(env, problems, split, config.env.template, out))
              for split, problems in (("train", train), ("test", test))}
     paths["reward"] = str(out / "reward.py")
-    translation = translate(config, paths, prompt_length_bound(prompts[0] + prompts[1]))
-    epochs = epochs_needed(config, train_n)
-    translation.overrides = [(k, epochs if k == "trainer.total_epochs" else v) for k, v in translation.overrides]
+    translation = translate(config, paths, prompt_length_bound(prompts[0] + prompts[1]), train_n)
     tasks = {env.name: {"env": config.env.name, "options": dict(config.env.options)}}
     (out / "reward.py").write_text(reward_module(tasks, recipe))
     script = out / "run_verl.sh"
