@@ -277,3 +277,19 @@ def test_bundled_model_points_verl_at_the_converted_folder(tmp_path, monkeypatch
     folder.mkdir(parents=True)
     again = translate(load_config(ROOT / "recipes/demo-cpu.yaml"), PATHS, 512)
     assert not any(w.startswith("model.name") for w in again.warnings)
+
+
+def test_numpy_ground_truth_scores_as_python_lists_and_malformed_ones_are_named():
+    import numpy as np
+
+    from tinyzero.verl_reward import score
+
+    tasks = {"countdown": {"env": "countdown", "options": {}}}
+    completion = "<answer>(3 * 5) + 7</answer>"
+    as_python = score(tasks, "countdown", completion, {"numbers": [3, 5, 7], "target": 22})
+    as_numpy = score(tasks, np.str_("countdown"), completion, {"numbers": np.array([3, 5, 7]), "target": np.int64(22)})
+    assert as_python == as_numpy == {"format": 1.0, "answer": 1.0, "score": 1.0, "acc": 1.0}
+    with pytest.raises(ValueError, match="malformed ground_truth for 'countdown'"):
+        score(tasks, "countdown", completion, {"target": 22})
+    with pytest.raises(ValueError, match="ground_truth for 'countdown' must be an object"):
+        score(tasks, "countdown", completion, [3, 5, 7])
