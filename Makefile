@@ -36,7 +36,17 @@ GPU_RECIPES := countdown-3b countdown-1.5b countdown-0.5b arithmetic-0.5b
 RECIPE ?= recipes/demo-cpu.yaml
 ARGS   ?=
 
-.PHONY: help setup test lint format demo smoke bench $(GPU_RECIPES) clean-venv countdown-data check-python check-gpu-driver
+# verl's own environment for the interop check (make verl-check, part of make test): verl pins transformers < 5.11,
+# which the kit's stack cannot share. CPU torch is installed first and pinned, so verl's dependencies take it
+# (an unpinned torch would pull a multi-GB CUDA build); vLLM is left out: the check needs none. The version must
+# equal pyproject.toml's `verl` extra and tinyzero/export_verl.py's VERL_VERSION (tests/test_export_verl.py).
+VERL_VERSION := 0.9.1
+VERL_VENV    ?= .venv-verl
+VERL_PY      ?= $(VERL_VENV)/bin/python
+VERL_PIP      = $(VERL_PY) -m pip --disable-pip-version-check
+VERL_STAMP   := $(VERL_VENV)/.tinyzero-verl-installed
+
+.PHONY: help setup verl-setup verl-check test lint format demo smoke bench $(GPU_RECIPES) clean-venv countdown-data check-python check-gpu-driver
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_. -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -72,6 +82,22 @@ endif
 	@touch $(STAMP)
 	@echo "tinyzero: $(VENV) ready"
 
+verl-setup: $(VERL_STAMP) ## create .venv-verl: verl (CPU torch, no vLLM) and tinyzero without its dependencies
+
+$(VERL_STAMP): pyproject.toml Makefile
+	@echo "tinyzero: setting up $(VERL_VENV) with verl $(VERL_VERSION) (first run takes a few minutes)"
+	@if ! test -x $(VERL_PY); then $(CHECK_PYTHON); $(PYTHON) -m venv $(VERL_VENV); fi
+	@$(VERL_PIP) install -q --upgrade pip setuptools wheel 2>&1 | $(QUIET)
+	@$(VERL_PIP) install -q $(TORCH_INDEX_ARG) torch==2.13.0 2>&1 | $(QUIET)
+	@$(VERL_PIP) install -q $(TORCH_INDEX_ARG) torch==2.13.0 verl==$(VERL_VERSION) 2>&1 | $(QUIET)
+	@# tinyzero's rewards and environments need only the standard library: its pinned stack stays out.
+	@$(VERL_PIP) install -q --no-deps -e . 2>&1 | $(QUIET)
+	@touch $(VERL_STAMP)
+	@echo "tinyzero: $(VERL_VENV) ready"
+
+verl-check: setup verl-setup ## CPU check that verl reads an export: its config, its dataset class, its reward loader
+	TINYZERO_VERL_PYTHON=$(VERL_PY) $(VENV)/bin/pytest -q tests/test_verl_interop.py
+
 lint: setup ## ruff, check-only
 	$(VENV)/bin/ruff check .
 
@@ -79,8 +105,8 @@ format: setup ## ruff: rewrite files
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint ## lint + the test suite (CPU-only)
-	$(VENV)/bin/pytest -q
+test: lint verl-setup ## lint + the test suite (CPU-only), the verl interop check included
+	TINYZERO_VERL_PYTHON=$(VERL_PY) $(VENV)/bin/pytest -q
 
 demo: setup ## train the bundled SmolLM2-135M on this machine's CPU (about 15 minutes)
 	$(VENV)/bin/tinyzero train recipes/demo-cpu.yaml $(ARGS)
@@ -103,5 +129,5 @@ $(GPU_RECIPES):
 countdown-data: setup ## write TinyZero's countdown parquet files (for verl; training needs none)
 	$(VENV)/bin/tinyzero data countdown --out data/countdown
 
-clean-venv: ## delete .venv
-	rm -rf $(VENV)
+clean-venv: ## delete .venv and .venv-verl
+	rm -rf $(VENV) $(VERL_VENV)

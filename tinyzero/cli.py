@@ -1,5 +1,5 @@
-"""The ``tinyzero`` command line: ``data``, ``reward``, ``envs``, ``train``, ``resume``, ``smoke``, ``eval``,
-``aha`` and ``report``.
+"""The ``tinyzero`` command line: ``data``, ``reward``, ``envs``, ``export``, ``train``, ``resume``, ``smoke``,
+``eval``, ``aha`` and ``report``.
 
 User-fixable errors (TinyZeroError) print one sentence and exit non-zero, never a traceback.
 Heavy imports (torch, vLLM, datasets) happen inside the commands that need them, so ``--help`` is instant.
@@ -82,6 +82,19 @@ def _score_line(env, line: str, number: int):
         return env.reward(item["completion"], item["problem"])
     except (ValueError, KeyError, TypeError) as err:
         raise TinyZeroError(f"line {number}: malformed problem for {env.name} ({err})") from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tinyzero.export_verl import export
+
+    manifest = export(args.recipe, args.overrides, Path(args.out), args.train_size, args.test_size)
+    for line in manifest["warnings"]:
+        print(f"tinyzero: warning: {line}", file=sys.stderr)
+    out = Path(args.out).expanduser().resolve()
+    print(f"wrote {manifest['train_size']:,} train and {manifest['test_size']:,} test problems, reward.py and "
+          f"run_verl.sh (verl {manifest['verl_version']}) to {out}")
+    print(f"next, on the GPU box with verl installed (docs/verl.md): bash {out / 'run_verl.sh'}")
+    return 0
 
 
 def cmd_aha(args: argparse.Namespace) -> int:
@@ -204,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="environment option, repeatable (e.g. -o format_score=0)")
     p.set_defaults(func=cmd_reward)
+
+    p = sub.add_parser("export", help="export a recipe for another engine: `export verl RECIPE --out DIR` writes "
+                                      "the parquet files, a reward module and a verl launch script")
+    p.add_argument("engine", choices=("verl",), help="the engine to export for (verl 0.9.1)")
+    p.add_argument("recipe", help="YAML recipe, e.g. recipes/countdown-3b.yaml")
+    p.add_argument("overrides", nargs="*", metavar="a.b.c=value", help="override recipe values first")
+    p.add_argument("--out", required=True, help="a new or empty folder (or an earlier export) to write into")
+    p.add_argument("--train-size", type=int, help="train problems (default: run.steps x rollout.prompts_per_step)")
+    p.add_argument("--test-size", type=int, help="test problems (default: eval.size)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train", help="train a model from a YAML recipe (overrides as a.b.c=value)")
     p.add_argument("recipe", nargs="?", help="YAML recipe, e.g. recipes/demo-cpu.yaml")
