@@ -77,13 +77,25 @@ def test_countdown_3b_translates_key_by_key():
 
 
 def test_ppo_with_kl_in_reward_adds_the_critic_and_the_reward_penalty():
-    o = overrides("countdown-3b.yaml", "algo.name=ppo", "algo.kl_in=reward", "algo.kl_estimator=k1",
+    o = overrides("countdown-3b.yaml", "algo.name=ppo", "algo.kl_applied_as=reward", "algo.kl_estimator=k1",
                   "optim.critic_lr=2e-5", "algo.vf_clip=0.3")
     assert o["algorithm.adv_estimator"] == "gae"
     assert o["algorithm.use_kl_in_reward"] is True and o["actor_rollout_ref.actor.use_kl_loss"] is False
     assert (o["algorithm.kl_penalty"], o["algorithm.kl_ctrl.kl_coef"]) == ("k1", 0.001)
     assert (o["critic.optim.lr"], o["critic.cliprange_value"]) == (2e-5, 0.3)
     assert o["critic.model.path"] == "Qwen/Qwen2.5-3B"
+
+
+def test_rloo_maps_to_verls_rloo_and_an_estimator_verl_lacks_is_refused(monkeypatch):
+    o = overrides("countdown-3b.yaml", "algo.name=rloo")
+    assert o["algorithm.adv_estimator"] == "rloo"  # verl's rloo: the same G / (G - 1) * (score - group mean)
+    assert not any(key.startswith("critic.") for key in o)
+    from tinyzero import algos
+
+    monkeypatch.setattr(algos, "ADVANTAGE_ESTIMATORS", dict(algos.ADVANTAGE_ESTIMATORS))
+    algos.register_advantage("mine")(lambda inputs: None)
+    with pytest.raises(TinyZeroError, match="algo.name=mine has no verl counterpart"):
+        translate(load_config(ROOT / "recipes/countdown-3b.yaml", ["algo.name=mine"]), PATHS, 512)
 
 
 def test_chat_template_recipes_keep_the_model_template_and_no_kl_means_no_reference():

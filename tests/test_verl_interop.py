@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from tiny_models import build_tiny_tokenizer
 from verl_cases import cases
 
 from tinyzero.envs import make_env, render_prompt
 from tinyzero.export_verl import export
-from tinyzero.models import build_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 VERL_PYTHON = os.environ.get("TINYZERO_VERL_PYTHON", "")
@@ -40,7 +40,7 @@ RECIPES = {
     "demo-cpu": ("demo-cpu", ["model.name=HuggingFaceTB/SmolLM2-135M-Instruct"],
                  ["digits=2", "ops=+", "answer_format=last_integer"]),
     # PPO: the critic's config and validation, KL in the reward, Dr. GRPO's aggregation, warm-up
-    "countdown-3b-ppo": ("countdown-3b", ["algo.name=ppo", "algo.kl_in=reward", "optim.warmup_steps=8",
+    "countdown-3b-ppo": ("countdown-3b", ["algo.name=ppo", "algo.kl_applied_as=reward", "optim.warmup_steps=8",
                                           "algo.loss_agg=seq-mean-token-sum-norm"], []),
 }
 

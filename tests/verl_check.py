@@ -55,7 +55,7 @@ def compose(overrides: list[str]):
 
 
 def tiny_model(work: Path) -> Path:
-    from tinyzero.models import build_tiny_model
+    from tiny_models import build_tiny_model  # tests/, this script's own folder
 
     return build_tiny_model(work / "tiny-model")
 

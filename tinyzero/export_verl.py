@@ -37,6 +37,11 @@ KL_NAMES = {"k1": "k1", "k2": "k2", "k3": "k3"}  # verl 0.9.1 accepts our estima
 
 # Recipe keys verl has no setting for, with what a user should know; export warns for each one whose value
 # differs from the default (docs/verl.md lists them all).
+# Our advantage estimators (algo.name) and verl 0.9.1's algorithm.adv_estimator with the same formula.
+VERL_ADV_ESTIMATORS = {"grpo": "grpo", "rloo": "rloo", "ppo": "gae"}
+# Our policy losses (algo.policy_loss) and verl's actor.policy_loss.loss_mode.
+VERL_POLICY_LOSSES = {"clip": "vanilla"}
+
 NO_EQUIVALENT = {
     "run.threads": "verl sets its own thread counts per worker",
     "run.budget_usd": "verl has no cost meter or budget stop; stop the run yourself",
@@ -106,6 +111,12 @@ def model_path(name: str) -> tuple[str, list[str]]:
 def check_translatable(config) -> None:
     """Stop before anything is written when the recipe has no verl form."""
     rollout, algo = config.rollout, config.algo
+    if algo.name not in VERL_ADV_ESTIMATORS:
+        raise TinyZeroError(f"algo.name={algo.name} has no verl counterpart: export with one of "
+                            f"{', '.join(VERL_ADV_ESTIMATORS)}")
+    if algo.policy_loss not in VERL_POLICY_LOSSES:
+        raise TinyZeroError(f"algo.policy_loss={algo.policy_loss} has no verl counterpart: export with one of "
+                            f"{', '.join(VERL_POLICY_LOSSES)}")
     if rollout.prompts_per_step % algo.mini_batches:
         raise TinyZeroError(
             f"rollout.prompts_per_step={rollout.prompts_per_step} is not a multiple of algo.mini_batches="
@@ -118,9 +129,8 @@ def translate(config, paths: dict[str, str], max_prompt_length: int, train_size:
     run, rollout, algo, optim = config.run, config.rollout, config.algo, config.optim
     check_translatable(config)
     model, warnings = model_path(config.model.name)
-    ppo = algo.name == "ppo"
     o: list[tuple[str, Any]] = [
-        ("algorithm.adv_estimator", "gae" if ppo else "grpo"),
+        ("algorithm.adv_estimator", VERL_ADV_ESTIMATORS[algo.name]),
         ("algorithm.norm_adv_by_std_in_grpo", algo.normalize_std),
         ("algorithm.gamma", algo.gamma),
         ("algorithm.lam", algo.lam),
@@ -138,7 +148,7 @@ def translate(config, paths: dict[str, str], max_prompt_length: int, train_size:
     o += _actor(config)
     o += _rollout(config)
     o += _kl(algo)
-    if ppo:
+    if algo.needs.critic:
         o += _critic(config, model)
     o += _trainer(config, epochs_needed(config, split_sizes(config, train_size, 1)[0]))
     o += [("reward.custom_reward_function.path", paths["reward"]),
@@ -199,8 +209,8 @@ def _rollout(config) -> list[tuple[str, Any]]:
 
 
 def _kl(algo) -> list[tuple[str, Any]]:
-    in_loss = algo.kl_coef > 0 and algo.kl_in == "loss"
-    in_reward = algo.kl_coef > 0 and algo.kl_in == "reward"
+    in_loss = algo.kl_coef > 0 and algo.kl_applied_as == "loss"
+    in_reward = algo.kl_coef > 0 and algo.kl_applied_as == "reward"
     out: list[tuple[str, Any]] = [("actor_rollout_ref.actor.use_kl_loss", in_loss),
                                   ("algorithm.use_kl_in_reward", in_reward)]
     if in_loss:
@@ -246,7 +256,7 @@ def _trainer(config, epochs: int) -> list[tuple[str, Any]]:
         (t + "validation_data_dir", f"{run.out_dir}/{run.name}/evals"),
         (t + "logger", ["console", "tensorboard"] if config.log.tensorboard else ["console"]),
     ]
-    if config.algo.name == "ppo":
+    if config.algo.needs.critic:
         out.append((t + "max_critic_ckpt_to_keep", ckpt.keep_last))
     return out
 
