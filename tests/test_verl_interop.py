@@ -37,7 +37,8 @@ pytestmark = [
 # name: (recipe, its overrides, the env options `tinyzero reward` gets for the same task)
 RECIPES = {
     "countdown-3b": ("countdown-3b", ["env.options.format_score=0.25"], ["format_score=0.25"]),
-    "demo-cpu": ("demo-cpu", ["model.name=HuggingFaceTB/SmolLM2-135M-Instruct"],
+    # the chat template; and RLOO, exported as verl's own rloo estimator
+    "demo-cpu": ("demo-cpu", ["model.name=HuggingFaceTB/SmolLM2-135M-Instruct", "algo.name=rloo"],
                  ["digits=2", "ops=+", "answer_format=last_integer"]),
     # PPO: the critic's config and validation, KL in the reward, Dr. GRPO's aggregation, warm-up
     "countdown-3b-ppo": ("countdown-3b", ["algo.name=ppo", "algo.kl_applied_as=reward", "optim.warmup_steps=8",
