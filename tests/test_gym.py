@@ -291,3 +291,46 @@ def test_the_gym_cpu_recipe_trains_a_few_steps(tiny_model_dir, tmp_path):
     assert summary["steps"] == 2 and summary["n"] == 4
     metrics = [json.loads(line) for line in (tmp_path / "gym" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2] and all("reward/mean" in m for m in metrics)
+
+
+# ------------------------------------------------------------------------------------------------ the command line
+def cli(*args: str, stdin: str = ""):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "tinyzero.cli", *args], input=stdin, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_envs_lists_every_gym_task_with_where_it_is_scored():
+    result = cli("envs")
+    assert result.returncode == 0, result.stderr
+    listed = [line.split() for line in result.stdout.splitlines() if line.startswith("    gym:")]
+    assert {row[0] for row in listed} == {f"gym:{t}" for t in DATASETS}
+    assert {row[1] for row in listed} == {"in-process", "worker"}
+
+
+def test_data_writes_the_same_columns_as_our_tasks(tmp_path):
+    import pyarrow.parquet as pq
+
+    for name in ("gym:leg_counting", "arithmetic"):
+        result = cli("data", name, "--out", str(tmp_path / name), "--train-size", "20", "--test-size", "5")
+        assert result.returncode == 0, result.stderr
+    gym = pq.read_table(tmp_path / "gym:leg_counting" / "test.parquet")
+    ours = pq.read_table(tmp_path / "arithmetic" / "test.parquet")
+    assert gym.column_names == ours.column_names and gym.num_rows == 5
+    assert pq.read_table(tmp_path / "gym:leg_counting" / "train.parquet").num_rows == 20
+
+
+def test_reward_command_and_unknown_task_error():
+    env = make_env("gym:leg_counting")
+    problem = env.sample(random.Random(10))
+    import json
+
+    lines = [{"completion": tag(problem["answer"]), "problem": problem}, {"completion": "none", "problem": problem}]
+    result = cli("reward", "gym:leg_counting", stdin="".join(json.dumps(x) + "\n" for x in lines))
+    assert result.returncode == 0, result.stderr
+    verdicts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [v["reason"] for v in verdicts] == ["correct", "no_answer"]
+    result = cli("data", "gym:leg_countin", "--out", "unused")
+    assert result.returncode != 0 and "did you mean gym:leg_counting" in result.stderr
+    assert "Traceback" not in result.stderr
