@@ -154,6 +154,15 @@ def test_without_the_extra_gym_names_say_how_to_install(monkeypatch):
     assert not gym_env.available()
 
 
+def test_envs_without_the_extra_says_how_to_install(monkeypatch, capsys):
+    from tinyzero.cli import _print_gym_tasks
+
+    monkeypatch.setitem(sys.modules, "reasoning_gym.factory", None)
+    _print_gym_tasks()
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "pip install -e '.[gym]'" in out
+
+
 # ------------------------------------------------------------------------------------------------ scoring
 def test_verdicts_and_reasons():
     env = make_env("gym:leg_counting")
