@@ -10,7 +10,9 @@ The prompt is the task's own question followed by our ``<answer>`` instruction; 
 complete ``<answer>`` pair with our own parser, caps its length, and hands the stripped text to the task's
 verifier — in this process when ``gym_safety`` lists it as safe, else in the resource-limited worker
 (``gym_worker``). The verifier's score (0..1, partial credit included) is the reward; ``correct`` means 1.0.
-Options: the generator's own config fields, plus ``timeout_s``, ``max_answer_chars`` and ``memory_mb``.
+Options: the generator's own config fields, plus ``answer_format``, ``timeout_s``, ``max_answer_chars`` and
+``memory_mb``. Simplification: drawing a problem builds the generator for its seed, so tasks that load word lists or
+data files in their constructor (word_ladder, group_anagrams, arc_agi, ...) take tens of milliseconds a problem.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from tinyzero.rewards.result import NO_ANSWER, RewardResult, malformed
 PREFIX = "gym:"
 INSTALL = "the gym: tasks need reasoning-gym: run `pip install -e '.[gym]'` (or `make setup`) in the kit's folder"
 SEED_SPACE = 2**31  # seeds drawn for the generator
-OURS = ("answer_format", "timeout_s", "max_answer_chars", "memory_mb")
-ANSWER_FORMATS = ("tags", "last_line")  # options the kit reads; the rest go to the generator
+OURS = ("answer_format", "timeout_s", "max_answer_chars", "memory_mb")  # options the kit reads; the rest: generator
+ANSWER_FORMATS = ("tags", "last_line")
 RESERVED = ("seed", "size")  # the kit draws seeds itself; one item per seed
 
 
@@ -44,7 +46,7 @@ class GymOptions:
     """reasoning-gym task options (any other key goes to the task's generator config; `tinyzero envs` lists them).
 
     task: the reasoning-gym task name (set from gym:TASK)
-    generator: the generator's config values, as given
+    generator: the generator's config values, as JSON text
     answer_format: tags (the answer goes in <answer> tags) or last_line (the reply's last non-blank line is its answer; for small models that never write tags)
     timeout_s: wall-clock seconds one answer may take in the verifier worker before it scores 0 (verifier_timeout)
     max_answer_chars: longest answer handed to a verifier; longer ones score 0 (too_long)
@@ -52,7 +54,7 @@ class GymOptions:
     """
 
     task: str = ""
-    generator: tuple = ()  # (key, value) pairs, sorted: hashable and picklable
+    generator: str = "{}"  # JSON text with sorted keys: hashable, picklable, and what the worker is sent
     answer_format: str = "tags"
     timeout_s: float = 2.0
     max_answer_chars: int = 2000
@@ -134,39 +136,26 @@ def parse_gym_options(task: str, values: Mapping[str, Any] | None) -> GymOptions
             raise TinyZeroError(f"unknown option {PREFIX}{task}.{key}: it accepts "
                                 f"{', '.join([*fields, *OURS]) or 'no options'}")
     try:
-        options = GymOptions(task=task, generator=_key(generator), **ours)
+        options = GymOptions(task=task, generator=json.dumps(generator, sort_keys=True), **ours)
         build_dataset(task, options.generator)
     except (ValueError, AssertionError, TypeError) as err:
         raise TinyZeroError(f"bad options for {PREFIX}{task}: {err or type(err).__name__}") from None
     return options
 
 
-def _frozen(value):
-    return tuple(_frozen(v) for v in value) if isinstance(value, list | tuple) else value
-
-
-def _key(generator: Mapping[str, Any] | tuple) -> tuple:
-    """Generator options as sorted (key, value) pairs with lists made tuples: hashable, so they can key caches."""
-    return tuple(sorted((k, _frozen(v)) for k, v in dict(generator).items()))
-
-
-def build_dataset(task: str, generator: Mapping[str, Any] | tuple, seed: int = 0):
-    """The task's dataset object for one seed (one item)."""
-    return _build(task, _key(generator), seed)
-
-
 @functools.lru_cache(maxsize=64)
-def _build(task: str, generator: tuple, seed: int):
+def build_dataset(task: str, generator: str, seed: int = 0):
+    """The task's dataset object for one seed (one item); ``generator`` is its config values as JSON text."""
     import reasoning_gym
 
-    return reasoning_gym.create_dataset(task, seed=seed, size=1, **dict(generator))
+    return reasoning_gym.create_dataset(task, seed=seed, size=1, **json.loads(generator))
 
 
-def generate(task: str, generator: Mapping[str, Any] | tuple, seed: int) -> dict:
+def generate(task: str, generator: str, seed: int) -> dict:
     """The generator's item at ``seed`` (question, answer, metadata)."""
     import reasoning_gym
 
-    return reasoning_gym.create_dataset(task, seed=seed, size=1, **dict(generator))[0]
+    return reasoning_gym.create_dataset(task, seed=seed, size=1, **json.loads(generator))[0]
 
 
 def _exact_json(metadata: Any) -> tuple[str, bool]:
@@ -181,19 +170,19 @@ def _exact_json(metadata: Any) -> tuple[str, bool]:
         return text, False
 
 
-def entry_of(problem: Mapping, task: str, generator: Mapping[str, Any] | tuple) -> dict:
+def entry_of(problem: Mapping, task: str, generator: str) -> dict:
     """The verifier's entry for a stored problem: read back from JSON, or regenerated when that is not exact."""
     stored = {"question": problem["question"], "answer": problem["answer"], "metadata": json.loads(problem["metadata"])}
     if problem.get("exact", True):
         return stored
-    entry = _regenerated(task, _key(generator), int(problem["seed"]))
+    entry = _regenerated(task, generator, int(problem["seed"]))
     # A generator whose output depends on more than its seed (e.g. set order under hash randomisation) could give
     # another problem in this process: then the stored copy, JSON and all, is the better entry.
     return entry if entry["question"] == problem["question"] else stored
 
 
 @functools.lru_cache(maxsize=256)
-def _regenerated(task: str, generator: tuple, seed: int) -> dict:
+def _regenerated(task: str, generator: str, seed: int) -> dict:
     return generate(task, generator, seed)
 
 
@@ -291,7 +280,7 @@ def _verifier_for(options: GymOptions):
     """One worker per (task, options) per process: the reward pool unpickles the env once per chunk."""
     from tinyzero.envs.gym_worker import Verifier
 
-    return Verifier(options.task, dict(options.generator), timeout_s=options.timeout_s, memory_mb=options.memory_mb)
+    return Verifier(options.task, options.generator, timeout_s=options.timeout_s, memory_mb=options.memory_mb)
 
 
 def _verdict(score: Any) -> RewardResult:

@@ -40,7 +40,7 @@ class VerifierError(Exception):
 class Verifier:
     """Client side: score answers in a worker process, restarting it after a timeout or a crash."""
 
-    def __init__(self, task: str, generator: dict, *, timeout_s: float, memory_mb: int):
+    def __init__(self, task: str, generator: str, *, timeout_s: float, memory_mb: int):
         self.setup = {"task": task, "generator": generator, "memory_mb": memory_mb,
                       "cpu_s": int(timeout_s + CPU_SLACK_S + 0.999)}
         self.timeout_s = timeout_s

@@ -98,7 +98,7 @@ def test_metadata_json_cannot_carry_is_marked_and_rebuilt_from_the_seed():
     env = make_env("gym:arc_agi")
     problem = env.sample(random.Random(3))
     assert problem["exact"] is False  # its grids are tuples
-    entry = gym_env.entry_of(problem, "arc_agi", ())
+    entry = gym_env.entry_of(problem, "arc_agi", "{}")
     assert isinstance(entry["metadata"]["input"], tuple) and entry["question"] == problem["question"]
 
 
