@@ -343,3 +343,19 @@ def test_reward_command_and_unknown_task_error():
     result = cli("data", "gym:leg_countin", "--out", "unused")
     assert result.returncode != 0 and "did you mean gym:leg_counting" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_worker_that_dies_scores_verifier_error_and_a_new_one_takes_over():
+    import os
+    import signal
+
+    env = make_env("gym:countdown", FAST)
+    problem = env.sample(random.Random(11))
+    assert env.reward(tag(problem["answer"]), problem).correct
+    worker = env._worker()
+    first = worker._proc.pid
+    os.kill(first, signal.SIGKILL)
+    worker._proc.wait()
+    worker._proc.poll = lambda: None  # as if it died between the check and the answer being sent
+    assert env.reward(tag(problem["answer"]), problem).reason == "verifier_error"
+    assert env.reward(tag(problem["answer"]), problem).correct and worker._proc.pid != first
