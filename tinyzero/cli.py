@@ -35,8 +35,23 @@ def cmd_envs(args: argparse.Namespace) -> int:
         print(f"{name}  ({cls.ability}) — {doc}")
         for opt, typ, default, help_text in describe_options(cls.Options):
             print(f"    {opt:<14} {typ:<6} default {default!r:<8} {help_text}")
+    _print_gym_tasks()
     print("Out-of-tree tasks: pass 'package.module:ClassName' wherever an environment name goes.")
     return 0
+
+
+def _print_gym_tasks() -> None:
+    from tinyzero.envs import gym
+
+    if not gym.available():
+        print(f"gym:TASK — reasoning-gym's tasks; not installed here: {gym.INSTALL.split(': ', 1)[1]}")
+        return
+    names = gym.task_names()
+    print(f"gym:TASK  (reasoning) — {len(names)} reasoning-gym tasks, scored by their own verifiers (docs/gym.md);"
+          " -o KEY=VALUE sets the generator's config, plus answer_format, timeout_s, max_answer_chars, memory_mb")
+    for name in names:
+        fields = ", ".join(gym.generator_fields(name))
+        print(f"    gym:{name:<26} {gym.placement(name):<10} {fields}")
 
 
 def cmd_data(args: argparse.Namespace) -> int:

@@ -1,0 +1,361 @@
+"""reasoning-gym tasks as environments (gym:TASK): loading, splits, the verifier table, and hostile answers.
+
+Skipped as a whole where the optional extra is not installed (`pip install -e '.[gym]'`); `make setup` installs it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("reasoning_gym", reason="the gym extra is not installed: pip install -e '.[gym]'")
+
+from reasoning_gym.dataset import ProceduralDataset  # noqa: E402
+from reasoning_gym.factory import DATASETS  # noqa: E402
+
+from tinyzero.data import make_splits, to_columns  # noqa: E402
+from tinyzero.envs import env_class, make_env, render_prompt  # noqa: E402
+from tinyzero.envs import gym as gym_env  # noqa: E402
+from tinyzero.envs.gym_safety import (  # noqa: E402
+    DEFAULT_VERIFIER,
+    EVALS_ANSWER,
+    IN_PROCESS,
+    PARSES_MATH,
+    WORKER_WHY,
+    literal_value,
+    math_answer_ok,
+)
+from tinyzero.errors import TinyZeroError  # noqa: E402
+
+# Tasks whose generator needs options to build (composite mixes other tasks and must be told which).
+NEEDS_OPTIONS = {"composite"}
+FAST = {"timeout_s": 1.0}
+
+
+def tag(text: str) -> str:
+    return f"<think>working</think><answer>{text}</answer>"
+
+
+# ------------------------------------------------------------------------------------------------ the table
+def test_every_registered_task_is_classified_once():
+    """A reasoning-gym upgrade that adds or renames a task fails here until docs/gym.md's table is redone."""
+    assert set(DATASETS) == IN_PROCESS | set(WORKER_WHY)
+    assert not IN_PROCESS & set(WORKER_WHY)
+    assert (EVALS_ANSWER | PARSES_MATH) <= set(WORKER_WHY)
+
+
+def test_the_default_verifier_group_is_exactly_the_classes_that_do_not_override_it():
+    inherited = {name for name, (cls, _) in DATASETS.items() if cls.score_answer is ProceduralDataset.score_answer}
+    assert inherited == DEFAULT_VERIFIER
+
+
+def test_the_docs_table_lists_every_task_with_its_placement():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "gym.md").read_text()
+    for task in DATASETS:
+        where = "in-process" if task in IN_PROCESS else "worker"
+        assert f"| `{task}` | {where} |" in doc, task
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def test_every_task_but_composite_loads_samples_and_renders():
+    loaded = 0
+    for task in sorted(set(DATASETS) - NEEDS_OPTIONS):
+        env = make_env(f"gym:{task}")
+        problem = env.sample(random.Random(0))
+        assert problem["question"] and problem["task"] == task
+        assert "<answer> </answer>" in render_prompt(env, problem, "chat")[0]["content"]
+        loaded += 1
+    assert loaded == len(DATASETS) - len(NEEDS_OPTIONS) >= 100
+
+
+def test_the_oracle_answer_scores_one_in_process():
+    """Every in-process task: its own answer, through our tags and parser, is correct."""
+    for task in sorted(IN_PROCESS):
+        env = make_env(f"gym:{task}")
+        problem = env.sample(random.Random(1))
+        if problem["answer"] is None:
+            continue
+        result = env.reward(tag(problem["answer"]), problem)
+        assert result.correct and result.score == 1.0, (task, result)
+
+
+@pytest.mark.parametrize("task", ["countdown", "binary_matrix", "arc_agi", "group_anagrams", "bitwise_arithmetic"])
+def test_the_oracle_answer_scores_one_in_the_worker(task):
+    env = make_env(f"gym:{task}")
+    assert env.placement == "worker"
+    problem = env.sample(random.Random(2))
+    result = env.reward(tag(problem["answer"]), problem)
+    assert result.correct, result
+
+
+def test_metadata_json_cannot_carry_is_marked_and_rebuilt_from_the_seed():
+    env = make_env("gym:arc_agi")
+    problem = env.sample(random.Random(3))
+    assert problem["exact"] is False  # its grids are tuples
+    entry = gym_env.entry_of(problem, "arc_agi", "{}")
+    assert isinstance(entry["metadata"]["input"], tuple) and entry["question"] == problem["question"]
+
+
+# ------------------------------------------------------------------------------------------------ splits
+@pytest.mark.parametrize("name", ["gym:basic_arithmetic", "gym:leg_counting", "gym:arc_1d", "gym:chain_sum"])
+def test_splits_are_reproducible_and_disjoint(name):
+    env = make_env(name, {"max_terms": 2, "max_digits": 1} if name == "gym:chain_sum" else {})
+    train_a, test_a = make_splits(env, 300, 50, seed=7)
+    train_b, test_b = make_splits(env, 300, 50, seed=7)
+    assert train_a == train_b and test_a == test_b
+    assert make_splits(env, 300, 50, seed=8)[0] != train_a
+    test_keys = {env.key(p) for p in test_a}
+    assert len(test_keys) == 50 and not test_keys & {env.key(p) for p in train_a}
+    if name == "gym:chain_sum":  # a small problem space: the train split must have skipped test questions
+        assert len({env.key(p) for p in train_a}) < 300
+
+
+def test_data_columns_match_our_tasks(tmp_path):
+    gym, ours = make_env("gym:leg_counting"), make_env("arithmetic")
+    a = to_columns(gym, make_splits(gym, 4, 2, seed=0)[1], "test", "base")
+    b = to_columns(ours, make_splits(ours, 4, 2, seed=0)[1], "test", "base")
+    assert a.keys() == b.keys() and a["data_source"] == ["gym:leg_counting"] * 2
+    assert a["reward_model"][0]["ground_truth"]["answer"] == a["problem"][0]["answer"]
+
+
+# ------------------------------------------------------------------------------------------------ options and errors
+def test_generator_options_reach_the_generator_and_cli_strings_are_converted():
+    env = make_env("gym:basic_arithmetic", {"min_terms": "2", "max_terms": 2, "max_digits": "1",
+                                            "operators": '["+"]', "allow_negation": "false"})
+    for problem in make_splits(env, 0, 20, seed=0)[1]:
+        assert problem["question"].count(" + ") == 1 and not {"*", "/"} & set(problem["question"])
+
+
+@pytest.mark.parametrize("name, options, fragment", [
+    ("gym:basic_arithmetc", {}, "did you mean gym:basic_arithmetic"),
+    ("gym:leg_counting", {"max_legs": 3}, "unknown option gym:leg_counting.max_legs: it accepts min_animals"),
+    ("gym:leg_counting", {"seed": 3}, "set by the kit"),
+    ("gym:leg_counting", {"min_animals": 5, "max_animals": 2}, "bad options for gym:leg_counting"),
+    ("gym:leg_counting", {"min_animals": "many"}, "gym:leg_counting.min_animals must be int"),
+    ("gym:leg_counting", {"timeout_s": 0}, "timeout_s must be"),
+])
+def test_bad_names_and_options_are_one_sentence(name, options, fragment):
+    with pytest.raises(TinyZeroError, match=fragment) as err:
+        make_env(name, options)
+    assert "\n" not in str(err.value)
+
+
+def test_without_the_extra_gym_names_say_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "reasoning_gym.factory", None)  # import now fails
+    for call in (lambda: make_env("gym:leg_counting"), lambda: env_class("gym:leg_counting")):
+        with pytest.raises(TinyZeroError, match=r"pip install -e '\.\[gym\]'"):
+            call()
+    assert not gym_env.available()
+
+
+def test_envs_without_the_extra_says_how_to_install(monkeypatch, capsys):
+    from tinyzero.cli import _print_gym_tasks
+
+    monkeypatch.setitem(sys.modules, "reasoning_gym.factory", None)
+    _print_gym_tasks()
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "pip install -e '.[gym]'" in out
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def test_verdicts_and_reasons():
+    env = make_env("gym:leg_counting")
+    problem = env.sample(random.Random(4))
+    assert env.reward("no tags", problem).reason == "no_answer"
+    assert env.reward("<answer> </answer>", problem).reason == "empty"
+    assert env.reward(tag("x" * 2001), problem).reason == "too_long"
+    wrong = env.reward(tag("banana"), problem)
+    assert (wrong.score, wrong.correct, wrong.reason) == (0.0, False, "wrong_value")
+    partial = env.reward(tag(f"{problem['answer']} legs"), problem)  # the default verifier's substring credit
+    assert 0 < partial.score < 1 and not partial.correct and partial.reason == "partial"
+    assert env.answer(tag(f" {problem['answer']}\n"), problem) == problem["answer"]
+
+
+def test_echoing_the_prompt_scores_zero_for_in_process_tasks():
+    for task in sorted(IN_PROCESS):
+        env = make_env(f"gym:{task}")
+        problem = env.sample(random.Random(5))
+        for template in ("base", "chat"):
+            rendered = render_prompt(env, problem, template)
+            text = rendered if isinstance(rendered, str) else rendered[0]["content"]
+            assert env.reward(text, problem).score == 0.0, task
+
+
+def test_a_verifier_that_raises_scores_zero_with_a_reason():
+    here = make_env("gym:prime_factorization")  # int() of a non-number raises inside its verifier
+    assert here.placement == "in-process"
+    result = here.reward(tag("twelve"), here.sample(random.Random(6)))
+    assert (result.score, result.reason) == (0.0, "verifier_error")
+    there = make_env("gym:game_of_life", FAST)  # indexes the parsed JSON without checking it
+    result = there.reward(tag("{}"), there.sample(random.Random(6)))
+    assert (result.score, result.reason) == (0.0, "verifier_error")
+
+
+def test_a_bad_score_is_an_error_not_a_reward():
+    for value in (float("nan"), float("inf"), "1", None, True):
+        assert gym_env._verdict(value).reason == "verifier_error"
+    assert gym_env._verdict(7.0).score == 1.0 and gym_env._verdict(-1).score == 0.0
+
+
+HOSTILE = {
+    "megabyte": "9" * 1_000_000,
+    "deep_nesting": "[" * 100_000 + "]" * 100_000,
+    "import": "__import__('os').system('touch {marker}')",
+    "open": "open('{marker}', 'w')",
+    "huge_exponent": "9**9**9**9",
+    "huge_float": "1e999999999",
+    "nested_power": "(((2**64)**64)**64)**64",
+}
+
+
+@pytest.mark.parametrize("task", ["countdown", "binary_matrix", "n_queens", "group_anagrams", "coin_flip",
+                                  "leg_counting", "prime_factorization", "knights_knaves"])
+def test_hostile_answers_end_fast_or_in_the_time_limit_and_run_nothing(task, tmp_path):
+    env = make_env(f"gym:{task}", {**FAST, "max_answer_chars": 2_000_000})
+    problem = env.sample(random.Random(7))
+    env.reward(tag(problem["answer"] or "x"), problem)  # the worker's start is not an answer's time
+    marker = tmp_path / "ran"
+    for label, text in HOSTILE.items():
+        if env.placement == "worker":  # a replacement worker's start (after a kill) is not this answer's time
+            env._worker().wait_ready()
+        start = time.perf_counter()
+        result = env.reward(tag(text.format(marker=marker)), problem)
+        took = time.perf_counter() - start
+        assert result.score < 1.0 and not result.correct, (label, result)
+        # In the worker: the time limit, then the kill; the slack is for a loaded 2-core machine.
+        limit = 0.25 if env.placement == "in-process" else FAST["timeout_s"] + 1.5
+        assert took < limit, (label, took, result.reason)
+    assert not marker.exists()
+    result = env.reward(tag(problem["answer"] or "x"), problem)  # the run goes on: a fresh worker scores again
+    assert result.reason != "verifier_timeout"
+
+
+def test_a_hang_scores_verifier_timeout_and_the_next_answer_is_scored():
+    env = make_env("gym:countdown", FAST)
+    problem = env.sample(random.Random(8))
+    env.reward(tag(problem["answer"]), problem)
+    start = time.perf_counter()
+    assert env.reward(tag("9**9**9**9"), problem).reason == "verifier_timeout"
+    assert time.perf_counter() - start < FAST["timeout_s"] + 1.5
+    assert env.reward(tag(problem["answer"]), problem).correct
+
+
+def test_the_answer_length_is_capped_before_any_verifier():
+    env = make_env("gym:countdown")
+    assert env.reward(tag("1+" * 1500 + "1"), env.sample(random.Random(9))).reason == "too_long"
+
+
+def test_math_guard_and_literal_evaluator():
+    assert math_answer_ok("(3 + 4) * 2.5 - x**2 + sin(x)")
+    for bad in ("open(0)", "__import__", "x.func", "getattr(x, chr(95))", "'a'", "exit", "a;b", "[1]"):
+        assert not math_answer_ok(bad), bad
+    assert literal_value("[[1, 0], [0, 1]]") == [[1, 0], [0, 1]]
+    assert literal_value("((0x3a + 0x1f) << 0x2) ^ 0x5") == (((0x3A + 0x1F) << 2) ^ 5)
+    for bad in ("__import__('os')", "2**10", "1 << 100000", "(lambda: 1)()", "[x for x in y]", "a.b", "f()"):
+        with pytest.raises(ValueError):
+            literal_value(bad)
+    with pytest.raises((ValueError, SyntaxError, MemoryError, RecursionError)):
+        literal_value("[" * 100_000 + "]" * 100_000)
+
+
+def test_the_env_travels_to_a_spawned_reward_pool():
+    from tinyzero.trainer import score_many, scoring_pool
+
+    env = make_env("gym:countdown", FAST)
+    problems = [env.sample(random.Random(i)) for i in range(3)]
+    texts = [tag(p["answer"]) for p in problems] + [tag("9**9**9**9")]
+    copy = pickle.loads(pickle.dumps(env))
+    assert copy.name == env.name and copy.options == env.options
+    pool = scoring_pool(1)
+    try:
+        results = score_many(env, texts, [*problems, problems[0]], pool)
+    finally:
+        pool.shutdown()
+    assert [r.correct for r in results] == [True, True, True, False]
+    assert results[-1].reason == "verifier_timeout"
+
+
+@pytest.mark.slow
+def test_the_gym_cpu_recipe_trains_a_few_steps(tiny_model_dir, tmp_path):
+    """recipes/gym-demo-cpu.yaml as shipped, with the tiny model and small batches: it loads, scores through the
+    verifier worker (chain_sum's verifier is not in-process) and trains."""
+    import json
+
+    from tinyzero.config import load_config
+    from tinyzero.trainer import train
+
+    recipe = "recipes/gym-demo-cpu.yaml"
+    assert load_config(recipe).env.name == "gym:chain_sum" and make_env("gym:chain_sum").placement == "worker"
+    summary = train(recipe, [
+        f"model.name={tiny_model_dir}", f"run.out_dir={tmp_path}", "run.name=gym", "run.steps=2",
+        "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=12",
+        "rollout.backend=hf", "eval.size=4", "eval.max_new_tokens=12", "eval.every=2", "checkpoint.every=2",
+    ])
+    assert summary["steps"] == 2 and summary["n"] == 4
+    metrics = [json.loads(line) for line in (tmp_path / "gym" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2] and all("reward/mean" in m for m in metrics)
+
+
+# ------------------------------------------------------------------------------------------------ the command line
+def cli(*args: str, stdin: str = ""):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "tinyzero.cli", *args], input=stdin, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_envs_lists_every_gym_task_with_where_it_is_scored():
+    result = cli("envs")
+    assert result.returncode == 0, result.stderr
+    listed = [line.split() for line in result.stdout.splitlines() if line.startswith("    gym:")]
+    assert {row[0] for row in listed} == {f"gym:{t}" for t in DATASETS}
+    assert {row[1] for row in listed} == {"in-process", "worker"}
+
+
+def test_data_writes_the_same_columns_as_our_tasks(tmp_path):
+    import pyarrow.parquet as pq
+
+    for name in ("gym:leg_counting", "arithmetic"):
+        result = cli("data", name, "--out", str(tmp_path / name), "--train-size", "20", "--test-size", "5")
+        assert result.returncode == 0, result.stderr
+    gym = pq.read_table(tmp_path / "gym:leg_counting" / "test.parquet")
+    ours = pq.read_table(tmp_path / "arithmetic" / "test.parquet")
+    assert gym.column_names == ours.column_names and gym.num_rows == 5
+    assert pq.read_table(tmp_path / "gym:leg_counting" / "train.parquet").num_rows == 20
+
+
+def test_reward_command_and_unknown_task_error():
+    env = make_env("gym:leg_counting")
+    problem = env.sample(random.Random(10))
+    import json
+
+    lines = [{"completion": tag(problem["answer"]), "problem": problem}, {"completion": "none", "problem": problem}]
+    result = cli("reward", "gym:leg_counting", stdin="".join(json.dumps(x) + "\n" for x in lines))
+    assert result.returncode == 0, result.stderr
+    verdicts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [v["reason"] for v in verdicts] == ["correct", "no_answer"]
+    result = cli("data", "gym:leg_countin", "--out", "unused")
+    assert result.returncode != 0 and "did you mean gym:leg_counting" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_worker_that_dies_scores_verifier_error_and_a_new_one_takes_over():
+    import os
+    import signal
+
+    env = make_env("gym:countdown", FAST)
+    problem = env.sample(random.Random(11))
+    assert env.reward(tag(problem["answer"]), problem).correct
+    worker = env._worker()
+    first = worker._proc.pid
+    os.kill(first, signal.SIGKILL)
+    worker._proc.wait()
+    worker._proc.poll = lambda: None  # as if it died between the check and the answer being sent
+    assert env.reward(tag(problem["answer"]), problem).reason == "verifier_error"
+    assert env.reward(tag(problem["answer"]), problem).correct and worker._proc.pid != first
