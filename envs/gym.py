@@ -31,13 +31,14 @@ from tinyzero.envs.gym_safety import PARSES_MATH, math_answer_ok, placement  # n
 from tinyzero.errors import TinyZeroError
 from tinyzero.fields import coerce
 from tinyzero.rewards.answer import extract_answer, strip_ascii_ws
+from tinyzero.rewards.arithmetic import last_integer_answer
 from tinyzero.rewards.result import NO_ANSWER, RewardResult, malformed
 
 PREFIX = "gym:"
 INSTALL = "the gym: tasks need reasoning-gym: run `pip install -e '.[gym]'` (or `make setup`) in the kit's folder"
 SEED_SPACE = 2**31  # seeds drawn for the generator
 OURS = ("answer_format", "timeout_s", "max_answer_chars", "memory_mb")  # options the kit reads; the rest: generator
-ANSWER_FORMATS = ("tags", "last_line")
+ANSWER_FORMATS = ("tags", "last_line", "last_integer")
 RESERVED = ("seed", "size")  # the kit draws seeds itself; one item per seed
 
 
@@ -47,7 +48,7 @@ class GymOptions:
 
     task: the reasoning-gym task name (set from gym:TASK)
     generator: the generator's config values, as JSON text
-    answer_format: tags (the answer goes in <answer> tags) or last_line (the reply's last non-blank line is its answer; for small models that never write tags)
+    answer_format: tags (the answer goes in <answer> tags), last_line (the reply's last non-blank line is its answer) or last_integer (the integer the reply ends with, as the arithmetic demo reads it; for tasks whose answer is one integer); the last two are for small models that never write tags
     timeout_s: wall-clock seconds one answer may take in the verifier worker before it scores 0 (verifier_timeout)
     max_answer_chars: longest answer handed to a verifier; longer ones score 0 (too_long)
     memory_mb: address-space limit of the verifier worker in MiB
@@ -215,6 +216,8 @@ class GymTask:
         question = str(problem["question"]).rstrip()
         if self.options.answer_format == "last_line":
             return f"{question}\n\nWrite the final answer alone on the last line."
+        if self.options.answer_format == "last_integer":
+            return question
         return (f"{question}\n\nReason step by step inside <think> </think>, then write only the final answer "
                 "inside <answer> </answer>.")
 
@@ -224,9 +227,12 @@ class GymTask:
     # --- scoring
     def answer(self, completion: str, problem: Mapping) -> str | None:
         """What the verifier is given: the stripped content of the last complete <answer> pair (``tags``) or the
-        last non-blank line (``last_line``); None when there is none."""
+        last non-blank line (``last_line``), or the integer it ends with (``last_integer``: the arithmetic demo's
+        parser, so a trailing operand such as the 12 of ``34 - 12`` is no answer); None when there is none."""
         if self.options.answer_format == "last_line":
             return last_line(completion)
+        if self.options.answer_format == "last_integer":
+            return last_integer_answer(completion)
         content = extract_answer(completion)
         return None if content is None else strip_ascii_ws(content)
 

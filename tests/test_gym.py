@@ -177,6 +177,22 @@ def test_verdicts_and_reasons():
     assert env.answer(tag(f" {problem['answer']}\n"), problem) == problem["answer"]
 
 
+def test_last_integer_answers_read_the_number_a_reply_ends_with():
+    """The gym CPU recipe's format: "12 + 3 = 15" answers 15; a trailing operand or an echo of the question is no
+    answer (the arithmetic demo's parser); the verifier still decides (here chain_sum's, in the worker)."""
+    env = make_env("gym:chain_sum", {"min_terms": 2, "max_terms": 2, "max_digits": 2, "answer_format": "last_integer"})
+    problem = env.sample(random.Random(1))
+    answer = problem["answer"]
+    assert "<answer>" not in env.task_text(problem)
+    assert env.reward(f"Adding them: 12 + 3 = {answer}", problem).correct
+    assert env.reward(f"{answer}.\n", problem).correct
+    assert env.answer(f"so {answer} - 12", problem) is None  # a right operand, not an answer
+    assert env.reward(env.task_text(problem), problem).score == 0.0  # the question ends in "a - b =" or "a + b ="
+    assert env.reward("no number here", problem).reason == "no_answer"
+    wrong = env.reward(f"= {int(answer) + 1}", problem)
+    assert not wrong.correct
+
+
 def test_echoing_the_prompt_scores_zero_for_in_process_tasks():
     for task in sorted(IN_PROCESS):
         env = make_env(f"gym:{task}")
