@@ -144,19 +144,22 @@ def parse_gym_options(task: str, values: Mapping[str, Any] | None) -> GymOptions
     return options
 
 
-@functools.lru_cache(maxsize=64)
-def build_dataset(task: str, generator: str, seed: int = 0):
-    """The task's dataset object for one seed (one item); ``generator`` is its config values as JSON text."""
+def _one_item_dataset(task: str, generator: str, seed: int):
+    """The task's dataset object with one item, at ``seed``; ``generator`` is its config values as JSON text."""
     import reasoning_gym
 
     return reasoning_gym.create_dataset(task, seed=seed, size=1, **json.loads(generator))
 
 
-def generate(task: str, generator: str, seed: int) -> dict:
-    """The generator's item at ``seed`` (question, answer, metadata)."""
-    import reasoning_gym
+@functools.lru_cache(maxsize=64)
+def build_dataset(task: str, generator: str):
+    """The task's dataset object whose ``score_answer`` the verifiers call (kept: some load word lists)."""
+    return _one_item_dataset(task, generator, 0)
 
-    return reasoning_gym.create_dataset(task, seed=seed, size=1, **json.loads(generator))[0]
+
+def generate(task: str, generator: str, seed: int) -> dict:
+    """The generator's item at ``seed`` (question, answer, metadata); not cached: every draw is a new seed."""
+    return _one_item_dataset(task, generator, seed)[0]
 
 
 def _exact_json(metadata: Any) -> tuple[str, bool]:

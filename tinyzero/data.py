@@ -89,9 +89,14 @@ def to_columns(env: Environment, problems: list[dict], split: str, template: str
 
 
 def write_split(env: Environment, problems: list[dict], split: str, template: str, out: Path) -> Path:
+    return write_columns(to_columns(env, problems, split, template), split, out)
+
+
+def write_columns(columns: dict[str, list], split: str, out: Path) -> Path:
+    """``to_columns``'s output as ``out/split.parquet``."""
     import datasets
 
     datasets.disable_progress_bars()
     path = out / f"{split}.parquet"
-    datasets.Dataset.from_dict(to_columns(env, problems, split, template)).to_parquet(str(path))
+    datasets.Dataset.from_dict(columns).to_parquet(str(path))
     return path

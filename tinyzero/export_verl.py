@@ -163,7 +163,9 @@ def translate(config, paths: dict[str, str], max_prompt_length: int, train_size:
 
 
 def _dtype(config) -> str:
-    return "float32" if config.model.compute_dtype == "float32" else "bfloat16"  # auto is bf16 on a GPU
+    from tinyzero.devices import dtype_name
+
+    return dtype_name(config.model.compute_dtype, "cuda")  # verl runs on GPUs: auto is bf16 there
 
 
 def _actor(config) -> list[tuple[str, Any]]:
@@ -376,7 +378,7 @@ def export(recipe: str, overrides: list[str], out: Path, train_size: int | None 
            test_size: int | None = None) -> dict:
     """Write the export into ``out``; returns the manifest (also written as export.json)."""
     from tinyzero.config import load_config
-    from tinyzero.data import make_splits, to_columns, write_split
+    from tinyzero.data import make_splits, to_columns, write_columns
     from tinyzero.envs import make_env
 
     config = load_config(recipe, overrides)
@@ -386,13 +388,13 @@ def export(recipe: str, overrides: list[str], out: Path, train_size: int | None 
     check_translatable(config)
     train_n, test_n = split_sizes(config, train_size, test_size)
     train, test = make_splits(env, train_n, test_n, config.run.seed, progress=True)
-    prompts = [to_columns(env, problems, split, config.env.template)["prompt"]
-               for split, problems in (("train", train), ("test", test))]
+    columns = {split: to_columns(env, problems, split, config.env.template)
+               for split, problems in (("train", train), ("test", test))}  # prompts rendered once, for both uses
     out.mkdir(parents=True, exist_ok=True)
-    paths = {split: str(write_split(env, problems, split, config.env.template, out))
-             for split, problems in (("train", train), ("test", test))}
+    paths = {split: str(write_columns(cols, split, out)) for split, cols in columns.items()}
     paths["reward"] = str(out / "reward.py")
-    translation = translate(config, paths, prompt_length_bound(prompts[0] + prompts[1]), train_n)
+    bound = prompt_length_bound(columns["train"]["prompt"] + columns["test"]["prompt"])
+    translation = translate(config, paths, bound, train_n)
     tasks = {env.name: {"env": config.env.name, "options": dict(config.env.options)}}
     (out / "reward.py").write_text(reward_module(tasks, recipe))
     script = out / "run_verl.sh"
