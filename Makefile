@@ -39,7 +39,7 @@ ARGS   ?=
 # verl's own environment for the interop check (make verl-check, part of make test): verl pins transformers < 5.11,
 # which the kit's stack cannot share. CPU torch is installed first and pinned, so verl's dependencies take it
 # (an unpinned torch would pull a multi-GB CUDA build); vLLM is left out: the check needs none. The version must
-# equal pyproject.toml's `verl` extra and tinyzero/export_verl.py's VERL_VERSION (tests/test_export_verl.py).
+# equal pyproject.toml's `verl` extra and tinyzero/interop/export_verl.py's VERL_VERSION (tests/test_export_verl.py).
 VERL_VERSION := 0.9.1
 VERL_VENV    ?= .venv-verl
 VERL_PY      ?= $(VERL_VENV)/bin/python

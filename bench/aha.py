@@ -15,7 +15,7 @@ import sys
 import time
 from collections import defaultdict
 
-from tinyzero.aha import DEFAULT_LEXICON, Tracker
+from tinyzero.analysis.aha import DEFAULT_LEXICON, Tracker
 from tinyzero.envs import make_env
 
 DEMO_STEP_S = 55.0
@@ -61,8 +61,8 @@ def synthetic(rng: random.Random) -> None:
 def from_file(path: str) -> None:
     from pathlib import Path
 
-    from tinyzero.analysis import settings_for
-    from tinyzero.transcripts import read_jsonl
+    from tinyzero.analysis.aha_file import settings_for
+    from tinyzero.analysis.transcripts import read_jsonl
 
     env = settings_for(Path(path)).env
     steps = defaultdict(list)

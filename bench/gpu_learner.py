@@ -5,7 +5,7 @@ models with Qwen2.5-0.5B, -1.5B and -3B shapes, at the countdown recipes' micro-
                                 [--micro 8] [--updates 3]
 
 Needs only torch and transformers (no vLLM, no Ray, no hub): each model is built from its config on the device,
-saved once in bf16, and loaded by ``tinyzero.learner.Learner`` exactly as a run loads it. Prints one JSON line per
+saved once in bf16, and loaded by ``tinyzero.engine.learner.Learner`` exactly as a run loads it. Prints one JSON line per
 shape: seconds per update (median), tokens/s through the learner, peak GPU memory, and the share of weights that
 one update at lr 1e-6 moved. ``--shapes tiny`` runs on CPU in seconds (the test suite uses it).
 """
@@ -47,7 +47,7 @@ def build(shape: str, out: Path, device: str) -> Path:
 
 def batch(n: int, prompt: int, response: int, vocab: int, group: int = 8):
     from tinyzero import algos
-    from tinyzero.messages import TrainBatch, build_tokens
+    from tinyzero.engine.messages import TrainBatch, build_tokens
 
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, vocab, (prompt,), generator=gen).tolist() for _ in range(max(n // group, 1))]
@@ -61,7 +61,7 @@ def batch(n: int, prompt: int, response: int, vocab: int, group: int = 8):
 
 def run_shape(shape: str, out: Path, args, device: str) -> dict:
     from tinyzero.config import AlgoConfig, OptimConfig
-    from tinyzero.learner import Learner
+    from tinyzero.engine.learner import Learner
 
     path = build(shape, out / shape, device)
     compute = "bfloat16" if device == "cuda" else "float32"

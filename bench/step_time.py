@@ -41,7 +41,7 @@ def bench_steps(args, out: Path) -> dict:
 
 
 def bench_backends(args, prompts: list[list[int]], model_path: Path, out: Path) -> dict:
-    from tinyzero.rollout import RolloutWorker
+    from tinyzero.engine.rollout import RolloutWorker
 
     results: dict[str, list[float]] = {"vllm": [], "hf": []}
     workers = {name: RolloutWorker(model_path, backend=name, dtype="float32", seed=0, max_model_len=2048,
@@ -77,8 +77,8 @@ def main() -> None:
             print(f"  {key:<20} {value:7.2f}")
     from tinyzero.config import load_config
     from tinyzero.data import sample_test
+    from tinyzero.engine.models import load_tokenizer, resolve_model
     from tinyzero.envs import make_env, render_prompt
-    from tinyzero.models import load_tokenizer, resolve_model
 
     config = load_config("recipes/demo-cpu.yaml")
     env = make_env(config.env.name, config.env.options)

@@ -9,9 +9,10 @@ for the format credit; ``last_integer`` lets the accuracy signal through on such
 from __future__ import annotations
 
 import random
+import typing
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from tinyzero.rewards.arithmetic import (
     DEFAULT_FORMAT_SCORE,
@@ -23,7 +24,8 @@ from tinyzero.rewards.arithmetic import (
 from tinyzero.rewards.checks import Checks, arithmetic_checks
 from tinyzero.rewards.result import RewardResult
 
-ANSWER_FORMATS = ("tags", "last_integer")
+AnswerFormat = Literal["tags", "last_integer"]
+ANSWER_FORMATS = typing.get_args(AnswerFormat)
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class ArithmeticOptions:
 
     digits: int = 2
     ops: str = "+-*"
-    answer_format: str = "tags"
+    answer_format: AnswerFormat = "tags"
     format_score: float = DEFAULT_FORMAT_SCORE
 
     def __post_init__(self) -> None:
@@ -46,8 +48,6 @@ class ArithmeticOptions:
             raise ValueError("digits must be between 1 and 30")
         if not self.ops or any(op not in "+-*" for op in self.ops):
             raise ValueError("ops must be a non-empty string of + - *")
-        if self.answer_format not in ANSWER_FORMATS:
-            raise ValueError(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}")
 
 
 def _apply(a: int, op: str, b: int) -> int:

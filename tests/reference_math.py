@@ -1,7 +1,7 @@
 """Reference implementations the tests compare the production code with (not used by the kit itself).
 
 Written the plain way: a log-softmax per row of full ``[B, T, V]`` logits, and the entropy from its
-definition. ``tinyzero.forward.token_logprobs_and_entropy`` must agree with them.
+definition. ``tinyzero.engine.forward.token_logprobs_and_entropy`` must agree with them.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyzero.aha import (
+from tinyzero.analysis.aha import (
     DEFAULT_LEXICON,
     Tracker,
     aha_step,

@@ -1,5 +1,5 @@
 """Tests for tinyzero.algos: hand-computed cases (arithmetic in the comments) plus a loop reference for GAE; and
-the fused log-prob/entropy of tinyzero.forward against the plain reference implementations in reference_math."""
+the fused log-prob/entropy of tinyzero.engine.forward against the plain reference implementations in reference_math."""
 
 import math
 
@@ -7,7 +7,8 @@ import pytest
 import reference_math
 import torch
 
-from tinyzero import algos, forward
+from tinyzero import algos
+from tinyzero.engine import forward
 
 F64 = torch.float64
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from tinyzero.config import load_config
-from tinyzero.cost import PRICE_ENV, CostMeter, check_budget, estimate_run, usd_per_gpu_hour
 from tinyzero.errors import TinyZeroError
+from tinyzero.sizing.cost import PRICE_ENV, CostMeter, check_budget, estimate_run, usd_per_gpu_hour
 from tinyzero.trainer import train
 
 

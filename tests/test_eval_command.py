@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from tinyzero.analysis.evaluation import chunk_seed, encode_prompt, pass_at_k
 from tinyzero.cli import main
+from tinyzero.engine.models import load_tokenizer
+from tinyzero.engine.rollout import RolloutWorker
 from tinyzero.envs import make_env
-from tinyzero.evaluation import chunk_seed, encode_prompt, pass_at_k
-from tinyzero.models import load_tokenizer
-from tinyzero.rollout import RolloutWorker
 from tinyzero.trainer import train
 
 TOY = "toy_tasks:FirstByte"

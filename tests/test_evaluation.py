@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tinyzero.analysis.evaluation import Sampling, evaluate, maj_at_k, majority_vote, parse_ks, pass_at_k
+from tinyzero.engine.messages import Completion
 from tinyzero.envs import make_env
 from tinyzero.errors import TinyZeroError
-from tinyzero.evaluation import Sampling, evaluate, maj_at_k, majority_vote, parse_ks, pass_at_k
-from tinyzero.messages import Completion
-from tinyzero.trainer import score_many
+from tinyzero.scoring import score_many
 
 
 def brute_force_pass_at_k(correct: list[bool], k: int) -> Fraction:

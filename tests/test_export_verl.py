@@ -19,7 +19,7 @@ from verl_cases import cases
 
 from tinyzero.config import load_config
 from tinyzero.errors import TinyZeroError
-from tinyzero.export_verl import (
+from tinyzero.interop.export_verl import (
     BASE_CHAT_TEMPLATE,
     NO_CLIP,
     VERL_VERSION,
@@ -294,7 +294,7 @@ def test_bundled_model_points_verl_at_the_converted_folder(tmp_path, monkeypatch
 def test_numpy_ground_truth_scores_as_python_lists_and_malformed_ones_are_named():
     import numpy as np
 
-    from tinyzero.verl_reward import score
+    from tinyzero.interop.verl_reward import score
 
     tasks = {"countdown": {"env": "countdown", "options": {}}}
     completion = "<answer>(3 * 5) + 7</answer>"

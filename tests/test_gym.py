@@ -281,7 +281,7 @@ def test_math_guard_and_literal_evaluator():
 
 
 def test_the_env_travels_to_a_spawned_reward_pool():
-    from tinyzero.trainer import score_many, scoring_pool
+    from tinyzero.scoring import score_many, scoring_pool
 
     env = make_env("gym:countdown", FAST)
     problems = [env.sample(random.Random(i)) for i in range(3)]

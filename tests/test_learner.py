@@ -9,9 +9,9 @@ import torch
 
 from tinyzero import algos
 from tinyzero.config import AlgoConfig, OptimConfig
-from tinyzero.forward import sequence_logprobs
-from tinyzero.learner import Learner
-from tinyzero.messages import TrainBatch, build_tokens
+from tinyzero.engine.forward import sequence_logprobs
+from tinyzero.engine.learner import Learner
+from tinyzero.engine.messages import TrainBatch, build_tokens
 
 PROMPTS = [[1, 2, 3], [4, 5], [6, 7, 8, 9]] * 2
 RESPONSES = [[10, 11], [12, 13, 14], [15], [16, 17, 18, 19], [20], [21, 22]]

@@ -1,4 +1,4 @@
-"""Tests for tinyzero.models: tiny test models, model resolution, and the bundled SmolLM2-135M."""
+"""Tests for tinyzero.engine.models: tiny test models, model resolution, and the bundled SmolLM2-135M."""
 
 import huggingface_hub.constants
 import pytest
@@ -7,9 +7,9 @@ from safetensors import safe_open
 from tiny_models import build_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tinyzero import models
+from tinyzero.engine import models
+from tinyzero.engine.models import default_cache_dir, load_tokenizer, resolve_model
 from tinyzero.errors import TinyZeroError
-from tinyzero.models import default_cache_dir, load_tokenizer, resolve_model
 
 
 def test_tiny_model_round_trips_through_transformers(tiny_model_dir):

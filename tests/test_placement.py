@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tinyzero.config import load_config
+from tinyzero.engine.placement import plan_layout
 from tinyzero.errors import TinyZeroError
-from tinyzero.placement import plan_layout
 
 
 def plan(*overrides: str):

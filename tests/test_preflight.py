@@ -7,9 +7,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
 
 from tinyzero.config import load_config
+from tinyzero.engine.placement import plan_layout
 from tinyzero.errors import TinyZeroError
-from tinyzero.placement import plan_layout
-from tinyzero.preflight import (
+from tinyzero.sizing.preflight import (
     ModelShape,
     check_gpu_memory,
     check_host_memory,
@@ -104,7 +104,7 @@ def test_host_memory_for_the_weight_push():
 
 
 def test_gpu_inventory_reads_nvidia_smi_without_touching_cuda(tmp_path, monkeypatch):
-    from tinyzero.preflight import gpu_inventory
+    from tinyzero.sizing.preflight import gpu_inventory
 
     fake = tmp_path / "nvidia-smi"
     fake.write_text("#!/bin/bash\nprintf 'NVIDIA H100 80GB HBM3, 81559\\nNVIDIA A10G, 23028\\n'\n")
@@ -119,7 +119,7 @@ def test_gpu_inventory_reads_nvidia_smi_without_touching_cuda(tmp_path, monkeypa
 
 
 def test_the_estimate_uses_the_forward_pass_lm_head_chunk():
-    from tinyzero.forward import HEAD_CHUNK
-    from tinyzero.preflight import LM_HEAD_CHUNK
+    from tinyzero.engine.forward import HEAD_CHUNK
+    from tinyzero.sizing.preflight import LM_HEAD_CHUNK
 
     assert LM_HEAD_CHUNK == HEAD_CHUNK

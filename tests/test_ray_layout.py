@@ -9,7 +9,7 @@ import os
 import pytest
 
 from tinyzero.config import load_config
-from tinyzero.placement import plan_layout
+from tinyzero.engine.placement import plan_layout
 
 ray = pytest.importorskip("ray")
 TIMEOUT_S = 60
@@ -61,7 +61,7 @@ LAYOUTS = [
 def test_every_role_of_a_plan_is_placed(cluster, overrides):
     from ray.util.placement_group import remove_placement_group
 
-    from tinyzero.roles import _RayBackend
+    from tinyzero.engine.roles import _RayBackend
 
     layout = plan_layout(load_config(None, ["run.mode=ray", *overrides]))
     backend = _RayBackend(layout, cores=2, env_vars={}, ready_timeout_s=TIMEOUT_S)

@@ -10,8 +10,8 @@ import pytest
 from transformers import Qwen2Config
 
 from tinyzero.config import load_config
-from tinyzero.placement import plan_layout
-from tinyzero.preflight import ModelShape, check_gpu_memory
+from tinyzero.engine.placement import plan_layout
+from tinyzero.sizing.preflight import ModelShape, check_gpu_memory
 
 RECIPES = sorted(Path(__file__).parents[1].glob("recipes/*.yaml"))
 QWEN = {"Qwen/Qwen2.5-0.5B": (896, 4864, 24, 14, 2), "Qwen/Qwen2.5-1.5B": (1536, 8960, 28, 12, 2),

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from tinyzero.config import load_config
+from tinyzero.engine.placement import plan_layout
+from tinyzero.engine.roles import LearnerGroup, Roles, RolloutPool, _LocalBackend, check_gpus, gpu_shortfall
+from tinyzero.engine.rollout import RolloutWorker, per_request_seeds
 from tinyzero.errors import TinyZeroError
-from tinyzero.placement import plan_layout
-from tinyzero.roles import LearnerGroup, Roles, RolloutPool, _LocalBackend, check_gpus, gpu_shortfall
-from tinyzero.rollout import RolloutWorker, per_request_seeds
 from tinyzero.trainer import request_seeds
 
 

@@ -1,4 +1,4 @@
-"""Tests for reward scoring through the trainer's process pool (tinyzero.trainer.score_many / scoring_pool).
+"""Tests for reward scoring in-process and through a process pool (tinyzero.scoring: score_many, scoring_pool, Scorer).
 
 The pool path runs for real: spawned workers score a batch of arithmetic completions, which must equal
 in-process scoring element by element; a worker that dies must surface as BrokenProcessPool, not a hang.
@@ -11,7 +11,7 @@ from concurrent.futures.process import BrokenProcessPool
 import pytest
 
 from tinyzero.envs import make_env
-from tinyzero.trainer import PARALLEL_SCORING_MIN, score_many, scoring_pool
+from tinyzero.scoring import PARALLEL_SCORING_MIN, score_many, scoring_pool
 
 
 def _completions(env, n: int) -> tuple[list[str], list[dict]]:

@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 
 from tinyzero import algos
 from tinyzero.config import AlgoConfig, OptimConfig
-from tinyzero.learner import Learner
-from tinyzero.messages import TrainBatch, build_tokens
+from tinyzero.engine.learner import Learner
+from tinyzero.engine.messages import TrainBatch, build_tokens
 
 PROMPTS = [[1, 2, 3]] * 4 + [[4, 5]] * 4 + [[6, 7, 8, 9]] * 4
 RESPONSES = [[10 + i, 11 + i, 12][: 1 + i % 3] for i in range(12)]

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from tinyzero.config import load_config
-from tinyzero.messages import build_tokens
+from tinyzero.engine.messages import build_tokens
 from tinyzero.trainer import Trainer, train
 
 STEPS = 3
@@ -327,7 +327,7 @@ def test_ray_mode_with_fsdp2_learners(tiny_model_dir, tmp_path):
 
 def test_trainer_logs_aha_metrics(tiny_model_dir, tmp_path):
     """aha/ scalars every step, equal to the same analysis of the logged rollouts; eval baselines; resumable state."""
-    from tinyzero.aha import DEFAULT_LEXICON, Tracker
+    from tinyzero.analysis.aha import DEFAULT_LEXICON, Tracker
     from tinyzero.envs import make_env
 
     train(None, overrides(tiny_model_dir, tmp_path, "aha", "rollout.backend=hf", "aha.transcripts_every=1"))
@@ -355,7 +355,7 @@ def test_trainer_logs_aha_metrics(tiny_model_dir, tmp_path):
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0}).Reload()
     assert "aha/transcripts/text_summary" in events.Tags()["tensors"]
     assert "aha/eval/reflection_rate" in events.Tags()["scalars"]
-    from tinyzero.report import write_report
+    from tinyzero.analysis.report import write_report
 
     html = write_report(run_dir).read_text()  # the report of a real (tiny) run, eval curve from its checkpoint
     assert "held-out accuracy, first → last eval" in html and "<h3>Self-verification against the step-0 baseline" in html

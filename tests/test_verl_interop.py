@@ -20,7 +20,7 @@ from tiny_models import build_tiny_tokenizer
 from verl_cases import cases
 
 from tinyzero.envs import make_env, render_prompt
-from tinyzero.export_verl import export
+from tinyzero.interop.export_verl import export
 
 ROOT = Path(__file__).resolve().parent.parent
 VERL_PYTHON = os.environ.get("TINYZERO_VERL_PYTHON", "")

@@ -3,7 +3,7 @@
 Usage: verl_check.py EXPORT_DIR CASES_JSONL RESULT_JSON
 
 1. Runs the export's run_verl.sh with PYTHON set to a stand-in that records the arguments the script hands to
-   `python -m verl.trainer.main_ppo` (its own `import verl` / `import tinyzero.verl_reward` checks run for real).
+   `python -m verl.trainer.main_ppo` (its own `import verl` / `import tinyzero.interop.verl_reward` checks run for real).
    A tiny local model folder is appended as the actor's and critic's model path (no hub here).
 2. Composes them with Hydra against verl's own ppo_trainer config, as main_ppo's @hydra.main does, and runs
    verl.utils.config.validate_config (main_ppo's check) plus the dataclass conversions of the algorithm, rollout,

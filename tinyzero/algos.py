@@ -27,19 +27,15 @@ Simplifications
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-# The allowed values, declared once: config fields are typed with these Literals (tinyzero/config.py).
-LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-KlEstimator = Literal["k1", "k2", "k3"]
-AGG_MODES = typing.get_args(LossAgg)
-KL_ESTIMATORS = typing.get_args(KlEstimator)
+# The allowed values, declared once in a module without torch (config fields are typed with them).
+from tinyzero.algo_names import AGG_MODES, KL_ESTIMATORS, KlEstimator, LossAgg
+
 _K3_LOG_RATIO_LIMIT = 20.0
 
 __all__ = [

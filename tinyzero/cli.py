@@ -100,7 +100,7 @@ def _score_line(env, line: str, number: int):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tinyzero.export_verl import export
+    from tinyzero.interop.export_verl import export
 
     manifest = export(args.recipe, args.overrides, Path(args.out), args.train_size, args.test_size)
     for line in manifest["warnings"]:
@@ -113,7 +113,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_aha(args: argparse.Namespace) -> int:
-    from tinyzero.analysis import Fields, analyse_file, settings_for, table
+    from tinyzero.analysis.aha_file import Fields, analyse_file, settings_for, table
 
     path = Path(args.file)
     if not path.is_file():
@@ -126,7 +126,7 @@ def cmd_aha(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tinyzero.report import write_report
+    from tinyzero.analysis.report import write_report
 
     out = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
     print(f"report: {out}")
@@ -169,8 +169,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json and args.csv:
         raise TinyZeroError("--json and --csv both asked for: pick one output format")
     _vllm_quiet()
+    from tinyzero.analysis.evaluation import parse_ks
     from tinyzero.eval_command import format_csv, format_table, run_eval
-    from tinyzero.evaluation import parse_ks
 
     settings = dict(env=args.env, options=_options(args.option), template=args.template, split=args.split,
                     size=args.size, seed=args.seed, ks=parse_ks(args.k), samples=args.samples,
@@ -189,10 +189,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _vllm_quiet() -> None:
-    """vLLM logs several lines per engine call at INFO; the kit prints its own progress instead."""
-    import os
+    from tinyzero.console import quiet_vllm
 
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    quiet_vllm()
 
 
 def _finish(summary: dict) -> int:

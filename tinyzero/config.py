@@ -19,10 +19,16 @@ from typing import Any, Literal
 
 import yaml
 
-from tinyzero import algos
-from tinyzero.algos import KlEstimator, LossAgg
+from tinyzero.algo_names import KlEstimator, LossAgg
 from tinyzero.errors import TinyZeroError
 from tinyzero.fields import at_least, build, field_helps, one_of
+
+
+def _algos():
+    """The algorithm registry, imported when a value is checked: reading a recipe needs no torch until then."""
+    from tinyzero import algos
+
+    return algos
 
 
 @dataclass(frozen=True)
@@ -122,8 +128,8 @@ class AlgoConfig:
     vf_clip: PPO value clip range
     """
 
-    name: str = one_of(lambda: algos.ADVANTAGE_ESTIMATORS, "grpo")
-    policy_loss: str = one_of(lambda: algos.POLICY_LOSSES, "clip")
+    name: str = one_of(lambda: _algos().ADVANTAGE_ESTIMATORS, "grpo")
+    policy_loss: str = one_of(lambda: _algos().POLICY_LOSSES, "clip")
     normalize_std: bool = True
     gamma: float = 1.0
     lam: float = 1.0
@@ -141,7 +147,7 @@ class AlgoConfig:
     @property
     def needs(self):
         """What this algorithm requires: critic, reference model, old log-probs (``algos.Needs``)."""
-        return algos.needs(self.name, kl_coef=self.kl_coef, kl_applied_as=self.kl_applied_as, epochs=self.epochs,
+        return _algos().needs(self.name, kl_coef=self.kl_coef, kl_applied_as=self.kl_applied_as, epochs=self.epochs,
                            mini_batches=self.mini_batches)
 
 
@@ -241,9 +247,26 @@ class LogConfig:
     samples: int = 2
 
 
-def _default_lexicon() -> dict:
-    from tinyzero.aha import DEFAULT_LEXICON
+# Family -> phrases. A space or hyphen inside a phrase matches up to three spaces/hyphens or none, so
+# "re-check" also finds "recheck" and "re check"; inflections are listed, because matching is whole-word.
+DEFAULT_LEXICON: dict[str, list[str]] = {
+    "recheck": ["re-check", "re-checks", "re-checked", "re-checking"],
+    "rethink": ["re-think", "re-thinking", "re-thought"],
+    "reevaluate": ["re-evaluate", "re-evaluates", "re-evaluated", "re-evaluating", "re-evaluation"],
+    "reexamine": ["re-examine", "re-examines", "re-examined", "re-examining"],
+    "reconsider": ["reconsider", "reconsiders", "reconsidered", "reconsidering"],
+    "double_check": ["double-check", "double-checks", "double-checked", "double-checking"],
+    "verify": ["verify", "verifies", "verified", "verifying", "verification"],
+    "try_again": ["try again", "trying again", "tried again", "let me try again"],
+    "check_again": ["check again", "checking again", "check it again", "check that again"],
+    "think_again": ["think again", "thinking again"],
+    "wait": ["wait"],
+    "alternatively": ["alternatively"],
+    "let_me_check": ["let me check", "let's check", "let us check", "let me verify", "let me see if"],
+}
 
+
+def _default_lexicon() -> dict:
     return {family: list(phrases) for family, phrases in DEFAULT_LEXICON.items()}
 
 

@@ -7,7 +7,7 @@ What a MODEL_OR_RUN can be:
 
 The problems, environment, template, seed and defaults come from the first run among the models given (the same
 ``sample_test(env, eval.size, run.seed)`` its trainer evaluated on), else from the config defaults; flags override
-them. Every model then sees the same problems and the same sampling seeds (tinyzero/evaluation.py), one model at a
+them. Every model then sees the same problems and the same sampling seeds (tinyzero/analysis/evaluation.py), one model at a
 time, each on a fresh ``RolloutWorker`` (vLLM, or HF with ``--backend hf``), scored by the environment's reward.
 For a run or checkpoint the result is also written to ``RUN/eval/step_NNNNNN.json`` and to TensorBoard
 (``RUN/tensorboard/eval``, at the checkpoint's step) unless ``--no-save``.
@@ -107,7 +107,7 @@ def settings_for(targets: list[Target], *, env: str | None = None, options: dict
                  ks: tuple[int, ...] = (1, 8), samples: int | None = None, temperature: float | None = None,
                  max_new_tokens: int | None = None, backend: str | None = None) -> tuple[Settings, Config]:
     """Flags first, then the first run's config, then the defaults; also returns that config."""
-    from tinyzero.evaluation import check_ks
+    from tinyzero.analysis.evaluation import check_ks
 
     base = next((t.config for t in targets if t.config is not None), None) or load_config(None)
     same_env = env is None or env == base.env.name
@@ -144,9 +144,9 @@ def problems_for(env, settings: Settings, eval_size: int) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- running
 def run_eval(specs: list[str], settings_kwargs: dict, *, save: bool = True, progress: bool = True) -> dict:
     """Evaluate every model on the same problems; returns ``{"settings": ..., "results": [...]}``."""
+    from tinyzero.analysis.evaluation import Sampling
+    from tinyzero.console import quiet_libraries
     from tinyzero.envs import make_env
-    from tinyzero.evaluation import Sampling
-    from tinyzero.trainer import _quiet_libraries
 
     targets = [resolve_target(spec) for spec in specs]  # every path checked before any model loads
     settings, base = settings_for(targets, **settings_kwargs)
@@ -155,7 +155,7 @@ def run_eval(specs: list[str], settings_kwargs: dict, *, save: bool = True, prog
     problems = problems_for(env, settings, base.eval.size)
     sampling = Sampling(settings.ks, settings.samples, settings.temperature, settings.top_p, settings.seed) \
         if settings.ks else None
-    _quiet_libraries()  # the progress bar and the table, not per-shard loading bars
+    quiet_libraries()  # the progress bar and the table, not per-shard loading bars
     if base.run.threads:
         import torch
 
@@ -187,8 +187,8 @@ def _note_other_tasks(targets: list[Target], env, settings: Settings) -> None:
 
 def _evaluate_target(target: Target, env, problems, settings: Settings, sampling, base: Config,
                      progress: bool) -> dict:
-    from tinyzero.evaluation import encode_prompt, evaluate
-    from tinyzero.trainer import PARALLEL_SCORING_MIN, score_many, scoring_pool
+    from tinyzero.analysis.evaluation import encode_prompt, evaluate
+    from tinyzero.scoring import PARALLEL_SCORING_MIN, score_many, scoring_pool
 
     pool = scoring_pool() if len(problems) * max(settings.samples, 1) >= PARALLEL_SCORING_MIN else None
     try:
@@ -210,10 +210,10 @@ def _evaluate_target(target: Target, env, problems, settings: Settings, sampling
 def _load(target: Target, folder: Path, settings: Settings, base: Config):
     """The rollout worker and tokenizer of one model; a folder that does not load is one sentence."""
 
-    from tinyzero.devices import dtype_name, resolve_device
-    from tinyzero.models import default_cache_dir, load_tokenizer
-    from tinyzero.roles import _max_model_len
-    from tinyzero.rollout import RolloutWorker
+    from tinyzero.engine.devices import dtype_name, resolve_device
+    from tinyzero.engine.models import default_cache_dir, load_tokenizer
+    from tinyzero.engine.roles import _max_model_len
+    from tinyzero.engine.rollout import RolloutWorker
 
     device = resolve_device()
     dtype = dtype_name(base.model.compute_dtype, device)
@@ -238,7 +238,7 @@ def _load(target: Target, folder: Path, settings: Settings, base: Config):
 def _model_folder(target: Target):
     """A local folder with the model's weights and a tokenizer: the resolved model, or for a checkpoint whose
     ``policy/`` has no tokenizer, a temporary folder of links to its files plus the run's model's tokenizer files."""
-    from tinyzero.models import resolve_model
+    from tinyzero.engine.models import resolve_model
 
     folder = resolve_model(target.model)
     if target.tokenizer_from is None or (folder / "tokenizer_config.json").is_file():

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+LOG_FILES = ("metrics.jsonl", "rollouts.jsonl.gz", "evals.jsonl.gz")  # the per-step records a resume truncates
+
 
 def _fmt_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
@@ -99,6 +101,12 @@ class RunLog:
             f"| {seconds:.1f} s/step (rollout {values.get('time/rollout', 0):.1f}, "
             f"learner {values.get('time/learner', 0):.1f}) | ETA {_fmt_duration(eta)}{cost}"
         )
+
+    def truncate_after(self, step: int) -> None:
+        """Drop what was logged after ``step`` (metrics, completions): a run resumed from that step's checkpoint
+        redoes the later steps, so its logs then read like an uninterrupted run's."""
+        for name in LOG_FILES:
+            truncate_jsonl(self.run_dir / name, step)
 
     def flush(self) -> None:
         if self.writer is not None:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinyzero.config import Config, load_config
-from tinyzero.cost import billed_units, generated_tokens, trained_tokens, usd_per_gpu_hour
 from tinyzero.errors import TinyZeroError
+from tinyzero.sizing.cost import billed_units, generated_tokens, trained_tokens, usd_per_gpu_hour
 
 MARKER = ".tinyzero-smoke"  # only folders holding it are ever replaced by a new smoke run
 PROMPTS, MAX_NEW_TOKENS, EVAL_SIZE = 4, 64, 4
@@ -31,17 +31,16 @@ SYNC_TOLERANCE = {"float32": 1e-3, "bfloat16": 3e-2}
 
 def smoke_config(config: Config) -> Config:
     """The recipe with its model, layout and algorithm, cut to 2 steps of a small batch."""
-    r, c = config.rollout, config
+    rollout, run, algo, evals = config.rollout, config.run, config.algo, config.eval
     return dataclasses.replace(
-        c,
-        run=dataclasses.replace(c.run, name=f"{c.run.name}-smoke", steps=2, budget_usd=0.0),
-        rollout=dataclasses.replace(r, prompts_per_step=min(r.prompts_per_step, PROMPTS),
-                                    max_new_tokens=min(r.max_new_tokens, MAX_NEW_TOKENS)),
-        algo=dataclasses.replace(c.algo, mini_batches=min(c.algo.mini_batches, 2)),
-        eval=dataclasses.replace(c.eval, every=0, size=EVAL_SIZE,
-                                 max_new_tokens=min(c.eval.max_new_tokens, MAX_NEW_TOKENS)),
-        checkpoint=dataclasses.replace(c.checkpoint, every=1, keep_last=2),
-        log=dataclasses.replace(c.log, tensorboard=False),
+        config,
+        run=dataclasses.replace(run, name=f"{run.name}-smoke", steps=2, budget_usd=0.0),
+        rollout=dataclasses.replace(rollout, prompts_per_step=min(rollout.prompts_per_step, PROMPTS),
+                                    max_new_tokens=min(rollout.max_new_tokens, MAX_NEW_TOKENS)),
+        algo=dataclasses.replace(algo, mini_batches=min(algo.mini_batches, 2)),
+        eval=dataclasses.replace(evals, every=0, size=EVAL_SIZE, max_new_tokens=min(evals.max_new_tokens, MAX_NEW_TOKENS)),
+        checkpoint=dataclasses.replace(config.checkpoint, every=1, keep_last=2),
+        log=dataclasses.replace(config.log, tensorboard=False),
     )
 
 
@@ -91,7 +90,7 @@ def run_smoke(recipe: str, overrides: list[str], stream=None) -> SmokeResult:
     price = usd_per_gpu_hour(full)
     total = step_s * full.run.steps
     usd = total / 3600 * billed_units(full) * price if price else None
-    from tinyzero.roles import rollout_dtype
+    from tinyzero.engine.roles import rollout_dtype
 
     tolerance = SYNC_TOLERANCE.get(rollout_dtype(full), SYNC_TOLERANCE["bfloat16"])
     return SmokeResult(run_dir, gaps, tolerance, phases, step_s, total, usd, time.monotonic() - start)
@@ -107,7 +106,7 @@ def _clear_previous(run_dir: Path) -> None:
 
 def sync_gap(trainer) -> float:
     """Mean |engine - learner| log-prob over the engine's greedy answers to a few held-out prompts."""
-    from tinyzero.messages import build_tokens
+    from tinyzero.engine.messages import build_tokens
 
     roles = trainer.roles
     prompts = [trainer.encode(p)[1] for p in trainer.eval_problems[:EVAL_SIZE]]

@@ -13,57 +13,58 @@ step from (seed, step) for the same reason.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 from tinyzero import algos
-from tinyzero.aha import Tracker
+from tinyzero.analysis.aha import Tracker
+from tinyzero.analysis.evaluation import Sampling, encode_prompt, evaluate
+from tinyzero.analysis.transcripts import pick_transcripts
 from tinyzero.checkpoint import latest_checkpoint, read_state, save_checkpoint
 from tinyzero.config import Config, load_config, to_yaml
+from tinyzero.console import quiet_libraries
 from tinyzero.data import iter_train, sample_test
+from tinyzero.engine.messages import RolloutBatch, ScoredBatch, TrainBatch, build_tokens
 from tinyzero.envs import make_env
 from tinyzero.errors import TinyZeroError
-from tinyzero.evaluation import Sampling, encode_prompt, evaluate
-from tinyzero.messages import RolloutBatch, ScoredBatch, TrainBatch, build_tokens
-from tinyzero.preflight import preflight
-from tinyzero.rewards.result import RewardResult
 from tinyzero.runlog import RunLog, Timer
-from tinyzero.transcripts import LEGEND, same_problem_at_start, transcript_markdown
-
-PARALLEL_SCORING_MIN = 512  # below this many completions, scoring in-process beats a process pool
-SCORING_WORKERS = 4  # at most this many reward processes: rewards are cheap string parsing
+from tinyzero.scoring import Scorer
+from tinyzero.sizing.preflight import preflight
 
 
 class Trainer:
     def __init__(self, config: Config, *, resume: bool = False, stream=None, roles=None):
         self.config = config
         self.run_dir = Path(config.run.out_dir) / config.run.name
-        from tinyzero.cost import CostMeter, billed_units, check_budget, usd_per_gpu_hour
-        from tinyzero.roles import build_roles, check_gpus
+        from tinyzero.engine.roles import build_roles, check_gpus
+        from tinyzero.sizing.cost import (
+            CostMeter,
+            billed_units,
+            check_budget,
+            estimate_line,
+            usd_per_gpu_hour,
+        )
 
         # The meter starts first: loading models is rented time too.
         self.meter = CostMeter(usd_per_gpu_hour(config), billed_units(config))
         check_budget(config)
         layout = check_gpus(config)  # before anything loads: a layout this machine cannot serve fails at once
-        from tinyzero.models import model_config
+        from tinyzero.engine.models import model_config
 
         model_cfg = model_config(config.model.name)  # config.json only: the preflight needs no weights
         needs = preflight(config, layout, model_cfg)
         self._prepare_run_dir(resume)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
-        _quiet_libraries()
+        quiet_libraries()
         self.env = make_env(config.env.name, config.env.options)
         aha = config.aha
         # Before any model loads: a malformed lexicon stops here with its dotted key.
         self.aha = Tracker(aha.lexicon, self.env, margin=aha.margin, patience=aha.patience, max_chars=aha.max_chars)
-        from tinyzero.models import load_tokenizer, resolve_model
+        from tinyzero.engine.models import load_tokenizer, resolve_model
 
         self.model_path = resolve_model(config.model.name)
         self.tokenizer = load_tokenizer(self.model_path)
@@ -73,7 +74,6 @@ class Trainer:
         self.cursor = 0  # training problems drawn so far
         self.history: list[dict] = []  # eval results
         self.stopped = ""  # why the run ended early ("budget"), if it did
-        self._iteration_s: list[float] = []  # wall seconds of each step with its eval and checkpoint
         self.log = RunLog(self.run_dir, config.run.steps, tensorboard=config.log.tensorboard,
                           samples=config.log.samples, stream=stream)
         cache = self.run_dir / "cache"
@@ -84,10 +84,10 @@ class Trainer:
             if layout.num_gpus and not needs and not config.cluster.address:
                 self.log.say("GPU memory not checked: nvidia-smi did not list this machine's GPUs")
             if not resume:
-                self._say_estimate(model_cfg)
+                self.log.say(estimate_line(config, model_cfg))
             roles = build_roles(config, self.model_path, cache, layout)
         self.roles = roles
-        self._pool = None
+        self.scorer = Scorer(self.env)
         if resume:
             self._restore()
         else:
@@ -99,17 +99,6 @@ class Trainer:
             next(self._stream)
 
     # --------------------------------------------------------------------------------- set-up
-    def _say_estimate(self, model_cfg) -> None:
-        from tinyzero.cost import estimate_run
-        from tinyzero.preflight import ModelShape, gpu_inventory
-
-        gpus = gpu_inventory() if self.config.placement.num_gpus else []
-        card = gpus[0][0] if gpus else None
-        est = estimate_run(self.config, ModelShape.from_config(model_cfg).params, card)
-        cost = f", ${est.usd:.2f}" if est.usd is not None else " (set cost.usd_per_gpu_hour to see dollars)"
-        self.log.say(f"estimate: about {est.step_s:.0f} s a step, {est.total_s / 3600:.1f} h for {self.config.run.steps} "
-                     f"steps{cost} — {est.basis}; `tinyzero smoke` measures instead")
-
     def _prepare_run_dir(self, resume: bool) -> None:
         if resume:  # `train()` has checked the run folder holds a config
             return
@@ -131,16 +120,8 @@ class Trainer:
         self.meter.spent_s += state.get("wall_s", 0.0)  # what the run's earlier sessions spent
         self.roles.learner.load(str(ckpt))
         self.roles.sync_weights()
-        self._truncate_logs(self.step)
+        self.log.truncate_after(self.step)  # a resumed run's logs read like an uninterrupted one's
         self.log.say(f"resumed {self.run_dir} at step {self.step} from {ckpt.name}")
-
-    def _truncate_logs(self, step: int) -> None:
-        """Drop what was logged after the checkpoint (metrics, completions), so a resumed run's logs read like an
-        uninterrupted one's."""
-        from tinyzero.runlog import truncate_jsonl
-
-        for name in ("metrics.jsonl", "rollouts.jsonl.gz", "evals.jsonl.gz"):
-            truncate_jsonl(self.run_dir / name, step)
 
     # -------------------------------------------------------------------------------- prompts
     def encode(self, problem: dict) -> tuple[str, list[int]]:
@@ -162,30 +143,17 @@ class Trainer:
                 saved = (config.checkpoint.every and self.step % config.checkpoint.every == 0) or last
                 if saved:
                     self.save()
-                self._iteration_s.append(time.monotonic() - start)
-                if not last and not self.meter.next_step_fits(config.run.budget_usd, self._next_step_s()):
-                    self._stop_for_budget(saved)
+                self.meter.record_iteration(time.monotonic() - start)
+                if not last and not self.meter.can_afford_next_step(config.run.budget_usd):
+                    if not saved:
+                        self.save()
+                    self.stopped = "budget"
+                    self.log.say(self.meter.budget_stop_message(config.run.budget_usd, self.step, config.run.steps,
+                                                                self.run_dir))
                     break
         finally:
             self.log.flush()
         return self.summary()
-
-    def _next_step_s(self) -> float:
-        """Expected wall time of the next step: the slowest of the last few (evaluations and checkpoints in)."""
-        return max(self._iteration_s[-5:])
-
-    def _stop_for_budget(self, saved: bool) -> None:
-        run, meter = self.config.run, self.meter
-        if not saved:
-            self.save()
-        remaining = (run.steps - self.step) * sum(self._iteration_s[-5:]) / len(self._iteration_s[-5:])
-        need = meter.usd + meter.usd_for(remaining)
-        self.stopped = "budget"
-        self.log.say(
-            f"budget: ${meter.usd:.2f} of run.budget_usd={run.budget_usd:g} spent after step {self.step}, and one "
-            f"more step (about ${meter.usd_for(self._next_step_s()):.2f}) would pass it; stopped with a checkpoint. "
-            f"To finish the {run.steps} steps (about ${need:.2f} in all): tinyzero resume {self.run_dir} "
-            f"run.budget_usd={need * 1.1:.2f}")
 
     def _sample_problems(self) -> list[dict]:
         problems = [next(self._stream) for _ in range(self.config.rollout.prompts_per_step)]
@@ -212,7 +180,7 @@ class Trainer:
         )
 
     def score(self, batch: RolloutBatch) -> ScoredBatch:
-        results = self._score_texts(batch.texts, batch.problems)
+        results = self.scorer(batch.texts, batch.problems)
         comps = sorted({k for res in results for k in res.components})
         return ScoredBatch(
             rollout=batch,
@@ -221,13 +189,6 @@ class Trainer:
             reasons=[res.reason for res in results],
             components={k: torch.tensor([res.components.get(k, 0.0) for res in results]) for k in comps},
         )
-
-    def _score_texts(self, texts: list[str], problems: list[dict]) -> list[RewardResult]:
-        if len(texts) < PARALLEL_SCORING_MIN:
-            return score_many(self.env, texts, problems)
-        if self._pool is None:
-            self._pool = scoring_pool()
-        return score_many(self.env, texts, problems, self._pool)
 
     def advantages(self, scored: ScoredBatch, tokens, timer: Timer) -> TrainBatch:
         """The learner's batch: reference and old log-probs where the algorithm needs them, then the registered
@@ -282,28 +243,13 @@ class Trainer:
         self.log.scalars(self.step, metrics)
         self.log.rollouts(self.step, rows)
         self.log.text("samples/train", self.step, rows[: config.log.samples])
-        self._aha_transcripts(analyses, rows)
+        self._log_transcripts(analyses, rows)
         self.log.progress(self.step, metrics, seconds, usd_per_s=self.meter.usd_for(1.0))
         return metrics
 
-    def _aha_transcripts(self, analyses: list, rows: list[dict], kind: str = "rollout") -> None:
-        """TensorBoard text: the first check ever seen (beside a step-0 transcript of its problem) and, every
-        ``aha.transcripts_every`` steps, a few annotated completions (checks first, then reflections)."""
-        aha, step = self.config.aha, self.step
-        verified = [i for i, x in enumerate(analyses) if x.verified]
-        if verified and self.aha.first_verification.get(kind) is None and (kind == "rollout" or step > 0):
-            self.aha.first_verification[kind] = step
-            i = verified[0]
-            blocks = [transcript_markdown(f"step {step}, first {kind} check", analyses[i], rows[i])]
-            before = same_problem_at_start(self.run_dir, rows[i].get("problem"), rows[i].get("prompt"))
-            if before is not None and before.get("step") != step:
-                old = self.aha.analyse([before["completion"]], [before.get("prompt")], [before.get("problem")])[0]
-                blocks.append(transcript_markdown(f"step {before.get('step', 0)}, same problem", old, before))
-            self.log.markdown(f"aha/first_verification_{kind}", step, [LEGEND, *blocks])
-        if kind == "rollout" and aha.transcripts_every and step % aha.transcripts_every == 0 and aha.transcripts:
-            order = sorted(range(len(analyses)), key=lambda j: (not analyses[j].verified, not analyses[j].reflections))
-            blocks = [transcript_markdown(f"step {step}", analyses[j], rows[j]) for j in order[: aha.transcripts]]
-            self.log.markdown("aha/transcripts", step, [LEGEND, *blocks])
+    def _log_transcripts(self, analyses: list, rows: list[dict], kind: str = "rollout") -> None:
+        for tag, blocks in pick_transcripts(self.aha, self.config.aha, self.step, analyses, rows, kind, self.run_dir):
+            self.log.markdown(tag, self.step, blocks)
 
     def _pad_id(self) -> int:
         tok = self.tokenizer
@@ -340,7 +286,7 @@ class Trainer:
     # ------------------------------------------------------------------------------- eval, save
     def evaluate(self) -> dict:
         """Greedy decoding on the held-out problems (accuracy counts ``correct`` only); with ``eval.k``, also k
-        samples per problem for pass@k and maj@k (tinyzero/evaluation.py)."""
+        samples per problem for pass@k and maj@k (tinyzero/analysis/evaluation.py)."""
         config = self.config
         encoded = [self.encode(problem) for problem in self.eval_problems]
         sampling = None
@@ -348,7 +294,7 @@ class Trainer:
             sampling = Sampling((config.eval.k,), config.eval.k, config.rollout.temperature, config.rollout.top_p,
                                 config.run.seed)
         outcome = evaluate(self.roles.rollout, self.env, [ids for _, ids in encoded], self.eval_problems,
-                           self._score_texts, max_new_tokens=config.eval.max_new_tokens, sampling=sampling)
+                           self.scorer, max_new_tokens=config.eval.max_new_tokens, sampling=sampling)
         completions, results = outcome.greedy, outcome.greedy_results
         found, n = outcome.metrics, len(self.eval_problems)
         analyses = self.aha.analyse([done.text for done in completions], [text for text, _ in encoded],
@@ -368,7 +314,7 @@ class Trainer:
                                                             strict=True)]
         self.log.text("samples/eval", self.step, rows[: config.log.samples])
         self.log.evals(self.step, rows)
-        self._aha_transcripts(analyses, rows, kind="eval")
+        self._log_transcripts(analyses, rows, kind="eval")
         scaling = "".join(f", {key.removeprefix('eval/')} {metrics[key]:.1%}" for key in metrics
                           if key.startswith(("eval/pass@", "eval/maj@")))
         self.log.say(f"eval at step {self.step}: greedy accuracy {metrics['eval/accuracy']:.1%} on {n} held-out "
@@ -394,10 +340,7 @@ class Trainer:
 
     def close(self) -> None:
         self.log.close()
-        if self._pool is not None:
-            # After an error or Ctrl-C mid-scoring, drop the queued chunks rather than score them all first.
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+        self.scorer.close()
         self.roles.close()
 
 
@@ -411,42 +354,6 @@ def request_seeds(seed: int, step: int, prompts: int, group: int) -> list[int]:
     steps 2**24 apart: no two samples of a run share a random stream (below 2**24 samples a step)."""
     base = (step_seed(seed, step) << 24) % (1 << 62)
     return [base + i * group for i in range(prompts)]
-
-
-def _quiet_libraries() -> None:
-    """The kit prints one progress line per step; per-shard loading bars from transformers drown it."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
-def scoring_pool(max_workers: int | None = None) -> ProcessPoolExecutor:
-    """A process pool for rewards whose workers are spawned, never forked.
-
-    By the time a batch is big enough for the pool, the trainer holds Ray/gRPC and vLLM threads. fork copies
-    the process with whatever locks those threads held at that instant, and a child can deadlock on one; a
-    spawned worker starts a fresh interpreter and imports only what the pickled work needs: the env's module,
-    not this one (which would pull in torch). A worker that dies (crash, OOM kill) breaks the pool: the
-    pending `map` raises BrokenProcessPool instead of waiting forever.
-    """
-    workers = max_workers or max(1, min(SCORING_WORKERS, os.cpu_count() or 1))
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-
-
-def score_many(
-    env, texts: list[str], problems: list[dict], pool: ProcessPoolExecutor | None = None
-) -> list[RewardResult]:
-    """Score completions in order: in this process, or across `pool`'s workers; the results are the same.
-
-    The env's bound `reward` method is what travels (pickled with the env, once per chunk of 64), so an
-    out-of-tree environment only needs to be importable by its module name. Worker errors are re-raised here.
-    """
-    if len(texts) != len(problems):
-        raise ValueError(f"{len(texts)} completions but {len(problems)} problems")
-    if pool is None:
-        return [env.reward(t, p) for t, p in zip(texts, problems, strict=True)]
-    return list(pool.map(env.reward, texts, problems, chunksize=64))
 
 
 def train(recipe: str | None, overrides: list[str], *, resume_dir: str | None = None, stream=None) -> dict:

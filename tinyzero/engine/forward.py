@@ -5,7 +5,7 @@ savings live here:
 - the LM head and the log-softmax run on real response tokens only (never on prompt positions or padding),
   in chunks of ``HEAD_CHUNK`` tokens so the float32 ``[k, V]`` logits stay bounded;
 - rows that share a prompt (a GRPO group) share one forward pass of that prompt (``response_hidden``).
-The token layout is described in ``tinyzero/messages.py``.
+The token layout is described in ``tinyzero/engine/messages.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tinyzero.messages import TokenBatch
+from tinyzero.engine.messages import TokenBatch
 
 HEAD_CHUNK = 2048  # tokens per LM-head chunk: bounds the float32 [k, V] logits held at once
 

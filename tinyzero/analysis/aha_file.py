@@ -4,7 +4,7 @@ Any JSONL or JSONL.gz file of completions works; the field names are configurabl
 an environment (``--env``, or the ``config.yaml`` of the run folder the file sits in) the task-grounded
 verification metrics are computed too; without them only the lexical ones, and ``verification_rate`` is null.
 Steps, when present, give one row of metrics per step; the first step is the baseline and the aha step follows
-the trainer's rule (``tinyzero.aha.aha_step``).
+the trainer's rule (``tinyzero.analysis.aha.aha_step``).
 
 Simplification: every examined completion (at most ``max_chars`` characters each) is held in memory until the
 file is read; a run of 200 steps × 512 completions × 8,000 characters is about 800 MB at worst.
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyzero.aha import (
+from tinyzero.analysis.aha import (
     DEFAULT_LEXICON,
     DEFAULT_MAX_CHARS,
     Analysis,
@@ -25,8 +25,8 @@ from tinyzero.aha import (
     batch_metrics,
     signal_name,
 )
+from tinyzero.analysis.transcripts import read_jsonl
 from tinyzero.errors import TinyZeroError
-from tinyzero.transcripts import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,9 @@ def settings_for(path: Path, env_name: str | None = None, env_options: Mapping |
         from tinyzero.config import load_config
 
         config = load_config(config_file)
-        a = config.aha
-        return Settings(make_env(config.env.name, config.env.options), a.lexicon, a.margin, a.patience, a.max_chars)
+        aha = config.aha
+        return Settings(make_env(config.env.name, config.env.options), aha.lexicon, aha.margin, aha.patience,
+                        aha.max_chars)
     return Settings()
 
 

@@ -97,7 +97,7 @@ def prompt_length_bound(prompts: list[list[dict]]) -> int:
 
 def model_path(name: str) -> tuple[str, list[str]]:
     """The path verl loads for ``model.name``: the bundled model's converted folder, else the name itself."""
-    from tinyzero.models import BUNDLED, default_cache_dir
+    from tinyzero.engine.models import BUNDLED, default_cache_dir
 
     if name != BUNDLED:
         return name, []
@@ -163,7 +163,7 @@ def translate(config, paths: dict[str, str], max_prompt_length: int, train_size:
 
 
 def _dtype(config) -> str:
-    from tinyzero.devices import dtype_name
+    from tinyzero.engine.devices import dtype_name
 
     return dtype_name(config.model.compute_dtype, "cuda")  # verl runs on GPUs: auto is bf16 there
 
@@ -321,7 +321,7 @@ def launch_script(translation: Translation, recipe: str) -> str:
         '(or set PYTHON to the interpreter that has it)" >&2',
         "  exit 1",
         "fi",
-        'if ! "$PYTHON" -c "import tinyzero.verl_reward" 2>/dev/null; then',
+        'if ! "$PYTHON" -c "import tinyzero.interop.verl_reward" 2>/dev/null; then',
         '  echo "run_verl.sh: tinyzero is not installed in $PYTHON: pip install --no-deps PATH_TO_TINYZERO '
         '(its rewards need only the standard library)" >&2',
         "  exit 1",
@@ -349,7 +349,7 @@ import sys
 TASKS = {tasks!r}
 
 try:
-    from tinyzero.verl_reward import score as _score
+    from tinyzero.interop.verl_reward import score as _score
 except ImportError as err:
     raise ImportError(
         f"tinyzero is not importable in {{sys.executable}}: install it beside verl with "

@@ -25,26 +25,11 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+# The default lexicon is config data (aha.lexicon's default); re-exported here as the analysis's default.
+from tinyzero.config import DEFAULT_LEXICON  # noqa: F401
 from tinyzero.errors import TinyZeroError
 from tinyzero.rewards.checks import Checks
 
-# Family -> phrases. A space or hyphen inside a phrase matches up to three spaces/hyphens or none, so
-# "re-check" also finds "recheck" and "re check"; inflections are listed, because matching is whole-word.
-DEFAULT_LEXICON: dict[str, list[str]] = {
-    "recheck": ["re-check", "re-checks", "re-checked", "re-checking"],
-    "rethink": ["re-think", "re-thinking", "re-thought"],
-    "reevaluate": ["re-evaluate", "re-evaluates", "re-evaluated", "re-evaluating", "re-evaluation"],
-    "reexamine": ["re-examine", "re-examines", "re-examined", "re-examining"],
-    "reconsider": ["reconsider", "reconsiders", "reconsidered", "reconsidering"],
-    "double_check": ["double-check", "double-checks", "double-checked", "double-checking"],
-    "verify": ["verify", "verifies", "verified", "verifying", "verification"],
-    "try_again": ["try again", "trying again", "tried again", "let me try again"],
-    "check_again": ["check again", "checking again", "check it again", "check that again"],
-    "think_again": ["think again", "thinking again"],
-    "wait": ["wait"],
-    "alternatively": ["alternatively"],
-    "let_me_check": ["let me check", "let's check", "let us check", "let me verify", "let me see if"],
-}
 PROMPT_SENTENCE_MIN = 16  # shorter prompt fragments ("Answer:") are too common to blank safely
 DEFAULT_MAX_CHARS = 8000
 

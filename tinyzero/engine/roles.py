@@ -1,7 +1,7 @@
 """Assembling the roles: plain objects in one process (``local``) or Ray actors on one placement group (``ray``).
 
 The roles themselves (``RolloutWorker``, ``Learner``, ``ReferenceModel``) never import Ray. This module builds
-them along one path for both modes: ``tinyzero.placement.plan_layout`` says where each role goes, a backend
+them along one path for both modes: ``tinyzero.engine.placement.plan_layout`` says where each role goes, a backend
 (``_LocalBackend`` or ``_RayBackend``) creates it there, and typed facades (``RolloutPool``, ``LearnerGroup``,
 ``ReferenceHandle``) are what the driver calls — ``roles.learner.update(batch)``, never a method name string.
 
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tinyzero.config import Config
+from tinyzero.engine.placement import CPU_PER_ACTOR, Layout, Slot, plan_layout
 from tinyzero.errors import TinyZeroError
-from tinyzero.placement import CPU_PER_ACTOR, Layout, Slot, plan_layout
 
 
 # ------------------------------------------------------------------------------------------- backends
@@ -44,7 +44,7 @@ class _LocalBackend:
 
 
 class _RayBackend:
-    """Roles are Ray actors on one placement group of one-GPU bundles (see ``tinyzero.placement``)."""
+    """Roles are Ray actors on one placement group of one-GPU bundles (see ``tinyzero.engine.placement``)."""
 
     def __init__(self, layout: Layout, *, cores: int, env_vars: dict[str, str], ready_timeout_s: float = 600,
                  address: str = ""):
@@ -314,7 +314,7 @@ def gpu_shortfall(asked: int, have: int) -> str:
 
 def rollout_dtype(config: Config) -> str:
     """The dtype the rollout engine and reference model hold weights in: the compute dtype."""
-    from tinyzero.devices import dtype_name
+    from tinyzero.engine.devices import dtype_name
 
     return dtype_name(config.model.compute_dtype, _device(config))
 
@@ -341,9 +341,9 @@ def _free_port() -> int:
 
 def build_roles(config: Config, model_path: Path, cache_dir: Path, layout: Layout | None = None) -> Roles:
     """Create every role where ``layout`` (default: ``check_gpus(config)``) puts it, vLLM first."""
-    from tinyzero.learner import Learner
-    from tinyzero.reference import ReferenceModel
-    from tinyzero.rollout import RolloutWorker
+    from tinyzero.engine.learner import Learner
+    from tinyzero.engine.reference import ReferenceModel
+    from tinyzero.engine.rollout import RolloutWorker
 
     layout = layout or check_gpus(config)
     backend = _make_backend(config, layout)

@@ -21,6 +21,7 @@ from tinyzero.config import Config
 from tinyzero.errors import TinyZeroError
 
 PRICE_ENV = "TINYZERO_USD_PER_GPU_HOUR"
+RECENT_STEPS = 5  # the budget rule projects the next step from this many recent ones
 PROMPT_TOKENS = 150  # a countdown prompt with the base template is ~150 tokens; arithmetic's are shorter
 ROLLOUT_MFU = 0.10  # decoding is memory-bound: a tenth of peak is typical of batched vLLM generation
 LEARNER_MFU = 0.35  # a well-fed bf16 transformer update reaches 30-40% of peak
@@ -66,6 +67,7 @@ class CostMeter:
     def __init__(self, price: float, units: int, spent_s: float = 0.0, clock=time.monotonic):
         self.price, self.units, self.clock = price, units, clock
         self.spent_s, self.started = spent_s, clock()
+        self.iterations: list[float] = []  # wall seconds of each step of this session, eval and checkpoint in
 
     @property
     def seconds(self) -> float:
@@ -94,17 +96,37 @@ class CostMeter:
             return True
         return self.usd + self.usd_for(step_seconds) <= budget
 
+    def record_iteration(self, seconds: float) -> None:
+        """Wall seconds of one step with its evaluation and checkpoint: what the budget rule projects from."""
+        self.iterations.append(seconds)
+
+    def next_step_s(self) -> float:
+        """Expected wall time of the next step: the slowest of the last few (evaluations and checkpoints in)."""
+        return max(self.iterations[-RECENT_STEPS:])
+
+    def can_afford_next_step(self, budget: float) -> bool:
+        return self.next_step_fits(budget, self.next_step_s())
+
+    def budget_stop_message(self, budget: float, step: int, steps: int, run_dir) -> str:
+        """The sentence a run stopped by its budget ends with: what was spent, why it stopped, how to finish."""
+        recent = self.iterations[-RECENT_STEPS:]
+        need = self.usd + self.usd_for((steps - step) * sum(recent) / len(recent))
+        return (f"budget: ${self.usd:.2f} of run.budget_usd={budget:g} spent after step {step}, and one "
+                f"more step (about ${self.usd_for(self.next_step_s()):.2f}) would pass it; stopped with a checkpoint. "
+                f"To finish the {steps} steps (about ${need:.2f} in all): tinyzero resume {run_dir} "
+                f"run.budget_usd={need * 1.1:.2f}")
+
 
 def generated_tokens(config: Config) -> int:
     """Tokens a step generates, every response at ``max_new_tokens`` (an upper bound)."""
-    r = config.rollout
-    return r.prompts_per_step * r.samples_per_prompt * r.max_new_tokens
+    rollout = config.rollout
+    return rollout.prompts_per_step * rollout.samples_per_prompt * rollout.max_new_tokens
 
 
 def trained_tokens(config: Config) -> int:
     """Tokens (prompt and response) a step's update sees in one pass, responses at ``max_new_tokens``."""
-    r = config.rollout
-    return r.prompts_per_step * r.samples_per_prompt * (PROMPT_TOKENS + r.max_new_tokens)
+    rollout = config.rollout
+    return rollout.prompts_per_step * rollout.samples_per_prompt * (PROMPT_TOKENS + rollout.max_new_tokens)
 
 
 @dataclass(frozen=True)
@@ -118,12 +140,12 @@ class Estimate:
 def estimate_run(config: Config, params: float, card: str | None) -> Estimate:
     """Time and cost of the whole recipe from FLOPs (GPU) or measured CPU throughput; ``card`` is torch's
     device name (None: no GPU here)."""
-    from tinyzero.placement import plan_layout
+    from tinyzero.engine.placement import plan_layout
 
-    c, layout = config, plan_layout(config)
-    gen_tokens, train_tokens = generated_tokens(c), trained_tokens(c)
-    passes = c.algo.epochs * (4 / 3 if c.model.gradient_checkpointing else 1.0)
-    needs = c.algo.needs
+    layout = plan_layout(config)
+    gen_tokens, train_tokens = generated_tokens(config), trained_tokens(config)
+    passes = config.algo.epochs * (4 / 3 if config.model.gradient_checkpointing else 1.0)
+    needs = config.algo.needs
     train_flops = 6 * params * train_tokens * passes * (2 if needs.critic else 1)
     # forward-only passes: the reference, the critic's values, the old log-probs
     extra_flops = 2 * params * train_tokens * (needs.reference + needs.critic + needs.old_logprobs)
@@ -142,7 +164,19 @@ def estimate_run(config: Config, params: float, card: str | None) -> Estimate:
         basis = (f"FLOPs at {ROLLOUT_MFU:.0%}/{LEARNER_MFU:.0%} of {name or ASSUMED_CARD + ' (card unknown)'} "
                  "bf16 peak, every response at max_new_tokens: an estimate, not a measurement")
     step = rollout_s + learner_s
-    total = step * c.run.steps
-    price = usd_per_gpu_hour(c)
-    usd = total / 3600 * billed_units(c) * price if price else None
+    total = step * config.run.steps
+    price = usd_per_gpu_hour(config)
+    usd = total / 3600 * billed_units(config) * price if price else None
     return Estimate(step, total, usd, basis)
+
+
+def estimate_line(config: Config, model_cfg) -> str:
+    """The estimate a new run prints before its models load (``model_cfg``: the model's HF config)."""
+    from tinyzero.sizing.preflight import ModelShape, gpu_inventory
+
+    gpus = gpu_inventory() if config.placement.num_gpus else []
+    card = gpus[0][0] if gpus else None
+    est = estimate_run(config, ModelShape.from_config(model_cfg).params, card)
+    cost = f", ${est.usd:.2f}" if est.usd is not None else " (set cost.usd_per_gpu_hour to see dollars)"
+    return (f"estimate: about {est.step_s:.0f} s a step, {est.total_s / 3600:.1f} h for {config.run.steps} "
+            f"steps{cost} — {est.basis}; `tinyzero smoke` measures instead")

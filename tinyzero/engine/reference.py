@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from tinyzero.devices import resolve_device, resolve_dtype
-from tinyzero.forward import in_chunks, sequence_logprobs
-from tinyzero.messages import TokenBatch
-from tinyzero.models import load_causal_lm
+from tinyzero.engine.devices import resolve_device, resolve_dtype
+from tinyzero.engine.forward import in_chunks, sequence_logprobs
+from tinyzero.engine.messages import TokenBatch
+from tinyzero.engine.models import load_causal_lm
 
 
 class ReferenceModel:

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinyzero.config import Config
+from tinyzero.engine.placement import Layout
 from tinyzero.errors import TinyZeroError
-from tinyzero.placement import Layout
 
 GB = 1e9
 HEADROOM = 0.92  # of a GPU's memory: the CUDA context, the allocator's fragmentation and NCCL buffers need the rest
-LM_HEAD_CHUNK = 2048  # tinyzero.forward.HEAD_CHUNK (fp32 logits; a test keeps the two equal)
+LM_HEAD_CHUNK = 2048  # tinyzero.engine.forward.HEAD_CHUNK (fp32 logits; a test keeps the two equal)
 PROMPT_TOKENS = 256  # a generous prompt length for activation estimates
 
 

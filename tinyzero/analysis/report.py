@@ -20,11 +20,11 @@ from collections.abc import Mapping
 from html import escape
 from pathlib import Path
 
-from tinyzero.aha import DEFAULT_LEXICON, Analysis, Tracker
-from tinyzero.analysis import Settings, analyse_file, settings_for
+from tinyzero.analysis.aha import DEFAULT_LEXICON, Analysis, Tracker
+from tinyzero.analysis.aha_file import Settings, analyse_file, settings_for
+from tinyzero.analysis.transcripts import problem_id, read_jsonl, same_problem_at_start, transcript_html
 from tinyzero.checkpoint import latest_checkpoint
 from tinyzero.errors import TinyZeroError
-from tinyzero.transcripts import problem_id, read_jsonl, same_problem_at_start, transcript_html
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }

@@ -9,7 +9,7 @@ Exact savings (the gradient is unchanged):
   the same reward) contribute exactly zero gradient, so they are skipped; the loss normaliser still counts
   them, so the result is identical.
 With ``world_size`` > 1, several learner processes shard the policy (and critic) with FSDP2
-(``tinyzero/sharding.py``), each training on its own slice of the rows.
+(``tinyzero/engine/sharding.py``), each training on its own slice of the rows.
 Precision: master weights, gradients and AdamW states are float32 always; ``compute_dtype`` (bfloat16 on GPU by
 default) is used for the matmuls only, through autocast (and FSDP2's MixedPrecisionPolicy when sharded). A pure
 bf16 AdamW at lr 1e-6 would leave almost every weight unchanged: the step is below half a bf16 ulp.
@@ -27,11 +27,11 @@ from torch import nn
 
 from tinyzero import algos
 from tinyzero.config import AlgoConfig, OptimConfig
-from tinyzero.devices import resolve_device, resolve_dtype
-from tinyzero.forward import in_chunks, response_hidden, sequence_logprobs
-from tinyzero.messages import TokenBatch, TrainBatch
-from tinyzero.models import load_causal_lm
-from tinyzero.sharding import to_local_float
+from tinyzero.engine.devices import resolve_device, resolve_dtype
+from tinyzero.engine.forward import in_chunks, response_hidden, sequence_logprobs
+from tinyzero.engine.messages import TokenBatch, TrainBatch
+from tinyzero.engine.models import load_causal_lm
+from tinyzero.engine.sharding import to_local_float
 
 
 class Critic(nn.Module):
@@ -82,7 +82,7 @@ class Learner:
         self.rank, self.world_size = rank, world_size
         self.device = resolve_device(device)
         if world_size > 1:
-            from tinyzero import sharding
+            from tinyzero.engine import sharding
 
             self.device = sharding.init_distributed(rank, world_size, init_method or "tcp://127.0.0.1:29511")
         self.compute_dtype = resolve_dtype(compute_dtype, self.device)
@@ -308,7 +308,7 @@ class Learner:
     def _full_state(self, module: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Full weights on CPU; with ``dtype``, cast (unsharded: before leaving the device, half the copy for bf16)."""
         if self.world_size > 1:
-            from tinyzero import sharding
+            from tinyzero.engine import sharding
 
             return {k: v.to(dtype or v.dtype) for k, v in sharding.full_state_dict(module).items()}
         return {k: v.detach().to(dtype or v.dtype).cpu() for k, v in module.state_dict().items()}
@@ -358,7 +358,7 @@ class Learner:
 
     def _load_weights(self, module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
         if self.world_size > 1:
-            from tinyzero import sharding
+            from tinyzero.engine import sharding
 
             sharding.load_full_state_dict(module, weights)
             return

@@ -1,0 +1,1 @@
+"""Other engines: the verl export (data, config, launch script) and the reward module verl loads."""
