@@ -231,7 +231,11 @@ def main() -> int:
             request = json.loads(line)
             _arm_cpu(setup["cpu_s"])
             entry = entry_of(request["problem"], setup["task"], setup["generator"])
-            score = float(dataset.score_answer(request["answer"], entry))
+            score = dataset.score_answer(request["answer"], entry)
+            # Sent as it is (JSON carries NaN and infinities): the client's check is the in-process one, and
+            # float() here would turn True or "1" into 1.0.
+            if isinstance(score, bool) or not isinstance(score, int | float):
+                raise TypeError(f"the verifier returned a {type(score).__name__}, not a number")
             _reply(out, {"score": score})
         except Exception as err:  # noqa: BLE001 - MemoryError, RecursionError, a verifier's own bug: all score 0
             _reply(out, {"error": f"{type(err).__name__}: {err}"[:300]})
