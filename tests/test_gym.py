@@ -223,6 +223,26 @@ def test_a_bad_score_is_an_error_not_a_reward():
         ["wrong_value"] * 2
 
 
+def test_the_worker_sends_a_score_as_it_is_and_the_client_judges_it():
+    """The worker no longer turns a score into a float (True became 1.0): the in-process rule decides both paths."""
+    from tinyzero.envs.gym_worker import score_of
+
+    class Returns:
+        def __init__(self, value):
+            self.value = value
+
+        def score_answer(self, answer, entry):
+            return self.value
+
+    for value in (True, "1", None, [1.0]):
+        with pytest.raises(TypeError, match="not a number"):
+            score_of(Returns(value), "x", {})
+    for value in (float("nan"), float("inf"), 7.0, -1):
+        sent = json.loads(json.dumps({"score": score_of(Returns(value), "x", {})}))["score"]
+        assert gym_env._verdict(sent).reason == "verifier_error", value
+    assert gym_env._verdict(json.loads(json.dumps({"score": score_of(Returns(1), "x", {})}))["score"]).correct
+
+
 # ------------------------------------------------------------------------------------------------ farmable verifiers
 # Answers a policy could find and repeat whatever the question (issue 18). Each is fed to every task that loads; none
 # may score `correct` unless it is that problem's oracle answer. "1e999" overflows float() to inf.
