@@ -190,6 +190,8 @@ def test_last_integer_answers_read_the_number_a_reply_ends_with():
     assert env.answer(f"so {answer} - 12", problem) is None  # a right operand, not an answer
     assert env.reward(env.task_text(problem), problem).score == 0.0  # the question ends in "a - b =" or "a + b ="
     assert env.reward("no number here", problem).reason == "no_answer"
+    for glued in (f"10^{answer}", f"= 0.{answer}", f"1_{answer}", f"4.7e{answer}", f"0x{answer}"):  # issue 18
+        assert env.answer(glued, problem) is None and not env.reward(glued, problem).correct, glued
     wrong = env.reward(f"= {int(answer) + 1}", problem)
     assert not wrong.correct
 
