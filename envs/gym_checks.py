@@ -108,17 +108,25 @@ def number_value(text: str) -> Fraction | None:
     return Fraction(int(whole + part), 10 ** len(part)) * Fraction(10) ** exponent
 
 
+def _probability(problem: Mapping) -> Fraction:
+    """The exact probability: metadata's ``rational`` (the answer text is rounded to 10 significant digits)."""
+    rational = _metadata(problem).get("rational")
+    try:
+        if isinstance(rational, Mapping):
+            return Fraction(int(rational["numerator"]), int(rational["denominator"]))
+        exact = number_value(str(problem.get("answer")))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        exact = None
+    if exact is None:
+        raise ValueError("a gym:coin_flip problem needs its probability as metadata.rational or as its answer")
+    return exact
+
+
 def coin_flip(answer: str, problem: Mapping) -> RewardResult | None:
     given = number_value(answer)
     if given is None:
         return malformed("not_number")
-    rational = _metadata(problem).get("rational")
-    if isinstance(rational, Mapping):
-        exact = Fraction(int(rational["numerator"]), int(rational["denominator"]))
-    else:
-        exact = number_value(str(problem.get("answer")))
-        if exact is None:
-            raise ValueError("a gym:coin_flip problem needs its probability in metadata or answer")
+    exact = _probability(problem)
     tolerance = min(COIN_FLIP_ABS_TOL, COIN_FLIP_REL_TOL * abs(exact))
     return None if abs(given - exact) <= tolerance else wrong()
 

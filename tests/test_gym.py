@@ -331,6 +331,10 @@ def test_coin_flip_credits_the_probability_not_a_prefix_of_it():
     assert gym_checks.coin_flip("0", tiny).reason == "wrong_value"
     assert gym_checks.coin_flip("0.00003", tiny).reason == "wrong_value"  # 1.7% off
     assert gym_checks.coin_flip("0.0000305", tiny) is None and gym_checks.coin_flip("1/32768", tiny) is None
+    for broken in ({"answer": "?", "metadata": "{}"}, {"metadata": json.dumps({"rational": {"numerator": 1}})},
+                   {"metadata": json.dumps({"rational": {"numerator": 1, "denominator": 0}})}):
+        with pytest.raises(ValueError, match="metadata.rational"):  # the reward command's "malformed problem"
+            gym_checks.coin_flip("0.5", broken)
 
 
 def test_puzzle24_needs_exactly_the_puzzles_numbers_and_exactly_24():
@@ -355,6 +359,8 @@ def test_puzzle24_needs_exactly_the_puzzles_numbers_and_exactly_24():
     half = {**problem, "metadata": json.dumps({**json.loads(problem["metadata"]), "numbers": [7, 7, 2, 1]})}
     result = env.reward(tag("7 * 7 / 2 * 1"), half)
     assert (result.correct, result.reason) == (False, "wrong_value")
+    with pytest.raises(ValueError, match="'numbers' in metadata"):
+        gym_checks.puzzle24("1 + 2", {"metadata": "{}"})
 
 
 def test_game_of_life_halting_needs_the_right_boolean():
