@@ -9,7 +9,9 @@ is marked ``exact: false`` and the entry is rebuilt from the seed before scoring
 The prompt is the task's own question followed by our ``<answer>`` instruction; the reward reads the last
 complete ``<answer>`` pair with our own parser, caps its length, and hands the stripped text to the task's
 verifier — in this process when ``gym_safety`` lists it as safe, else in the resource-limited worker
-(``gym_worker``). The verifier's score (0..1, partial credit included) is the reward; ``correct`` means 1.0.
+(``gym_worker``) — unless the kit's own checks (``gym_checks``: non-finite numbers, and the tasks whose verifiers
+hand out farmable reward) refuse it first. The verifier's score (partial credit included) is the reward; one that
+is not a finite number in [0, 1] is ``verifier_error``; ``correct`` means 1.0.
 Options: the generator's own config fields, plus ``answer_format``, ``timeout_s``, ``max_answer_chars`` and
 ``memory_mb``. Simplification: drawing a problem builds the generator for its seed, so tasks that load word lists or
 data files in their constructor (word_ladder, group_anagrams, arc_agi, ...) take tens of milliseconds a problem.
@@ -21,12 +23,12 @@ import dataclasses
 import difflib
 import functools
 import json
-import math
 import random
 import typing
 from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar
 
+from tinyzero.envs import gym_checks
 from tinyzero.envs.gym_safety import PARSES_MATH, math_answer_ok, placement  # noqa: F401 - placement: re-exported
 from tinyzero.errors import TinyZeroError
 from tinyzero.fields import coerce
@@ -247,6 +249,9 @@ class GymTask:
             return malformed("empty")
         if len(answer) > self.options.max_answer_chars:
             return malformed("too_long")
+        refused = gym_checks.check(self.options.task, answer, problem)  # farmable verifiers (docs/gym.md)
+        if refused is not None:
+            return refused
         if self.options.task in PARSES_MATH and not math_answer_ok(answer):
             return malformed("not_math")
         try:
@@ -293,11 +298,17 @@ def _verifier_for(options: GymOptions):
 
 
 def _verdict(score: Any) -> RewardResult:
-    """A verifier's score as our verdict: clipped to [0, 1]; anything that is not a finite number is an error."""
-    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+    """A verifier's score as our verdict. Anything but a finite number in [0, 1] (NaN, an infinity, 1.5, -0.1, a
+    bool, text) is an error, never a reward: a verifier that strays out of its range is not to be trusted."""
+    if isinstance(score, bool) or not isinstance(score, int | float):
         return malformed("verifier_error")
-    score = min(max(float(score), 0.0), 1.0)
-    if score >= 1.0:
+    try:
+        score = float(score)
+    except OverflowError:  # an int past float's range
+        return malformed("verifier_error")
+    if not 0.0 <= score <= 1.0:  # NaN fails both comparisons
+        return malformed("verifier_error")
+    if score == 1.0:
         return RewardResult(1.0, True, "correct", {"format": 1.0, "answer": 1.0})
     return RewardResult(score, False, "partial" if score > 0 else "wrong_value", {"format": 1.0, "answer": score})
 

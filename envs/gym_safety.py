@@ -53,7 +53,8 @@ READ_SAFE_WHY = {
     "family_relationships": "lower-cased exact match",
     "figlet_font": "lower-cased match, else per-character comparison",
     "futoshiki": "per-line strip, int() of single digit characters, grid comparison",
-    "game_of_life_halting": "bool(answer) == bool(oracle): any non-empty answer to a True oracle scores 1 (see below)",
+    "game_of_life_halting": "bool(answer) == bool(oracle), and bool('False') is True: any non-empty answer scores 1 "
+                            "(gym_checks checks the boolean first)",
     "kakurasu": "int() of single 0/1 characters, row and column sums over the metadata's grid size",
     "knights_knaves": "lower/replace/split into words, set comparison",
     "letter_jumble": "lower-cased match, else word-by-word comparison",

@@ -212,6 +212,15 @@ def _reply(out, obj: dict) -> None:
     out.flush()
 
 
+def score_of(dataset, answer: str, entry: dict) -> int | float:
+    """The verifier's score as it is, for the client to judge as it judges an in-process one (JSON carries NaN and
+    the infinities); only a score that is no number at all is an error here. float() would turn True into 1.0."""
+    score = dataset.score_answer(answer, entry)
+    if isinstance(score, bool) or not isinstance(score, int | float):
+        raise TypeError(f"the verifier returned a {type(score).__name__}, not a number")
+    return score
+
+
 def main() -> int:
     out = sys.stdout
     sys.stdout = sys.stderr  # a verifier that prints must not corrupt the protocol
@@ -231,8 +240,7 @@ def main() -> int:
             request = json.loads(line)
             _arm_cpu(setup["cpu_s"])
             entry = entry_of(request["problem"], setup["task"], setup["generator"])
-            score = float(dataset.score_answer(request["answer"], entry))
-            _reply(out, {"score": score})
+            _reply(out, {"score": score_of(dataset, request["answer"], entry)})
         except Exception as err:  # noqa: BLE001 - MemoryError, RecursionError, a verifier's own bug: all score 0
             _reply(out, {"error": f"{type(err).__name__}: {err}"[:300]})
     return 0

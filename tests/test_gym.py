@@ -5,6 +5,7 @@ Skipped as a whole where the optional extra is not installed (`pip install -e '.
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 import sys
@@ -18,7 +19,7 @@ from reasoning_gym.dataset import ProceduralDataset  # noqa: E402
 from reasoning_gym.factory import DATASETS  # noqa: E402
 
 from tinyzero.data import make_splits, to_columns  # noqa: E402
-from tinyzero.envs import env_class, make_env, render_prompt  # noqa: E402
+from tinyzero.envs import env_class, gym_checks, make_env, render_prompt  # noqa: E402
 from tinyzero.envs import gym as gym_env  # noqa: E402
 from tinyzero.envs.gym_safety import (  # noqa: E402
     DEFAULT_VERIFIER,
@@ -189,6 +190,8 @@ def test_last_integer_answers_read_the_number_a_reply_ends_with():
     assert env.answer(f"so {answer} - 12", problem) is None  # a right operand, not an answer
     assert env.reward(env.task_text(problem), problem).score == 0.0  # the question ends in "a - b =" or "a + b ="
     assert env.reward("no number here", problem).reason == "no_answer"
+    for glued in (f"10^{answer}", f"= 0.{answer}", f"1_{answer}", f"4.7e{answer}", f"0x{answer}"):  # issue 18
+        assert env.answer(glued, problem) is None and not env.reward(glued, problem).correct, glued
     wrong = env.reward(f"= {int(answer) + 1}", problem)
     assert not wrong.correct
 
@@ -214,9 +217,166 @@ def test_a_verifier_that_raises_scores_zero_with_a_reason():
 
 
 def test_a_bad_score_is_an_error_not_a_reward():
-    for value in (float("nan"), float("inf"), "1", None, True):
-        assert gym_env._verdict(value).reason == "verifier_error"
-    assert gym_env._verdict(7.0).score == 1.0 and gym_env._verdict(-1).score == 0.0
+    """Anything but a finite number in [0, 1] is verifier_error: no clipping of a verifier that strays."""
+    for value in (float("nan"), float("-inf"), float("inf"), 7.0, 1.0000001, -1, -0.1, 10**400, "1", None, True):
+        result = gym_env._verdict(value)
+        assert (result.score, result.correct, result.reason) == (0.0, False, "verifier_error"), value
+    assert [gym_env._verdict(v).reason for v in (1, 1.0, 0.5, 0, 0.0)] == ["correct"] * 2 + ["partial"] + \
+        ["wrong_value"] * 2
+
+
+def test_the_worker_sends_a_score_as_it_is_and_the_client_judges_it():
+    """The worker no longer turns a score into a float (True became 1.0): the in-process rule decides both paths."""
+    from tinyzero.envs.gym_worker import score_of
+
+    class Returns:
+        def __init__(self, value):
+            self.value = value
+
+        def score_answer(self, answer, entry):
+            return self.value
+
+    for value in (True, "1", None, [1.0]):
+        with pytest.raises(TypeError, match="not a number"):
+            score_of(Returns(value), "x", {})
+    for value in (float("nan"), float("inf"), 7.0, -1):
+        sent = json.loads(json.dumps({"score": score_of(Returns(value), "x", {})}))["score"]
+        assert gym_env._verdict(sent).reason == "verifier_error", value
+    assert gym_env._verdict(json.loads(json.dumps({"score": score_of(Returns(1), "x", {})}))["score"]).correct
+
+
+# ------------------------------------------------------------------------------------------------ farmable verifiers
+# Answers a policy could find and repeat whatever the question (issue 18). Each is fed to every task that loads; none
+# may score `correct` unless it is that problem's oracle answer. "1e999" overflows float() to inf.
+SPECIAL_ANSWERS = ("nan", "NaN", "-nan", "nanj", "nan+nani", "sNaN", "inf", "-inf", "Infinity", "1e999", "-1e999",
+                   "0", "", "True", "False")
+
+# (task, answer) pairs that are right for the problem the test draws (seed 0), each with why.
+LEGITIMATE = {
+    ("decimal_arithmetic", "2.732"): "half of the oracle 2.7324375; the verifier's tolerance is 10**-max_num_decimal_places"
+                                     " (0.001 here), so three decimals are a right answer",
+    ("polynomial_equations", "0"): "the oracle is 0.0, the equation's one root; the verifier compares values",
+}
+
+
+def oracle_prefixes(oracle: str | None) -> list[str]:
+    """Strict prefixes of the oracle answer: its first character and its first half (coin_flip gave 1.0 to both)."""
+    oracle = (oracle or "").strip()
+    return sorted({p for p in (oracle[:1], oracle[: len(oracle) // 2]) if p and p != oracle})
+
+
+@pytest.fixture
+def scored_here(monkeypatch):
+    """Score every task in this process, with the worker's stand-in for eval: starting 44 workers would take about a
+    minute, and these answers are plain text (the worker's limits are tested above)."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("reasoning_gym") and module is not None:
+            monkeypatch.setitem(module.__dict__, "eval", literal_value)
+
+    def make(task):
+        env = make_env(f"gym:{task}")
+        env.placement = "in-process"
+        return env
+
+    return make
+
+
+def test_no_task_credits_special_answers_and_every_oracle_is_still_correct(scored_here):
+    credited, oracle_wrong, tasks = [], [], 0
+    for task in sorted(set(DATASETS) - NEEDS_OPTIONS):
+        env = scored_here(task)
+        problem = env.sample(random.Random(0))
+        oracle = problem["answer"]
+        if oracle is not None and not env.reward(tag(oracle), problem).correct:
+            oracle_wrong.append(task)  # the kit's own checks must not refuse a right answer
+        for answer in dict.fromkeys((*SPECIAL_ANSWERS, *oracle_prefixes(oracle))):
+            if oracle is not None and answer == oracle.strip() or (task, answer) in LEGITIMATE:
+                continue
+            if env.reward(tag(answer), problem).correct:
+                credited.append((task, answer))
+        tasks += 1
+    assert tasks == len(DATASETS) - len(NEEDS_OPTIONS) >= 100
+    assert not credited, f"special answers scored correct: {credited}"
+    assert not oracle_wrong, f"oracle answers not correct: {oracle_wrong}"
+    for task, answer in LEGITIMATE:  # an exception that no longer applies is dropped, not kept as a blind spot
+        env = scored_here(task)
+        assert env.reward(tag(answer), env.sample(random.Random(0))).correct, (task, answer)
+
+
+def test_complex_arithmetic_never_credits_nan():
+    """Its verifier scores min(1.0, exp(-distance)): a NaN distance gives 1.0, a finite score."""
+    env = make_env("gym:complex_arithmetic", FAST)
+    assert env.placement == "worker"
+    problem = env.sample(random.Random(0))
+    for answer in ("nan", "NaN", "-nan", "nanj", "nan+nani", "(nan)", "NAN + 2i", "inf", "infinityj"):
+        result = env.reward(tag(answer), problem)
+        assert (result.score, result.correct, result.reason) == (0.0, False, "not_finite"), answer
+    assert env.reward(tag(problem["answer"]), problem).correct
+    assert not gym_checks.spells_non_finite("banana info, 3 + 2i")  # whole runs of letters only
+
+
+def test_coin_flip_credits_the_probability_not_a_prefix_of_it():
+    env = make_env("gym:coin_flip", FAST)
+    problem = env.sample(random.Random(0))
+    assert problem["answer"] == "0.234375"  # 15/64
+    for answer in ("0", "0.0", "0.2", "0.23", "0.234", "0.3", "1"):
+        result = env.reward(tag(answer), problem)
+        assert (result.score, result.correct, result.reason) == (0.0, False, "wrong_value"), answer
+    for answer in ("0.234375", "15/64", ".234375", "0.2344", "2.34375e-1"):
+        assert env.reward(tag(answer), problem).correct, answer
+    for answer in ("a quarter", "-0.234375", "15/0", "15 / 64", "0.2.3", "1e999", "23.4375%"):
+        assert env.reward(tag(answer), problem).reason == "not_number", answer
+    # A probability under 1e-4: the verifier's absolute tolerance alone would take 0.
+    tiny = {"answer": "3.051757812e-05", "metadata": json.dumps({"rational": {"numerator": 1, "denominator": 32768}})}
+    assert gym_checks.coin_flip("0", tiny).reason == "wrong_value"
+    assert gym_checks.coin_flip("0.00003", tiny).reason == "wrong_value"  # 1.7% off
+    assert gym_checks.coin_flip("0.0000305", tiny) is None and gym_checks.coin_flip("1/32768", tiny) is None
+    for broken in ({"answer": "?", "metadata": "{}"}, {"metadata": json.dumps({"rational": {"numerator": 1}})},
+                   {"metadata": json.dumps({"rational": {"numerator": 1, "denominator": 0}})}):
+        with pytest.raises(ValueError, match="metadata.rational"):  # the reward command's "malformed problem"
+            gym_checks.coin_flip("0.5", broken)
+
+
+def test_puzzle24_needs_exactly_the_puzzles_numbers_and_exactly_24():
+    env = make_env("gym:puzzle24", FAST)
+    problem = env.sample(random.Random(0))
+    assert sorted(json.loads(problem["metadata"])["numbers"]) == [3, 3, 3, 8]
+    assert env.reward(tag(problem["answer"]), problem).correct
+    assert env.reward(tag("8 * (3 + 3 - 3)"), problem).correct  # any right equation, not only the oracle's
+    for answer, reason in [
+        ("6*4*1*1", "wrong_numbers"),  # was always correct: the verifier only counted four numbers in range
+        ("3*8*3/3*1", "wrong_numbers"),
+        ("3*8", "wrong_numbers"),
+        ("(x+x+x+x+x+x+x+x+x+x+x+x+x+x+x+x+x+x+x+x+x+x+x+x)/x + (3+8+3+3)*(y-y)", "bad_character"),  # sympy cancels x
+        ("3*8*(3/3)=24", "bad_character"),
+        ("3 * 8 + 3 + 3", "wrong_value"),
+        ("3 - 8 * 3 + 3", "wrong_value"),
+        ("-3 + 8 * 3 + 3", "syntax"),
+    ]:
+        result = env.reward(tag(answer), problem)
+        assert (result.score, result.correct, result.reason) == (0.0, False, reason), answer
+    # The verifier truncates the value with int(): 7 * 7 / 2 * 1 = 24.5 counted as 24.
+    half = {**problem, "metadata": json.dumps({**json.loads(problem["metadata"]), "numbers": [7, 7, 2, 1]})}
+    result = env.reward(tag("7 * 7 / 2 * 1"), half)
+    assert (result.correct, result.reason) == (False, "wrong_value")
+    with pytest.raises(ValueError, match="'numbers' in metadata"):
+        gym_checks.puzzle24("1 + 2", {"metadata": "{}"})
+
+
+def test_game_of_life_halting_needs_the_right_boolean():
+    env = make_env("gym:game_of_life_halting")
+    problems = {}
+    rng = random.Random(0)
+    while len(problems) < 2:
+        problem = env.sample(rng)
+        problems.setdefault(problem["answer"], problem)
+    for truth, problem in problems.items():
+        other = "False" if truth == "True" else "True"
+        assert env.reward(tag(truth), problem).correct and env.reward(tag(truth.upper()), problem).correct
+        result = env.reward(tag(other), problem)
+        assert (result.score, result.correct, result.reason) == (0.0, False, "wrong_value"), truth
+        for answer in ("yes", "x", "0", "1", "[]", "Fals", "True or False"):
+            assert env.reward(tag(answer), problem).reason == "not_boolean", (truth, answer)
 
 
 HOSTILE = {
@@ -301,8 +461,6 @@ def test_the_env_travels_to_a_spawned_reward_pool():
 def test_the_gym_cpu_recipe_trains_a_few_steps(tiny_model_dir, tmp_path):
     """recipes/gym-demo-cpu.yaml as shipped, with the tiny model and small batches: it loads, scores through the
     verifier worker (chain_sum's verifier is not in-process) and trains."""
-    import json
-
     from tinyzero.config import load_config
     from tinyzero.trainer import train
 
@@ -349,8 +507,6 @@ def test_data_writes_the_same_columns_as_our_tasks(tmp_path):
 def test_reward_command_and_unknown_task_error():
     env = make_env("gym:leg_counting")
     problem = env.sample(random.Random(10))
-    import json
-
     lines = [{"completion": tag(problem["answer"]), "problem": problem}, {"completion": "none", "problem": problem}]
     result = cli("reward", "gym:leg_counting", stdin="".join(json.dumps(x) + "\n" for x in lines))
     assert result.returncode == 0, result.stderr

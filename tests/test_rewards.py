@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from tinyzero.envs import render_prompt
 from tinyzero.envs.arithmetic import ANSWER_FORMATS, Arithmetic, ArithmeticOptions
 from tinyzero.envs.countdown import Countdown, CountdownOptions
-from tinyzero.rewards import arithmetic_reward, countdown_reward, extract_answer, last_integer_reward
+from tinyzero.rewards import (
+    arithmetic_reward,
+    countdown_reward,
+    extract_answer,
+    last_integer_answer,
+    last_integer_reward,
+)
 
 P = {"numbers": [3, 5, 7], "target": 22}  # 3 * 5 + 7
 
@@ -157,10 +163,40 @@ def test_arithmetic_table(completion, problem, score, correct):
         ("", 47, False),
         ("\u0664\u0667", 47, False),
         ("9" * 10000, 47, False),
+        # Digits glued to other notation are not an integer (issue 18: each was read as the number shown).
+        ("10^2", 2, False),
+        ("= 0.90", 90, False),
+        ("1_000", 0, False),
+        ("4.7e1", 1, False),
+        ("0x0", 0, False),
+        ("0xFF", 0, False),
+        ("1e-5", -5, False),
+        ("10^-2", -2, False),
+        ("10 ^ 2", 2, False),  # '^' with spaces: an operator, so 2 is an operand
+        # ... while a full stop after an integer is punctuation.
+        ("= 42", 42, True),
+        ("42.", 42, True),
+        ("The answer is 42.", 42, True),
+        ("The answer is 42.\n\n", 42, True),
+        ("pi is 3.14, so the answer is 3.", 3, True),
+        ("10x", 10, True),  # "ten times": x after a 10, not a hex prefix
     ],
 )
 def test_last_integer(completion, answer, correct):
     assert last_integer_reward(completion, {"answer": answer}).correct is correct
+
+
+@pytest.mark.parametrize("completion", ["10^2", "= 0.90", "-0.5", ".5", "1_000", "x_1", "4.7e1", "4.7E+1", "1e-5",
+                                        "0x0", "0X1F", "0xFF", "v1.2.3"])
+def test_digits_glued_to_other_notation_are_not_integer(completion):
+    result = last_integer_reward(completion, {"answer": 0})
+    assert (result.score, result.correct, result.reason) == (0.0, False, "not_integer")
+    assert last_integer_answer(completion) is None  # the parser eval's majority vote counts
+
+
+def test_last_integer_reasons():
+    assert [last_integer_reward(t, {"answer": 1}).reason for t in ("no digits", "20 - 10", "10^2", "= 1.")] == \
+        ["no_integer", "operand", "not_integer", "correct"]
 
 
 def test_extract_answer_spans_lines():
@@ -198,6 +234,7 @@ def best_ms(fn, *args, runs: int = 5) -> float:
         "1 - " * 250_000 + "1",  # last_integer: a megabyte of operators to look back over
         "(" * 1_000_000 + "5",
         "- " * 500_000 + "5",
+        "0." * 500_000 + "5",  # last_integer: glued notation is judged from the characters next to the digits
     ],
     ids=lambda text: f"{len(text)}-chars-{text[:12]!r}",
 )
@@ -234,6 +271,25 @@ def test_random_strings_never_raise(text):
         assert time.perf_counter() - start < 0.5
         assert result.score in (0.0, 0.1, 1.0)
         assert result.correct == (result.score == 1.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(0, 10**15), a=st.integers(0, 10**6),
+       lead=st.sampled_from(["", "The answer is ", "12 + 30 = ", "so x = ", "Result:\n", "(", "is -"]))
+def test_an_integer_is_read_only_where_it_stands_alone(n, a, lead):
+    """Ordinary endings ("= 42", "42.", "The answer is 42.") still answer n; n glued to a decimal point, power,
+    separator, exponent or hex prefix does not, whatever n the problem wants."""
+    sign = "-" if lead == "is -" and n else ""
+    for ending in ("", ".", ".\n", "!", " ", ")", ".)"):
+        text = f"{lead}{n}{ending}"
+        result = last_integer_reward(text, {"answer": int(f"{sign}{n}")})
+        assert (result.correct, result.reason) == (True, "correct"), text
+    for shape in (f"{a}.{n}", f".{n}", f"{a}^{n}", f"{a}^-{n}", f"{a}_{n}", f"{a}e{n}", f"{a}e-{n}", f"{a}E+{n}", f"0x{n}",
+                  f"0X{n}", f"{a}.{n}."):
+        text = lead + shape
+        for answer in (n, -n):
+            result = last_integer_reward(text, {"answer": answer})
+            assert (result.score, result.correct, result.reason) == (0.0, False, "not_integer"), text
 
 
 # ------------------------------------------------------------------------------ echoing the question
