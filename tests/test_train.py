@@ -48,7 +48,8 @@ def check_run_folder(run_dir: Path, steps: int = STEPS) -> None:
     assert (run_dir / "config.yaml").is_file()
     metrics = read_metrics(run_dir)
     assert [m["step"] for m in metrics] == list(range(1, steps + 1))
-    for key in ("reward/mean", "reward/accuracy", "rollout/response_length_mean", "rollout/clipped_frac",
+    for key in ("reward/mean", "reward/accuracy", "rollout/response_length_mean", "rollout/zero_variance_frac",
+                "rollout/clipped_frac",
                 "train/grad_norm", "train/entropy", "train/clip_frac", "time/rollout", "time/learner",
                 "time/sync", "rollout/tokens_per_s"):
         assert key in metrics[0], key
@@ -218,11 +219,18 @@ def check_resume(straight: Path, resumed: Path, steps: int, initial: Path, *, cr
     assert max(float((end[k] - start[k]).abs().max()) for k in start) > 1e-3
 
 
+# Dynamic sampling on a task a tiny model gets right about half the time, 2 samples a prompt: about half the groups
+# have one verdict, so steps run extra rounds and the cursor runs ahead of prompts x steps (checked below).
+FILTERED = ("env.name=toy_tasks:FirstByte", "rollout.samples_per_prompt=2", "rollout.filter_groups=correct",
+            "rollout.max_generation_rounds=3")
+
+
 @pytest.mark.parametrize("algo", [
     ("algo.kl_coef=0.01",),
     # PPO: the critic, both optimizers and the mini-batch shuffling generator must come back.
     ("algo.name=ppo", "algo.kl_coef=0.05", "algo.kl_applied_as=reward", "algo.mini_batches=2"),
-], ids=["grpo", "ppo"])
+    ("algo.kl_coef=0.01", *FILTERED),
+], ids=["grpo", "ppo", "grpo-filter"])
 def test_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path, algo):
     extra = ("rollout.backend=hf", "checkpoint.every=1", "checkpoint.keep_last=4", "run.steps=4", *LEARNABLE, *algo)
     train(None, overrides(tiny_model_dir, tmp_path, "straight", *extra))
@@ -230,6 +238,28 @@ def test_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path, algo):
     train(None, overrides(tiny_model_dir, tmp_path, "interrupted", *extra, "run.steps=2"))
     train(None, ["run.steps=4"], resume_dir=str(tmp_path / "interrupted"))
     check_resume(tmp_path / "straight", tmp_path / "interrupted", 4, tiny_model_dir, critic="algo.name=ppo" in algo)
+    if FILTERED[-1] in algo:
+        check_filtered_run(tmp_path / "straight", prompts=4)
+
+
+def check_filtered_run(run_dir: Path, prompts: int) -> None:
+    """The filter ran extra rounds, every drawn prompt moved the cursor, and only mixed groups were trained on."""
+    metrics = read_metrics(run_dir)
+    assert max(m["rollout/generation_rounds"] for m in metrics) > 1
+    drawn = [m["rollout/groups_generated"] for m in metrics]
+    assert [m["data/cursor"] for m in metrics] == [sum(drawn[: i + 1]) for i in range(len(drawn))]
+    assert metrics[-1]["data/cursor"] > prompts * len(metrics)
+    rows = read_rollouts(run_dir)
+    for step in {r["step"] for r in rows}:
+        groups: dict = {}
+        for r in (r for r in rows if r["step"] == step):
+            groups.setdefault(r["prompt"], []).append(r)
+        kept = [g for g in groups.values() if g[0]["kept"]]
+        assert all(len({r["correct"] for r in g}) == 2 for g in kept)  # kept: the verdicts differ
+        assert all(len({r["correct"] for r in g}) == 1 for g in groups.values() if not g[0]["kept"])
+        m = metrics[step - 1]
+        assert len(kept) == m["rollout/groups_kept"] <= prompts
+        assert m["rollout/zero_variance_frac"] == pytest.approx(1 - len(kept) / len(groups))
 
 
 def test_incomplete_checkpoint_is_ignored(tiny_model_dir, tmp_path):

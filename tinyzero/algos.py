@@ -67,6 +67,7 @@ __all__ = [
     "masked_mean",
     "masked_sum",
     "masked_whiten",
+    "mixed_groups",
 ]
 
 
@@ -82,29 +83,32 @@ class Registered:
     options: tuple[str, ...]  # the ``algo.*`` settings passed to ``fn`` as keyword arguments
     critic: bool  # it reads a value model's ``values`` (advantage estimators only)
     summary: str  # the first line of ``fn``'s docstring
+    grouped: bool = False  # its advantages compare the G samples of a prompt (dynamic sampling applies)
 
 
 ADVANTAGE_ESTIMATORS: dict[str, Registered] = {}
 POLICY_LOSSES: dict[str, Registered] = {}
 
 
-def _register(table: dict[str, Registered], kind: str, name: str, options, critic: bool):
+def _register(table: dict[str, Registered], kind: str, name: str, options, critic: bool, grouped: bool = False):
     def decorate(fn: Callable) -> Callable:
         if name in table:
             raise ValueError(f"{kind} {name!r} is registered twice; pick another name")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        table[name] = Registered(name, fn, tuple(options), critic, summary)
+        table[name] = Registered(name, fn, tuple(options), critic, summary, grouped)
         return fn
 
     return decorate
 
 
-def register_advantage(name: str, *, options: tuple[str, ...] = (), critic: bool = False):
+def register_advantage(name: str, *, options: tuple[str, ...] = (), critic: bool = False, grouped: bool = False):
     """Register ``fn(inputs: AdvantageInputs, **options) -> AdvantageOutput`` as ``algo.name=name``.
 
     ``options`` names the ``algo.*`` settings it takes as keyword arguments; ``critic=True`` makes the learner
-    train a value model and fill ``inputs.values``."""
-    return _register(ADVANTAGE_ESTIMATORS, "advantage estimator", name, options, critic)
+    train a value model and fill ``inputs.values``; ``grouped=True`` says its advantages compare the G samples of
+    each prompt, so a group whose samples all got the same verdict teaches nothing and ``rollout.filter_groups``
+    (dynamic sampling) may replace it."""
+    return _register(ADVANTAGE_ESTIMATORS, "advantage estimator", name, options, critic, grouped)
 
 
 def register_policy_loss(name: str, *, options: tuple[str, ...] = ()):
@@ -280,6 +284,22 @@ def kl_penalised_rewards(scores: Tensor, kl: Tensor, response_mask: Tensor, kl_c
     return rewards.scatter_add(1, last.unsqueeze(1), bonus.unsqueeze(1))  # [B, T]
 
 
+# ---------------------------------------------------------------------------------------- groups
+
+
+def mixed_groups(signal: Tensor, group_size: int) -> Tensor:
+    """Which groups hold samples with different values of ``signal``: [B*G] -> [B] bool.
+
+    ``signal`` is the verdict (``correct``) or the score, group-contiguous. A group whose G values are all equal
+    gets zero advantage from a group estimator (GRPO, RLOO) and so teaches nothing; DAPO's dynamic sampling (Yu et
+    al. 2025, arXiv:2503.14476, section 3.3) drops such groups and samples more. Values are compared exactly.
+    """
+    if group_size < 1 or signal.numel() % group_size:
+        raise ValueError(f"mixed_groups: {signal.numel()} values cannot be split into groups of {group_size}.")
+    groups = signal.reshape(-1, group_size)  # [B, G]
+    return (groups != groups[:, :1]).any(dim=1)  # [B]
+
+
 # ----------------------------------------------------------------------------------- aggregation
 
 
@@ -404,14 +424,14 @@ def _penalised_scores(inputs: AdvantageInputs) -> Tensor:
     return inputs.scores - inputs.kl_coef * masked_sum(inputs.kl, inputs.response_mask, dim=1)  # [B]
 
 
-@register_advantage("grpo", options=("normalize_std",))
+@register_advantage("grpo", options=("normalize_std",), grouped=True)
 def grpo(inputs: AdvantageInputs, *, normalize_std: bool) -> AdvantageOutput:
     """GRPO: each completion's score against its group's mean (and std; without it, Dr. GRPO), on every token."""
     seq = grpo_advantages(_penalised_scores(inputs), inputs.group_size, normalize_std)  # [B]
     return AdvantageOutput(broadcast_sequence_advantages(seq, inputs.response_mask))
 
 
-@register_advantage("rloo")
+@register_advantage("rloo", grouped=True)
 def rloo(inputs: AdvantageInputs) -> AdvantageOutput:
     """RLOO: each completion's score minus the mean score of the other G - 1 samples of its prompt.
 

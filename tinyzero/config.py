@@ -94,6 +94,8 @@ class RolloutConfig:
     kv_cache_gib: vLLM CPU KV-cache size in GiB
     gpu_memory_utilization: fraction of a GPU vLLM may take
     tensor_parallel_size: GPUs per vLLM engine
+    filter_groups: dynamic sampling (DAPO): off, correct (keep only groups whose samples disagree on the verdict, and generate more prompts until prompts_per_step such groups are found) or score (the same on the shaped score); group estimators only (grpo, rloo)
+    max_generation_rounds: dynamic sampling: most rounds of generation per step; when they run out the step trains on the groups it kept
     """
 
     backend: Literal["vllm", "hf"] = "vllm"
@@ -105,6 +107,8 @@ class RolloutConfig:
     kv_cache_gib: int = 2
     gpu_memory_utilization: float = 0.4
     tensor_parallel_size: int = 1
+    filter_groups: Literal["off", "correct", "score"] = "off"
+    max_generation_rounds: int = at_least(1, 3)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from tinyzero.checkpoint import latest_checkpoint, read_state, save_checkpoint
 from tinyzero.config import Config, load_config, to_yaml
 from tinyzero.console import quiet_libraries
 from tinyzero.data import iter_train, sample_test
+from tinyzero.dynamic_sampling import Collected, check_filter, collect
 from tinyzero.engine.messages import RolloutBatch, ScoredBatch, TrainBatch, build_tokens
 from tinyzero.envs import make_env
 from tinyzero.errors import TinyZeroError
@@ -51,6 +52,7 @@ class Trainer:
         # The meter starts first: loading models is rented time too.
         self.meter = CostMeter(usd_per_gpu_hour(config), billed_units(config))
         check_budget(config)
+        check_filter(config)
         layout = check_gpus(config)  # before anything loads: a layout this machine cannot serve fails at once
         from tinyzero.engine.models import model_config
 
@@ -155,12 +157,13 @@ class Trainer:
             self.log.flush()
         return self.summary()
 
-    def _sample_problems(self) -> list[dict]:
-        problems = [next(self._stream) for _ in range(self.config.rollout.prompts_per_step)]
+    def _sample_problems(self, count: int | None = None) -> list[dict]:
+        problems = [next(self._stream) for _ in range(count or self.config.rollout.prompts_per_step)]
         self.cursor += len(problems)
         return problems
 
-    def rollout(self, problems: list[dict]) -> RolloutBatch:
+    def rollout(self, problems: list[dict], offset: int = 0) -> RolloutBatch:
+        """G completions for each problem; ``offset``: prompts this step generated before these (their seeds)."""
         settings = self.config.rollout
         encoded = [self.encode(problem) for problem in problems]
         # A step's samples depend on (seed, step) only, so a resumed run repeats them: the engines' global
@@ -169,7 +172,8 @@ class Trainer:
         groups = self.roles.rollout.generate(
             [ids for _, ids in encoded], n=settings.samples_per_prompt, max_new_tokens=settings.max_new_tokens,
             temperature=settings.temperature, top_p=settings.top_p,
-            seeds=request_seeds(self.config.run.seed, self.step, len(encoded), settings.samples_per_prompt))
+            seeds=request_seeds(self.config.run.seed, self.step, offset + len(encoded),
+                                settings.samples_per_prompt)[offset:])
         rows = [(text, ids, problem, completion)
                 for (text, ids), problem, group in zip(encoded, problems, groups, strict=True) for completion in group]
         return RolloutBatch(
@@ -219,15 +223,51 @@ class Trainer:
     def train_step(self) -> dict:
         config, timer = self.config, Timer()
         start = time.perf_counter()
-        problems = self._sample_problems()
+        collected = self._generate_groups(timer)
+        scored, batch = collected.scored, collected.scored.rollout  # every group generated, kept or not
         with timer("rollout"):
-            batch = self.rollout(problems)
             self.roles.rollout.sleep()  # colocated layouts: free vLLM's GPU memory for the update
-        with timer("reward"):
-            scored = self.score(batch)
         with timer("aha"):
             analyses = self.aha.analyse(batch.texts, batch.prompts, batch.problems)
             aha_metrics = self.aha.rollout_metrics(self.step + 1, analyses, scored.correct.tolist())
+        stats = self._update(collected.train_batch(), timer)
+        self.step += 1
+        seconds = time.perf_counter() - start
+        metrics = self._step_metrics(scored, stats, timer, seconds)
+        metrics.update(collected.metrics(config.rollout.filter_groups != "off"))
+        metrics.update(aha_metrics)
+        rows = self._rows(scored)
+        if config.rollout.filter_groups != "off":
+            for row, kept in zip(rows, collected.row_kept(), strict=True):
+                row["kept"] = kept
+        self.log.scalars(self.step, metrics)
+        self.log.rollouts(self.step, rows)
+        self.log.text("samples/train", self.step, rows[: config.log.samples])
+        self._log_transcripts(analyses, rows)
+        self.log.progress(self.step, metrics, seconds, usd_per_s=self.meter.usd_for(1.0))
+        return metrics
+
+    def _generate_groups(self, timer: Timer) -> Collected:
+        """Draw, generate and score this step's prompts: one round, or with ``rollout.filter_groups`` rounds until
+        enough groups teach (tinyzero/dynamic_sampling.py)."""
+        settings = self.config.rollout
+
+        def generate(problems: list[dict], offset: int) -> ScoredBatch:
+            with timer("rollout"):
+                batch = self.rollout(problems, offset)
+            with timer("reward"):
+                return self.score(batch)
+
+        return collect(self._sample_problems, generate, prompts=settings.prompts_per_step,
+                       mode=settings.filter_groups, max_rounds=settings.max_generation_rounds)
+
+    def _update(self, scored: ScoredBatch, timer: Timer) -> dict:
+        """Advantages, the learner's update and the weight push for the groups the step trains on (none: no update,
+        when dynamic sampling ran out of rounds before any group taught)."""
+        if not len(scored.scores):
+            return {}
+        config = self.config
+        batch = scored.rollout
         width = config.rollout.max_new_tokens if config.algo.loss_agg == "seq-mean-token-sum-norm" else None
         tokens = build_tokens(batch.prompt_ids, batch.response_ids, self._pad_id(), width)
         train_batch = self.advantages(scored, tokens, timer)
@@ -235,17 +275,7 @@ class Trainer:
             stats = self.roles.learner.update(train_batch)
         with timer("sync"):
             self.roles.sync_weights()
-        self.step += 1
-        seconds = time.perf_counter() - start
-        metrics = self._step_metrics(scored, stats, timer, seconds)
-        metrics.update(aha_metrics)
-        rows = self._rows(scored)
-        self.log.scalars(self.step, metrics)
-        self.log.rollouts(self.step, rows)
-        self.log.text("samples/train", self.step, rows[: config.log.samples])
-        self._log_transcripts(analyses, rows)
-        self.log.progress(self.step, metrics, seconds, usd_per_s=self.meter.usd_for(1.0))
-        return metrics
+        return stats
 
     def _log_transcripts(self, analyses: list, rows: list[dict], kind: str = "rollout") -> None:
         for tag, blocks in pick_transcripts(self.aha, self.config.aha, self.step, analyses, rows, kind, self.run_dir):

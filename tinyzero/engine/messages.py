@@ -136,3 +136,54 @@ def build_tokens(
     position_ids = (attention.cumsum(dim=1) - 1).clamp_min(0)  # [N, P+T]
     return TokenBatch(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
                       response_mask=response_mask, prompt_width=p_width)
+
+
+def take_rows(batch, rows: list[int]):
+    """A ``RolloutBatch`` or ``ScoredBatch`` restricted to ``rows``, in that order: every per-row field (lists,
+    tensors, dicts of tensors, a nested batch) is indexed; per-batch values (``group_size``) are kept."""
+    index = torch.tensor(rows, dtype=torch.long)
+    values = {}
+    for name, value in vars(batch).items():
+        if isinstance(value, list):
+            values[name] = [value[i] for i in rows]
+        elif isinstance(value, Tensor):
+            values[name] = value[index]
+        elif isinstance(value, dict):
+            values[name] = {key: part[index] for key, part in value.items()}
+        elif isinstance(value, RolloutBatch):
+            values[name] = take_rows(value, rows)
+        else:
+            values[name] = value
+    return type(batch)(**values)
+
+
+def join_rows(batches: list):
+    """Several ``RolloutBatch``es or ``ScoredBatch``es as one, rows in order. A component one batch lacks is 0 in
+    its rows (as ``score`` fills a component a reward did not report); per-batch values must agree."""
+    first = batches[0]
+    values = {}
+    for name, value in vars(first).items():
+        parts = [getattr(batch, name) for batch in batches]
+        if isinstance(value, list):
+            values[name] = [item for part in parts for item in part]
+        elif isinstance(value, Tensor):
+            values[name] = torch.cat(parts)
+        elif isinstance(value, dict):
+            keys = sorted({key for part in parts for key in part})
+            values[name] = {key: torch.cat([_column(part, key, batch) for part, batch in zip(parts, batches,
+                                                                                          strict=True)])
+                            for key in keys}
+        elif isinstance(value, RolloutBatch):
+            values[name] = join_rows(parts)
+        else:
+            if any(part != value for part in parts):
+                raise ValueError(f"cannot join batches whose {name} differ: {parts}")
+            values[name] = value
+    return type(first)(**values)
+
+
+def _column(part: dict[str, Tensor], key: str, batch) -> Tensor:
+    """``part[key]``, or zeros as long as ``batch`` when that batch has no such component."""
+    if key in part:
+        return part[key]
+    return torch.zeros(len(batch.scores), dtype=torch.float32)
