@@ -466,3 +466,52 @@ def test_registering_an_estimator_is_one_decorated_function(monkeypatch):
     assert load_config(None, ["algo.name=sign"]).algo.needs.critic is False  # the config accepts the new name
     with pytest.raises(ValueError, match="registered twice"):
         algos.register_advantage("sign")(sign)
+
+
+# ----------------------------------------------------------------------------------- rollout mismatch
+
+# Learner log-probs and the engine's for the same tokens. Ratios pi_learner / pi_rollout, by construction:
+# row 0: 4, 0.25, 1.5; row 1: 1/1.05 (about 0.952), 1, and a padding position the mask drops.
+LEARNER = [[-1.0, -2.0, -0.5], [-1.0, -3.0, 0.0]]
+ROLLOUT = [[-1.0 - math.log(4), -2.0 + math.log(4), -0.5 - math.log(1.5)], [-1.0 + math.log(1.05), -3.0, 7.0]]
+MISMATCH_MASK = [[1, 1, 1], [1, 1, 0]]
+
+
+def test_rollout_correction_weights_hand_case():
+    weights = lambda mode, cap=2.0: algos.rollout_correction_weights(  # noqa: E731
+        t64(LEARNER), t64(ROLLOUT), t64(MISMATCH_MASK), mode, cap)
+    # none: 1 on every response token.
+    close(weights("none"), [[1, 1, 1], [1, 1, 0]])
+    # tis, cap 2: min(ratio, 2) -> 4 is truncated to 2, the rest pass unchanged.
+    close(weights("tis"), [[2, 0.25, 1.5], [1 / 1.05, 1, 0]])
+    # mis, cap 2: 1 inside [0.5, 2], 0 outside -> 4 and 0.25 are dropped.
+    close(weights("mis"), [[0, 0, 1], [1, 1, 0]])
+    # cap 5: 4 is below the cap and 0.25 inside [0.2, 5]: tis weights are the ratios, mis keeps every token.
+    close(weights("tis", 5.0), [[4, 0.25, 1.5], [1 / 1.05, 1, 0]])
+    close(weights("mis", 5.0), [[1, 1, 1], [1, 1, 0]])
+    logprobs = t64(LEARNER).requires_grad_()
+    assert not algos.rollout_correction_weights(logprobs, t64(ROLLOUT), t64(MISMATCH_MASK), "tis", 2).requires_grad
+    with pytest.raises(ValueError, match="choose one of none, tis, mis"):
+        weights("is")
+    with pytest.raises(ValueError, match="at least 1"):
+        weights("tis", 0.5)
+
+
+def test_rollout_mismatch_hand_case():
+    # k3 = r - 1 - ln r per token: r=4 -> 3 - 1.386294 = 1.613706; r=0.25 -> -0.75 + 1.386294 = 0.636294;
+    # r=1.5 -> 0.5 - 0.405465 = 0.094535; r=1/1.05 -> -0.047619 + 0.048790 = 0.001171; r=1 -> 0.
+    # Mean over the 5 response tokens: 2.345706 / 5 = 0.469141.
+    stats = algos.rollout_mismatch(t64(LEARNER), t64(ROLLOUT), t64(MISMATCH_MASK), "tis", 2.0)
+    assert float(stats["kl"]) == pytest.approx(0.469141, abs=1e-6)
+    assert float(stats["ratio_max"]) == pytest.approx(4.0) and float(stats["ratio_min"]) == pytest.approx(0.25)
+    assert float(stats["out_of_band_frac"]) == pytest.approx(3 / 5)  # 4, 0.25, 1.5 are more than 0.1 from 1
+    assert float(stats["correction_frac"]) == pytest.approx(1 / 5)  # tis truncates only the 4
+    mis = algos.rollout_mismatch(t64(LEARNER), t64(ROLLOUT), t64(MISMATCH_MASK), "mis", 2.0)
+    assert float(mis["correction_frac"]) == pytest.approx(2 / 5)  # mis drops 4 and 0.25
+    assert "correction_frac" not in algos.rollout_mismatch(t64(LEARNER), t64(ROLLOUT), t64(MISMATCH_MASK))
+    # Two fp32 engines a few 1e-7 apart: k3 about 1e-13 must come out positive, not rounding noise.
+    base = torch.full((4,), -2.0)
+    tiny = algos.rollout_mismatch(base, base + 4e-7, torch.ones(4))
+    assert 0 < float(tiny["kl"]) < 1e-12 and float(tiny["out_of_band_frac"]) == 0.0
+    empty = algos.rollout_mismatch(t64(LEARNER), t64(ROLLOUT), torch.zeros(2, 3))
+    assert (float(empty["kl"]), float(empty["ratio_max"]), float(empty["out_of_band_frac"])) == (0.0, 1.0, 0.0)

@@ -274,3 +274,35 @@ def test_rope_reload_filter_is_installed_once_on_vllms_logger():
         logger.removeHandler(capture)
         logger.setLevel(level)
     assert capture.messages == ["VocabParallelEmbedding: Failed to load weights"]
+
+
+def _sampled_vs_scored(worker, prompts, **sampling) -> tuple[float, int]:
+    """The largest gap between the log-probs a generate call reported for its sampled tokens and the engine's own
+    scoring of the same tokens (``logprobs``: the raw model, what the learner computes); and the tokens compared."""
+    groups = worker.generate(prompts, n=2, max_new_tokens=MAX_NEW, **sampling)
+    rows = [(prompt, c) for prompt, group in zip(prompts, groups, strict=True) for c in group]
+    assert all(len(c.logprobs) == len(c.token_ids) for _, c in rows)
+    scored = worker.logprobs([p for p, _ in rows], [c.token_ids for _, c in rows])
+    return _gap([c.logprobs for _, c in rows], scored), sum(len(c.token_ids) for _, c in rows)
+
+
+@pytest.mark.slow
+def test_vllm_reports_the_raw_log_probs_of_its_sampled_tokens(vllm_worker, model_dir):
+    """vLLM's SamplingParams(logprobs=0) gives each sampled token's log-prob under the raw model: at temperature 0.7
+    and top-p 0.9 too (the processed distribution would differ by far more than the tolerance)."""
+    vllm_worker.update_weights(_pushable(AutoModelForCausalLM.from_pretrained(model_dir)))
+    prompts = _prompts(model_dir)
+    for sampling in ({"temperature": 1.0}, {"temperature": 0.7, "top_p": 0.9}):
+        gap, tokens = _sampled_vs_scored(vllm_worker, prompts, **sampling)
+        assert tokens > 20 and gap < LOGPROB_ATOL, (sampling, gap)
+
+
+def test_hf_engine_reports_the_raw_log_probs_of_its_sampled_tokens(tiny_model_dir):
+    worker = RolloutWorker(tiny_model_dir, backend="hf", seed=0)
+    prompts = _prompts(tiny_model_dir)
+    for sampling in ({"temperature": 1.0}, {"temperature": 0.7, "top_p": 0.9}):
+        gap, tokens = _sampled_vs_scored(worker, prompts, **sampling)
+        assert tokens > 20 and gap < 1e-5, (sampling, gap)
+    greedy = worker.greedy(prompts, MAX_NEW)
+    assert all(len(c.logprobs) == len(c.token_ids) for c in greedy)
+    worker.close()

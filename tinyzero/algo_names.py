@@ -13,5 +13,7 @@ from typing import Literal
 
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 KlEstimator = Literal["k1", "k2", "k3"]
+RolloutCorrection = Literal["none", "tis", "mis"]
 AGG_MODES = typing.get_args(LossAgg)
 KL_ESTIMATORS = typing.get_args(KlEstimator)
+ROLLOUT_CORRECTIONS = typing.get_args(RolloutCorrection)

@@ -34,9 +34,19 @@ import torch
 from torch import Tensor
 
 # The allowed values, declared once in a module without torch (config fields are typed with them).
-from tinyzero.algo_names import AGG_MODES, KL_ESTIMATORS, KlEstimator, LossAgg
+from tinyzero.algo_names import (
+    AGG_MODES,
+    KL_ESTIMATORS,
+    ROLLOUT_CORRECTIONS,
+    KlEstimator,
+    LossAgg,
+    RolloutCorrection,
+)
 
 _K3_LOG_RATIO_LIMIT = 20.0
+# The band of the mismatch metric: a token's learner/rollout probability ratio is "out of band" when it is more than
+# 10% away from 1 (the band of the AReaL and TRL reports on the vLLM/trainer mismatch).
+MISMATCH_BAND = 0.1
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -45,6 +55,8 @@ __all__ = [
     "KlEstimator",
     "LossAgg",
     "POLICY_LOSSES",
+    "ROLLOUT_CORRECTIONS",
+    "RolloutCorrection",
     "AdvantageInputs",
     "AdvantageOutput",
     "Needs",
@@ -68,6 +80,8 @@ __all__ = [
     "masked_sum",
     "masked_whiten",
     "mixed_groups",
+    "rollout_correction_weights",
+    "rollout_mismatch",
 ]
 
 
@@ -284,7 +298,7 @@ def kl_penalised_rewards(scores: Tensor, kl: Tensor, response_mask: Tensor, kl_c
     return rewards.scatter_add(1, last.unsqueeze(1), bonus.unsqueeze(1))  # [B, T]
 
 
-# ---------------------------------------------------------------------------------------- groups
+# ------------------------------------------------------------------------- groups, rollout mismatch
 
 
 def mixed_groups(signal: Tensor, group_size: int) -> Tensor:
@@ -298,6 +312,77 @@ def mixed_groups(signal: Tensor, group_size: int) -> Tensor:
         raise ValueError(f"mixed_groups: {signal.numel()} values cannot be split into groups of {group_size}.")
     groups = signal.reshape(-1, group_size)  # [B, G]
     return (groups != groups[:, :1]).any(dim=1)  # [B]
+
+
+def _rollout_ratio(logprobs: Tensor, rollout_logprobs: Tensor, response_mask: Tensor) -> Tensor:
+    """pi_learner / pi_rollout per token, [B, T]; 1 off the mask; the log-ratio is clamped to [-20, 20] so a wild
+    engine cannot overflow it."""
+    log_ratio = (logprobs - rollout_logprobs).clamp(-_K3_LOG_RATIO_LIMIT, _K3_LOG_RATIO_LIMIT)  # [B, T]
+    return torch.exp(torch.where(response_mask != 0, log_ratio, torch.zeros_like(log_ratio)))  # [B, T]
+
+
+def rollout_correction_weights(
+    logprobs: Tensor, rollout_logprobs: Tensor, response_mask: Tensor, mode: str, cap: float
+) -> Tensor:
+    """Per-token weights of the policy-gradient term that correct for the rollout engine's numerics, [B, T].
+
+    ``logprobs`` are the learner's at the weights that generated the batch (its ``old_logprobs``) and
+    ``rollout_logprobs`` the engine's for the same sampled tokens; ratio = pi_learner / pi_rollout. Detached.
+      none  1 everywhere
+      tis   min(ratio, cap): truncated importance sampling (Yao et al. 2025, "Your Efficient RL Framework Secretly
+            Brings You Off-Policy RL Training"; the default of TRL's vLLM correction)
+      mis   1 inside [1/cap, cap], 0 outside: masked importance sampling, which drops the tokens the two engines
+            disagree on instead of reweighting them (Liu et al. 2025, "When Speed Kills Stability"; token-level,
+            two-sided, as IcePop, Ling Team 2025, arXiv:2510.18855)
+    Weights are 0 off the mask.
+    """
+    if mode not in ROLLOUT_CORRECTIONS:
+        raise ValueError(f"Unknown rollout correction {mode!r}; choose one of {', '.join(ROLLOUT_CORRECTIONS)}.")
+    if cap < 1:
+        raise ValueError(f"rollout correction cap must be at least 1, got {cap}.")
+    with torch.no_grad():
+        ratio = _rollout_ratio(logprobs.detach(), rollout_logprobs.detach(), response_mask)  # [B, T]
+        if mode == "tis":
+            weights = ratio.clamp(max=cap)
+        elif mode == "mis":
+            weights = ((ratio >= 1.0 / cap) & (ratio <= cap)).to(ratio.dtype)
+        else:
+            weights = torch.ones_like(ratio)
+        return _masked(weights, response_mask)  # [B, T]
+
+
+def rollout_mismatch(
+    logprobs: Tensor, rollout_logprobs: Tensor, response_mask: Tensor, mode: str = "none", cap: float = 2.0
+) -> dict[str, Tensor]:
+    """How far the rollout engine's log-probs of the sampled tokens are from the learner's (detached scalars).
+
+      kl                 mean over tokens of k3 = ratio - 1 - log(ratio), ratio = pi_learner / pi_rollout: an
+                         estimate of KL(pi_rollout || pi_learner) from the rollout's own samples (Schulman 2020)
+      ratio_max, _min    the largest and smallest per-token ratio
+      out_of_band_frac   share of tokens with |ratio - 1| > MISMATCH_BAND (0.1)
+      correction_frac    with ``mode`` tis: share of tokens whose weight the cap truncated (ratio > cap); with mis:
+                         share masked out (ratio outside [1/cap, cap]); absent for none
+    An empty mask gives kl 0, ratios 1 and fractions 0. Computed in float64 with expm1: between two fp32 engines the
+    log-ratios are about 1e-6 and k3 about 1e-12, which exp(x) - x - 1 in float32 rounds to noise.
+    """
+    with torch.no_grad():
+        logprobs, rollout_logprobs = logprobs.detach().double(), rollout_logprobs.detach().double()
+        ratio = _rollout_ratio(logprobs, rollout_logprobs, response_mask)  # [B, T]
+        keep = response_mask != 0  # [B, T]
+        picked = ratio[keep]  # [K]
+        log_ratio = (logprobs - rollout_logprobs).clamp(-_K3_LOG_RATIO_LIMIT, _K3_LOG_RATIO_LIMIT)  # [B, T]
+        stats = {
+            "kl": masked_mean(torch.expm1(log_ratio) - log_ratio, response_mask),
+            "ratio_max": picked.max() if picked.numel() else torch.ones(()),
+            "ratio_min": picked.min() if picked.numel() else torch.ones(()),
+            "out_of_band_frac": masked_mean(((ratio - 1).abs() > MISMATCH_BAND).to(ratio.dtype), response_mask),
+        }
+        if mode == "tis":
+            stats["correction_frac"] = masked_mean((ratio > cap).to(ratio.dtype), response_mask)
+        elif mode == "mis":
+            outside = (ratio < 1.0 / cap) | (ratio > cap)
+            stats["correction_frac"] = masked_mean(outside.to(ratio.dtype), response_mask)
+        return stats
 
 
 # ----------------------------------------------------------------------------------- aggregation

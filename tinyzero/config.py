@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tinyzero.algo_names import KlEstimator, LossAgg
+from tinyzero.algo_names import KlEstimator, LossAgg, RolloutCorrection
 from tinyzero.errors import TinyZeroError
 from tinyzero.fields import at_least, build, field_helps, one_of
 
@@ -130,6 +130,8 @@ class AlgoConfig:
     epochs: passes over each rollout batch
     mini_batches: optimizer steps per pass
     vf_clip: PPO value clip range
+    rollout_correction: correct the policy-gradient term for the rollout engine's numerics: none, tis (weight each token by min(pi_learner / pi_rollout, rollout_is_cap)) or mis (drop tokens whose ratio is outside [1/rollout_is_cap, rollout_is_cap])
+    rollout_is_cap: the cap of rollout_correction (at least 1)
     """
 
     name: str = one_of(lambda: _algos().ADVANTAGE_ESTIMATORS, "grpo")
@@ -147,6 +149,8 @@ class AlgoConfig:
     epochs: int = at_least(1, 1)
     mini_batches: int = at_least(1, 1)
     vf_clip: float = 0.2
+    rollout_correction: RolloutCorrection = "none"
+    rollout_is_cap: float = at_least(1, 2.0)
 
     @property
     def needs(self):

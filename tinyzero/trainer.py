@@ -28,7 +28,7 @@ from tinyzero.config import Config, load_config, to_yaml
 from tinyzero.console import quiet_libraries
 from tinyzero.data import iter_train, sample_test
 from tinyzero.dynamic_sampling import Collected, check_filter, collect
-from tinyzero.engine.messages import RolloutBatch, ScoredBatch, TrainBatch, build_tokens
+from tinyzero.engine.messages import RolloutBatch, ScoredBatch, TrainBatch, build_tokens, pad_logprobs
 from tinyzero.envs import make_env
 from tinyzero.errors import TinyZeroError
 from tinyzero.runlog import RunLog, Timer
@@ -181,6 +181,8 @@ class Trainer:
             texts=[done.text for *_, done in rows], finished=[done.finished for *_, done in rows],
             problems=[problem for _, _, problem, _ in rows], prompts=[text for text, *_ in rows],
             group_size=settings.samples_per_prompt,
+            rollout_logprobs=(None if any(done.logprobs is None for *_, done in rows)
+                              else [done.logprobs for *_, done in rows]),
         )
 
     def score(self, batch: RolloutBatch) -> ScoredBatch:
@@ -218,7 +220,8 @@ class Trainer:
         out = estimator.fn(inputs, **{key: getattr(algo, key) for key in estimator.options})
         return TrainBatch(tokens=tokens, advantages=out.advantages, old_logprobs=old_logprobs,
                           ref_logprobs=ref_logprobs if algo.kl_applied_as == "loss" else None,
-                          returns=out.returns, old_values=critic_values)
+                          returns=out.returns, old_values=critic_values,
+                          rollout_logprobs=pad_logprobs(scored.rollout.rollout_logprobs, mask.shape[1]))
 
     def train_step(self) -> dict:
         config, timer = self.config, Timer()
@@ -307,7 +310,8 @@ class Trainer:
             "rollout/tokens_per_s": float(lengths.sum()) / max(timer.seconds.get("rollout", 0.0), 1e-9),
             "time/step": seconds,
         }
-        metrics.update({f"train/{key}": value for key, value in stats.items()})
+        # The learner's stats are train/ values, except those it names in full (rollout/mismatch_*).
+        metrics.update({key if "/" in key else f"train/{key}": value for key, value in stats.items()})
         metrics.update({f"time/{phase}": spent for phase, spent in timer.seconds.items()})
         metrics["data/cursor"] = float(self.cursor)
         metrics.update(self.meter.metrics())

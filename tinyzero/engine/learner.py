@@ -106,6 +106,8 @@ class Learner:
                 self.critic.parameters(), lr=optim.critic_lr, weight_decay=optim.weight_decay
             )
         self.updates = 0  # optimizer steps taken (drives the warm-up schedule)
+        self._seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # see update()
+        self._collecting = False
         self.rng = torch.Generator().manual_seed(seed)
 
     def _compute(self):
@@ -156,14 +158,27 @@ class Learner:
         n = len(batch.tokens)
         totals: dict[str, float] = {}
         count = 0
-        for _ in range(self.algo.epochs):
+        self._seen = []  # (learner, rollout) log-probs of the tokens of the first pass, for the mismatch
+        for epoch in range(self.algo.epochs):
+            self._collecting = epoch == 0
             order = torch.randperm(n, generator=self.rng) if self.needs.several_updates else torch.arange(n)
             for mini in order.chunk(self.algo.mini_batches):
                 stats = self._mini_batch_step(batch, mini)
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
                 count += 1
-        return {key: value / count for key, value in totals.items()}
+        return {key: value / count for key, value in totals.items()} | self._mismatch_stats()
+
+    def _mismatch_stats(self) -> dict[str, float]:
+        """The rollout/learner mismatch over every token the first pass saw (``rollout/`` names: it describes the
+        engine's numerics, not the update). Rows skipped for zero advantage had no forward pass and are not in it."""
+        if not self._seen:
+            return {}
+        learner, rollout = (torch.cat(parts) for parts in zip(*self._seen, strict=True))  # [K] each
+        stats = algos.rollout_mismatch(learner, rollout, torch.ones_like(learner), self.algo.rollout_correction,
+                                       self.algo.rollout_is_cap)
+        return {("rollout/correction_frac" if key == "correction_frac" else f"rollout/mismatch_{key}"): float(value)
+                for key, value in stats.items()}
 
     def _mini_batch_step(self, batch: TrainBatch, rows: torch.Tensor) -> dict[str, float]:
         units_all = max(self._units(batch, rows), 1.0)
@@ -224,6 +239,8 @@ class Learner:
             logprobs, entropy = self.scorer(part.tokens, with_entropy=True, entropy_grad=algo.entropy_coef > 0)
         old = logprobs.detach() if part.old_logprobs is None else part.old_logprobs.to(self.device)
         adv = part.advantages.to(self.device)
+        if part.rollout_logprobs is not None:
+            adv = self._rollout_corrected(adv, old, part.rollout_logprobs.to(self.device), mask, weight)
         options = {key: getattr(algo, key) for key in self.policy_loss.options}
         loss, stats = self.policy_loss.fn(logprobs, old, adv, mask, agg=algo.loss_agg, **options)
         out = {"pg_loss": float(loss.detach()), **{key: float(value) for key, value in stats.items()},
@@ -238,6 +255,18 @@ class Learner:
             loss = loss - algo.entropy_coef * algos.entropy_bonus(entropy, mask, algo.loss_agg)
         (loss * weight).backward()
         return out
+
+    def _rollout_corrected(self, adv, old, rollout, mask, weight: float) -> torch.Tensor:
+        """Advantages times the detached rollout-correction weight (``algo.rollout_correction``): the same as
+        weighting each token's policy-gradient term, since the weight is non-negative. ``old`` is the learner at the
+        weights that sampled the batch. Records the tokens for the mismatch metrics (not a padding slot's)."""
+        if self._collecting and weight > 0:
+            keep = mask != 0
+            self._seen.append((old[keep].detach().cpu(), rollout[keep].cpu()))
+        if self.algo.rollout_correction == "none":
+            return adv
+        return adv * algos.rollout_correction_weights(old, rollout, mask, self.algo.rollout_correction,
+                                                      self.algo.rollout_is_cap)
 
     def _clip_and_step(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> float:
         params = [p for p in module.parameters() if p.grad is not None]

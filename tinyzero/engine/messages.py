@@ -26,6 +26,9 @@ class Completion:
     token_ids: list[int]  # generated tokens only (not the prompt); includes the stop token when finished
     text: str  # the decoded tokens, special tokens skipped
     finished: bool  # True: stopped at EOS / a stop token; False: cut off at max_new_tokens
+    # [len(token_ids)] the engine's log-prob of each sampled token under the raw model (before temperature and
+    # top-p, as the learner computes them); None: the engine did not report them
+    logprobs: list[float] | None = None
 
 
 @dataclass(kw_only=True)
@@ -39,6 +42,7 @@ class RolloutBatch:
     problems: list[dict]  # [N] the problem each row answers
     prompts: list[str]  # [N] the prompt text (for logs)
     group_size: int  # G
+    rollout_logprobs: list[list[float]] | None = None  # [N] the engine's log-prob of each generated token
 
 
 @dataclass(kw_only=True)
@@ -99,6 +103,7 @@ class TrainBatch:
     ref_logprobs: Tensor | None = None  # [N, T]; None: no KL loss term
     returns: Tensor | None = None  # [N, T]; the critic's targets (estimators with a critic)
     old_values: Tensor | None = None  # [N, T]; the critic's values at rollout time
+    rollout_logprobs: Tensor | None = None  # [N, T]; the rollout engine's log-probs of the sampled tokens, 0 off mask
 
     def select(self, index: Tensor, trim: bool = False) -> TrainBatch:
         """Rows ``index``; with ``trim``, also drop the response columns that are padding for all of them
@@ -109,7 +114,7 @@ class TrainBatch:
         return TrainBatch(
             tokens=tokens.crop(width), advantages=self.advantages[index][:, :width],
             old_logprobs=pick(self.old_logprobs), ref_logprobs=pick(self.ref_logprobs), returns=pick(self.returns),
-            old_values=pick(self.old_values),
+            old_values=pick(self.old_values), rollout_logprobs=pick(self.rollout_logprobs),
         )
 
 
@@ -136,6 +141,17 @@ def build_tokens(
     position_ids = (attention.cumsum(dim=1) - 1).clamp_min(0)  # [N, P+T]
     return TokenBatch(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
                       response_mask=response_mask, prompt_width=p_width)
+
+
+def pad_logprobs(rows: list[list[float]] | None, width: int) -> Tensor | None:
+    """Per-row log-prob lists as one [N, width] float32 tensor, 0 past each row's end (the response layout)."""
+    if rows is None:
+        return None
+    out = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, row in enumerate(rows):
+        if row:
+            out[i, : len(row)] = torch.tensor(row[:width], dtype=torch.float32)
+    return out
 
 
 def take_rows(batch, rows: list[int]):

@@ -20,6 +20,10 @@ Simplifications:
 - The in-process vLLM engine is forced (VLLM_ENABLE_V1_MULTIPROCESSING=0); multiprocess mode would need a
   worker extension class for weight sync.
 - `device` only steers the "hf" engine; vLLM runs on whatever platform its installed build targets.
+- Every completion carries the engine's log-prob of each sampled token under the raw model (before temperature
+  and top-p, the quantity the learner computes): vLLM's `SamplingParams(logprobs=0)` in its default
+  `raw_logprobs` mode, HF through a logits processor that reads each step's log-softmax once the next token is
+  known. The driver compares them with the learner's (the rollout/learner mismatch, docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -184,9 +188,9 @@ def _with_tied_head(weights: Iterator[tuple[str, torch.Tensor]]) -> Iterator[tup
         yield _HEAD, embed
 
 
-def _completion(token_ids: list[int], finished: bool, tokenizer) -> Completion:
+def _completion(token_ids: list[int], finished: bool, tokenizer, logprobs: list[float] | None = None) -> Completion:
     return Completion(token_ids=list(token_ids), text=tokenizer.decode(token_ids, skip_special_tokens=True),
-                      finished=finished)
+                      finished=finished, logprobs=logprobs)
 
 
 class _VllmEngine:
@@ -244,8 +248,10 @@ class _VllmEngine:
 
     def generate(self, prompts, n, max_new_tokens, temperature, top_p, seeds=None) -> list[list[Completion]]:
         def params(seed):
+            # logprobs=0: each position reports only the sampled token's log-prob, of the raw model (vLLM's default
+            # logprobs_mode "raw_logprobs" takes them before temperature and top-p); the draw itself is unchanged.
             return self._vllm.SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature,
-                                             top_p=top_p if temperature > 0 else 1.0, seed=seed)
+                                             top_p=top_p if temperature > 0 else 1.0, seed=seed, logprobs=0)
 
         if seeds is not None and self.per_request_seeds and temperature > 0:
             sampling = [params(seed) for seed in seeds]
@@ -255,7 +261,7 @@ class _VllmEngine:
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         return [
             [
-                _completion(out.token_ids, out.finish_reason == "stop", self.tokenizer)
+                _completion(out.token_ids, out.finish_reason == "stop", self.tokenizer, _sampled_logprobs(out))
                 for out in request.outputs
             ]
             for request in outputs
@@ -301,6 +307,13 @@ class _VllmEngine:
 
         cleanup_dist_env_and_memory()
         gc.collect()
+
+
+def _sampled_logprobs(out) -> list[float] | None:
+    """The sampled tokens' log-probs of one vLLM output: position t's entry holds the token generated there."""
+    if out.logprobs is None:
+        return None
+    return [position[token].logprob for token, position in zip(out.token_ids, out.logprobs, strict=True)]
 
 
 # vLLM's in-place reload (vllm/model_executor/model_loader/reload/layerwise.py, in
@@ -376,6 +389,7 @@ class _HfEngine:
         # transformers samples from the global generator, which `reseed` sets; per-request seeds are not used.
         input_ids, attention_mask = _left_pad(prompts, self.tokenizer.pad_token_id, self.device)
         sampling = temperature > 0
+        recorder = _SampledLogprobs()
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids,
@@ -388,17 +402,19 @@ class _HfEngine:
                 num_return_sequences=n,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=sorted(self.eos_ids),
+                logits_processor=[recorder],
             )
-        new_tokens = out[:, input_ids.shape[1] :].tolist()  # [B*n, <=max_new_tokens], prompt-major order
-        flat = [self._trim(row) for row in new_tokens]
+        new = out[:, input_ids.shape[1] :]  # [B*n, <=max_new_tokens], prompt-major order
+        logprobs = recorder.finish(new).tolist()  # [B*n, same width]
+        flat = [self._trim(row, lps) for row, lps in zip(new.tolist(), logprobs, strict=True)]
         return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    def _trim(self, row: list[int]) -> Completion:
+    def _trim(self, row: list[int], logprobs: list[float]) -> Completion:
         # generate pads finished rows up to the longest one; everything after the first EOS is padding.
         for i, token in enumerate(row):
             if token in self.eos_ids:
-                return _completion(row[: i + 1], True, self.tokenizer)
-        return _completion(row, False, self.tokenizer)
+                return _completion(row[: i + 1], True, self.tokenizer, logprobs[: i + 1])
+        return _completion(row, False, self.tokenizer, logprobs)
 
     @torch.no_grad()
     def logprobs(self, prompts, responses) -> list[list[float]]:
@@ -432,6 +448,33 @@ class _HfEngine:
     def close(self) -> None:
         del self.model
         gc.collect()
+
+
+class _SampledLogprobs:
+    """A logits processor that records the log-prob of every sampled token under the raw logits.
+
+    transformers applies custom processors before temperature and top-p, so it sees the model's own logits. A
+    processor runs before the token is drawn: each call keeps the step's log-softmax, and the next call (whose
+    ``input_ids`` end with the token drawn from it) picks that token's entry; ``finish`` picks the last one. One
+    [rows, V] float32 tensor is held at a time, where ``output_logits`` would keep every step's.
+    """
+
+    def __init__(self):
+        self.previous = None  # [rows, V] the last step's log-softmax
+        self.picked: list[torch.Tensor] = []  # one [rows] per generated token but the last
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:
+            self.picked.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """[rows, steps] log-probs of ``new_tokens`` ([rows, steps], the generated columns), on CPU."""
+        if self.previous is None:
+            return torch.zeros(new_tokens.shape, dtype=torch.float32)
+        last = self.previous.gather(1, new_tokens[:, -1:]).squeeze(1)
+        return torch.stack([*self.picked, last], dim=1).cpu()
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
