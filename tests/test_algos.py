@@ -515,3 +515,14 @@ def test_rollout_mismatch_hand_case():
     assert 0 < float(tiny["kl"]) < 1e-12 and float(tiny["out_of_band_frac"]) == 0.0
     empty = algos.rollout_mismatch(t64(LEARNER), t64(ROLLOUT), torch.zeros(2, 3))
     assert (float(empty["kl"]), float(empty["ratio_max"]), float(empty["out_of_band_frac"])) == (0.0, 1.0, 0.0)
+
+
+def test_overlong_penalty_hand_case():
+    # Limit 64, buffer 16: no penalty up to 48 tokens, then -1/16 per token: 52 -> -4/16, 60 -> -12/16, 64 -> -1.
+    close(algos.overlong_penalty(torch.tensor([10, 48, 49, 52, 60, 64]), 64, 16).double(),
+          [0, 0, -1 / 16, -0.25, -0.75, -1.0])
+    # The buffer as long as the limit: the penalty grows from the first token.
+    close(algos.overlong_penalty(torch.tensor([0, 2, 4]), 4, 4).double(), [0, -0.5, -1.0])
+    for buffer in (0, 65):
+        with pytest.raises(ValueError, match="buffer must be in"):
+            algos.overlong_penalty(torch.tensor([1]), 64, buffer)

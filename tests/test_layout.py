@@ -17,7 +17,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "tinyzero"
 KERNEL = {"algo_names", "algos", "checkpoint", "config", "console", "data", "errors", "fields", "runlog", "scoring"}
 JOBS = {"engine", "analysis"}
-COMMANDS = {"trainer", "smoke", "eval_command", "verl_reward", "dynamic_sampling"}  # verl_reward: the old name, kept for old exports
+COMMANDS = {"trainer", "smoke", "eval_command", "verl_reward", "dynamic_sampling", "overlong"}  # verl_reward: the old name, kept for old exports
 
 
 def layer(module: str) -> tuple[int, str]:

@@ -49,7 +49,7 @@ def check_run_folder(run_dir: Path, steps: int = STEPS) -> None:
     metrics = read_metrics(run_dir)
     assert [m["step"] for m in metrics] == list(range(1, steps + 1))
     for key in ("reward/mean", "reward/accuracy", "rollout/response_length_mean", "rollout/zero_variance_frac",
-                "rollout/clipped_frac",
+                "rollout/truncated_frac",
                 "train/grad_norm", "train/entropy", "train/clip_frac", "time/rollout", "time/learner",
                 "time/sync", "rollout/tokens_per_s"):
         assert key in metrics[0], key

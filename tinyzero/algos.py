@@ -80,6 +80,7 @@ __all__ = [
     "masked_sum",
     "masked_whiten",
     "mixed_groups",
+    "overlong_penalty",
     "rollout_correction_weights",
     "rollout_mismatch",
 ]
@@ -298,7 +299,7 @@ def kl_penalised_rewards(scores: Tensor, kl: Tensor, response_mask: Tensor, kl_c
     return rewards.scatter_add(1, last.unsqueeze(1), bonus.unsqueeze(1))  # [B, T]
 
 
-# ------------------------------------------------------------------------- groups, rollout mismatch
+# ------------------------------------------------------------ groups, length shaping, rollout mismatch
 
 
 def mixed_groups(signal: Tensor, group_size: int) -> Tensor:
@@ -312,6 +313,19 @@ def mixed_groups(signal: Tensor, group_size: int) -> Tensor:
         raise ValueError(f"mixed_groups: {signal.numel()} values cannot be split into groups of {group_size}.")
     groups = signal.reshape(-1, group_size)  # [B, G]
     return (groups != groups[:, :1]).any(dim=1)  # [B]
+
+
+def overlong_penalty(lengths: Tensor, max_len: int, buffer: int) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv:2503.14476, section 3.4): [B] -> [B], in [-1, 0].
+
+    0 for a response of at most ``max_len - buffer`` tokens, then falling linearly to -1 at ``max_len``:
+    penalty = min(0, ((max_len - buffer) - length) / buffer). Responses cannot pass ``max_len`` here (generation
+    stops there), so -1 is the floor, reached by every response cut at the limit.
+    """
+    if not 0 < buffer <= max_len:
+        raise ValueError(f"overlong_penalty: buffer must be in [1, max_len={max_len}], got {buffer}.")
+    lengths = lengths.to(torch.float32)
+    return (((max_len - buffer) - lengths) / buffer).clamp(-1.0, 0.0)  # [B]
 
 
 def _rollout_ratio(logprobs: Tensor, rollout_logprobs: Tensor, response_mask: Tensor) -> Tensor:

@@ -96,6 +96,8 @@ class RolloutConfig:
     tensor_parallel_size: GPUs per vLLM engine
     filter_groups: dynamic sampling (DAPO): off, correct (keep only groups whose samples disagree on the verdict, and generate more prompts until prompts_per_step such groups are found) or score (the same on the shaped score); group estimators only (grpo, rloo)
     max_generation_rounds: dynamic sampling: most rounds of generation per step; when they run out the step trains on the groups it kept
+    overlong: responses cut at max_new_tokens: keep (scored and trained like the others), mask (they add no loss) or penalty (DAPO's soft penalty, 0 down to -1 over the last overlong_buffer tokens, added to the score)
+    overlong_buffer: the penalty's length, in tokens before max_new_tokens (at most max_new_tokens)
     """
 
     backend: Literal["vllm", "hf"] = "vllm"
@@ -109,6 +111,8 @@ class RolloutConfig:
     tensor_parallel_size: int = 1
     filter_groups: Literal["off", "correct", "score"] = "off"
     max_generation_rounds: int = at_least(1, 3)
+    overlong: Literal["keep", "mask", "penalty"] = "keep"
+    overlong_buffer: int = at_least(1, 16)
 
 
 @dataclass(frozen=True)

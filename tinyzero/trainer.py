@@ -31,6 +31,8 @@ from tinyzero.dynamic_sampling import Collected, check_filter, collect
 from tinyzero.engine.messages import RolloutBatch, ScoredBatch, TrainBatch, build_tokens, pad_logprobs
 from tinyzero.envs import make_env
 from tinyzero.errors import TinyZeroError
+from tinyzero.overlong import check_overlong, mask_truncated, shape_scores
+from tinyzero.overlong import metrics as overlong_metrics
 from tinyzero.runlog import RunLog, Timer
 from tinyzero.scoring import Scorer
 from tinyzero.sizing.preflight import preflight
@@ -53,6 +55,7 @@ class Trainer:
         self.meter = CostMeter(usd_per_gpu_hour(config), billed_units(config))
         check_budget(config)
         check_filter(config)
+        check_overlong(config)
         layout = check_gpus(config)  # before anything loads: a layout this machine cannot serve fails at once
         from tinyzero.engine.models import model_config
 
@@ -238,6 +241,7 @@ class Trainer:
         seconds = time.perf_counter() - start
         metrics = self._step_metrics(scored, stats, timer, seconds)
         metrics.update(collected.metrics(config.rollout.filter_groups != "off"))
+        metrics.update(overlong_metrics(scored))
         metrics.update(aha_metrics)
         rows = self._rows(scored)
         if config.rollout.filter_groups != "off":
@@ -259,7 +263,7 @@ class Trainer:
             with timer("rollout"):
                 batch = self.rollout(problems, offset)
             with timer("reward"):
-                return self.score(batch)
+                return shape_scores(self.score(batch), settings)  # rollout.overlong=penalty acts here
 
         return collect(self._sample_problems, generate, prompts=settings.prompts_per_step,
                        mode=settings.filter_groups, max_rounds=settings.max_generation_rounds)
@@ -273,6 +277,7 @@ class Trainer:
         batch = scored.rollout
         width = config.rollout.max_new_tokens if config.algo.loss_agg == "seq-mean-token-sum-norm" else None
         tokens = build_tokens(batch.prompt_ids, batch.response_ids, self._pad_id(), width)
+        tokens = mask_truncated(tokens, batch.finished, config.rollout)  # rollout.overlong=mask acts here
         train_batch = self.advantages(scored, tokens, timer)
         with timer("learner"):
             stats = self.roles.learner.update(train_batch)
@@ -306,7 +311,7 @@ class Trainer:
             "reward/format_rate": float(scored.components["format"].mean()) if "format" in scored.components else 0.0,
             "rollout/response_length_mean": float(lengths.mean()),
             "rollout/response_length_max": float(lengths.max()),
-            "rollout/clipped_frac": 1.0 - sum(b.finished) / len(b.finished),
+            "rollout/truncated_frac": 1.0 - sum(b.finished) / len(b.finished),
             "rollout/tokens_per_s": float(lengths.sum()) / max(timer.seconds.get("rollout", 0.0), 1e-9),
             "time/step": seconds,
         }
