@@ -84,3 +84,19 @@ def test_budget_stops_with_a_checkpoint_and_resume_continues(tiny_model_dir, tmp
     assert [m["step"] for m in metrics] == [1, 2, 3]
     # The resumed session's meter starts from what the first session had spent at its checkpoint.
     assert metrics[1]["cost/usd"] > metrics[0]["cost/usd"]
+
+
+def test_dynamic_sampling_multiplies_the_generation_estimate_by_its_expected_rounds():
+    from tinyzero.sizing.cost import ASSUMED_MIXED_SHARE, generated_tokens, generation_factor
+
+    assert ASSUMED_MIXED_SHARE == 0.5  # the hand values below assume it
+    off = load_config("recipes/demo-cpu.yaml", ["rollout.filter_groups=none"])
+    # Half the groups kept per round: round 1 generates P, round 2 P/2, round 3 P/4 -> 1.75 P in expectation.
+    three = load_config("recipes/demo-cpu.yaml", ["rollout.filter_groups=correct", "rollout.max_generation_rounds=3"])
+    one = load_config("recipes/demo-cpu.yaml", ["rollout.filter_groups=correct", "rollout.max_generation_rounds=1"])
+    assert generation_factor(off) == 1.0 and generation_factor(one) == 1.0
+    assert generation_factor(three) == pytest.approx(1.75)
+    assert generated_tokens(three) == pytest.approx(1.75 * generated_tokens(off))
+    base, filtered = estimate_run(off, 134.5e6, None), estimate_run(three, 134.5e6, None)
+    assert "dynamic sampling: x1.75" in filtered.basis and "dynamic sampling" not in base.basis
+    assert filtered.step_s > base.step_s

@@ -56,7 +56,7 @@ def run(script: Script, mode: str, prompts: int = 3, rounds: int = 3):
 
 def test_filter_off_is_one_round_that_keeps_everything():
     script = Script([MIXED, WRONG, RIGHT, MIXED])
-    out = run(script, "off")
+    out = run(script, "none")
     assert script.calls == [(3, 0)] and script.cursor == 3
     assert out.kept.tolist() == [True, True, True] and out.rounds == 1
     assert out.train_batch() is out.scored  # the very batch: nothing re-indexed
@@ -138,8 +138,8 @@ def test_only_group_estimators_take_the_filter():
     with pytest.raises(TinyZeroError) as err:
         check_filter(load_config(None, ["rollout.filter_groups=correct", "algo.name=ppo"]))
     message = str(err.value)
-    assert "rollout.filter_groups=off" in message and "grpo, rloo" in message and "\n" not in message
-    with pytest.raises(TinyZeroError, match="rollout.filter_groups must be one of off, correct, score"):
+    assert "rollout.filter_groups=none" in message and "grpo, rloo" in message and "\n" not in message
+    with pytest.raises(TinyZeroError, match="rollout.filter_groups must be one of none, correct, score"):
         load_config(None, ["rollout.filter_groups=on"])
 
 
@@ -179,3 +179,29 @@ def test_later_rounds_continue_the_steps_request_seeds():
     Trainer.rollout(fake, [{}] * 3, 0)
     Trainer.rollout(fake, [{}] * 2, 3)
     assert seen[0] + seen[1] == request_seeds(0, 5, 5, 2)  # one numbering for the whole step
+
+
+def test_a_step_with_no_group_that_teaches_makes_no_update(tiny_model_dir, tmp_path):
+    """toy_tasks:Letters is never `correct` for a tiny random model: with the filter on the verdict no group is kept,
+    the rounds run out, and the step trains on nothing, says so, and leaves the weights alone."""
+    from tinyzero.trainer import Trainer
+
+    args = [f"model.name={tiny_model_dir}", f"run.out_dir={tmp_path}", "run.name=none-kept", "run.steps=1",
+            "rollout.backend=hf", "rollout.prompts_per_step=3", "rollout.samples_per_prompt=2",
+            "rollout.max_new_tokens=6", "eval.size=2", "eval.max_new_tokens=2", "eval.every=0",
+            "checkpoint.every=0", "env.name=toy_tasks:Letters", "env.options={}", "optim.lr=1e-2",
+            "rollout.filter_groups=correct", "rollout.max_generation_rounds=2"]
+    trainer = Trainer(load_config(None, args))
+    try:
+        from tinyzero.engine.messages import build_tokens
+
+        probe = build_tokens([[1, 2, 3], [4, 5]], [[70, 71, 72], [100, 101]], pad_id=0)
+        before = trainer.roles.learner.logprobs(probe)
+        metrics = trainer.train_step()
+        assert trainer.roles.learner.logprobs(probe).equal(before)  # no optimizer step
+        assert trainer.cursor == 6  # two rounds of 3 prompts, none kept, all counted
+    finally:
+        trainer.close()
+    assert (metrics["rollout/groups_kept"], metrics["rollout/groups_missing"]) == (0.0, 3.0)
+    assert metrics["rollout/generation_rounds"] == 2.0 and metrics["rollout/zero_variance_frac"] == 1.0
+    assert not any(key.startswith("train/") for key in metrics)

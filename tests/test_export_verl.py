@@ -117,14 +117,18 @@ def test_sum_norm_warmup_and_no_clipping_have_their_verl_forms():
 
 def test_only_non_default_options_without_equivalent_warn_one_line_each():
     assert translate(load_config(ROOT / "recipes/countdown-3b.yaml"), PATHS, 512).warnings == [
+        "rollout.overlong=penalty has no verl equivalent and is not exported: the exported reward module returns "
+        "tinyzero's score without the overlong penalty or mask (verl's DAPO reward manager has an overlong buffer of "
+        "its own)",
+        "rollout.overlong_buffer=256 has no verl equivalent and is not exported: the overlong penalty is not exported",
         "placement.strategy=split has no verl equivalent and is not exported: verl's hybrid engine time-shares "
         "every GPU between generation and training (our colocate); a split layout has no counterpart in its "
         "synchronous trainer"]
     config = load_config(ROOT / "recipes/countdown-3b.yaml", [
         "run.budget_usd=30", "eval.k=8", "aha.margin=0.1", "rollout.backend=hf", "eval.max_new_tokens=64"])
     keys = [line.split("=")[0] for line in translate(config, PATHS, 512).warnings]
-    assert keys == ["run.budget_usd", "rollout.backend", "placement.strategy", "eval.max_new_tokens", "eval.k",
-                    "aha.margin"]
+    assert keys == ["run.budget_usd", "rollout.backend", "rollout.overlong", "rollout.overlong_buffer",
+                    "placement.strategy", "eval.max_new_tokens", "eval.k", "aha.margin"]
 
 
 def test_mini_batches_must_divide_the_prompts():
@@ -305,3 +309,17 @@ def test_numpy_ground_truth_scores_as_python_lists_and_malformed_ones_are_named(
         score(tasks, "countdown", completion, {"target": 22})
     with pytest.raises(ValueError, match="ground_truth for 'countdown' must be an object"):
         score(tasks, "countdown", completion, [3, 5, 7])
+
+
+def test_rollout_correction_and_dynamic_sampling_export_or_warn():
+    o = overrides("countdown-3b.yaml", "algo.rollout_correction=tis", "algo.rollout_is_cap=3")
+    # verl's token-level truncated importance weight: min(pi_old / pi_rollout, threshold), ours with the same cap.
+    assert (o["algorithm.rollout_correction.rollout_is"], o["algorithm.rollout_correction.rollout_is_threshold"]) == (
+        "token", 3.0)
+    assert not any(k.startswith("algorithm.rollout_correction") for k in overrides("countdown-3b.yaml",
+                                                                                    "algo.rollout_correction=none"))
+    translation = translate(load_config(ROOT / "recipes/countdown-3b.yaml", [
+        "algo.rollout_correction=mis", "rollout.filter_groups=correct", "rollout.max_generation_rounds=5"]), PATHS, 512)
+    assert not any(k.startswith("algorithm.rollout_correction") for k, _ in translation.overrides)
+    keys = [line.split("=")[0] for line in translation.warnings]
+    assert keys[:3] == ["algo.rollout_correction", "rollout.filter_groups", "rollout.max_generation_rounds"]

@@ -10,7 +10,9 @@ import pytest
 from transformers import Qwen2Config
 
 from tinyzero.config import load_config
+from tinyzero.dynamic_sampling import check_filter
 from tinyzero.engine.placement import plan_layout
+from tinyzero.overlong import check_overlong
 from tinyzero.sizing.preflight import ModelShape, check_gpu_memory
 
 RECIPES = sorted(Path(__file__).parents[1].glob("recipes/*.yaml"))
@@ -56,6 +58,10 @@ def test_recipe_validates_and_fits_its_machine(path):
     config = load_config(path)
     layout = plan_layout(config)
     assert load_config(path, ["algo.name=ppo"]).algo.name == "ppo"  # PPO is one override away
+    # ... and the run starts with the overrides the header names (e.g. no dynamic sampling under PPO).
+    header = next(x for x in text.splitlines() if x.startswith("# PPO instead of GRPO: append"))
+    check_filter(load_config(path, re.findall(r"\b[a-z_]+\.[a-z_.]+=[\w.-]+", header)))
+    check_overlong(config)
     found = machine(path)
     if found is None:
         assert config.placement.num_gpus == 0

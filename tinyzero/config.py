@@ -94,7 +94,7 @@ class RolloutConfig:
     kv_cache_gib: vLLM CPU KV-cache size in GiB
     gpu_memory_utilization: fraction of a GPU vLLM may take
     tensor_parallel_size: GPUs per vLLM engine
-    filter_groups: dynamic sampling (DAPO): off, correct (keep only groups whose samples disagree on the verdict, and generate more prompts until prompts_per_step such groups are found) or score (the same on the shaped score); group estimators only (grpo, rloo)
+    filter_groups: dynamic sampling (DAPO): none, correct (keep only groups whose samples disagree on the verdict, and generate more prompts until prompts_per_step such groups are found) or score (the same on the shaped score); group estimators only (grpo, rloo)
     max_generation_rounds: dynamic sampling: most rounds of generation per step; when they run out the step trains on the groups it kept
     overlong: responses cut at max_new_tokens: keep (scored and trained like the others), mask (they add no loss) or penalty (DAPO's soft penalty, 0 down to -1 over the last overlong_buffer tokens, added to the score)
     overlong_buffer: the penalty's length, in tokens before max_new_tokens (at most max_new_tokens)
@@ -109,7 +109,7 @@ class RolloutConfig:
     kv_cache_gib: int = 2
     gpu_memory_utilization: float = 0.4
     tensor_parallel_size: int = 1
-    filter_groups: Literal["off", "correct", "score"] = "off"
+    filter_groups: Literal["none", "correct", "score"] = "none"
     max_generation_rounds: int = at_least(1, 3)
     overlong: Literal["keep", "mask", "penalty"] = "keep"
     overlong_buffer: int = at_least(1, 16)

@@ -35,11 +35,11 @@ from tinyzero.errors import TinyZeroError
 def check_filter(config: Config) -> None:
     """Before anything loads: the filter needs an estimator that compares a prompt's samples."""
     mode, name = config.rollout.filter_groups, config.algo.name
-    if mode != "off" and not algos.advantage_estimator(name).grouped:
+    if mode != "none" and not algos.advantage_estimator(name).grouped:
         grouped = ", ".join(key for key, est in algos.ADVANTAGE_ESTIMATORS.items() if est.grouped)
         raise TinyZeroError(
             f"rollout.filter_groups={mode} needs a group estimator ({grouped}), and algo.name={name} learns from a "
-            "critic even when a prompt's samples agree: set rollout.filter_groups=off or pick a group estimator")
+            "critic even when a prompt's samples agree: set rollout.filter_groups=none or pick a group estimator")
 
 
 @dataclass
@@ -87,15 +87,15 @@ def collect(
 ) -> Collected:
     """Rounds of ``draw(n)`` (n problems, counted in the cursor) and ``generate(problems, offset)`` (their scored
     groups; ``offset``: prompts drawn before them this step) until ``prompts`` groups are kept (every group when
-    ``mode`` is off) or ``max_rounds`` have run."""
+    ``mode`` is none) or ``max_rounds`` have run."""
     batches, kept, mixed = [], [], []
     missing, drawn, rounds = prompts, 0, 0
-    while missing > 0 and rounds < (max_rounds if mode != "off" else 1):
+    while missing > 0 and rounds < (max_rounds if mode != "none" else 1):
         problems = draw(missing)
         scored = generate(problems, drawn)
         drawn, rounds = drawn + len(problems), rounds + 1
         mix = algos.mixed_groups(signal(scored, mode), scored.rollout.group_size)  # [groups]
-        keep = mix if mode != "off" else torch.ones_like(mix)
+        keep = mix if mode != "none" else torch.ones_like(mix)
         batches.append(scored)
         kept.append(keep)
         mixed.append(mix)

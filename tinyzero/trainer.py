@@ -240,11 +240,11 @@ class Trainer:
         self.step += 1
         seconds = time.perf_counter() - start
         metrics = self._step_metrics(scored, stats, timer, seconds)
-        metrics.update(collected.metrics(config.rollout.filter_groups != "off"))
+        metrics.update(collected.metrics(config.rollout.filter_groups != "none"))
         metrics.update(overlong_metrics(scored))
         metrics.update(aha_metrics)
         rows = self._rows(scored)
-        if config.rollout.filter_groups != "off":
+        if config.rollout.filter_groups != "none":
             for row, kept in zip(rows, collected.row_kept(), strict=True):
                 row["kept"] = kept
         self.log.scalars(self.step, metrics)

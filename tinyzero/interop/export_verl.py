@@ -47,6 +47,12 @@ NO_EQUIVALENT = {
     "run.budget_usd": "verl has no cost meter or budget stop; stop the run yourself",
     "rollout.backend": "verl 0.9.1 generates with vLLM, SGLang or TensorRT-LLM only: vLLM is used",
     "rollout.kv_cache_gib": "a CPU-only vLLM setting; verl sizes the KV cache from gpu_memory_utilization",
+    "rollout.filter_groups": "verl 0.9.1's PPO trainer does not filter groups (its DAPO recipe, outside the "
+                             "package, does): every group is trained on",
+    "rollout.max_generation_rounds": "verl 0.9.1's PPO trainer has no dynamic sampling",
+    "rollout.overlong": "the exported reward module returns tinyzero's score without the overlong penalty or mask "
+                        "(verl's DAPO reward manager has an overlong buffer of its own)",
+    "rollout.overlong_buffer": "the overlong penalty is not exported",
     "placement.strategy": "verl's hybrid engine time-shares every GPU between generation and training "
                           "(our colocate); a split layout has no counterpart in its synchronous trainer",
     "placement.rollout_gpus": "verl gives every role all the GPUs in turn",
@@ -57,6 +63,10 @@ NO_EQUIVALENT = {
     "log.samples": "verl shows no training completions in TensorBoard (all of them are in trainer.rollout_data_dir)",
     "aha": "aha metrics are tinyzero's: run `tinyzero aha` on the completions verl dumps",
 }
+# Our rollout corrections and verl 0.9.1's algorithm.rollout_correction.rollout_is: token-level truncated importance
+# weights min(pi_old / pi_rollout, rollout_is_threshold) on the policy-gradient term, as ours. Masking (mis) has no
+# exact counterpart there (see _rollout_correction).
+VERL_ROLLOUT_IS = {"tis": "token"}
 
 
 @dataclass
@@ -148,6 +158,7 @@ def translate(config, paths: dict[str, str], max_prompt_length: int, train_size:
     o += _actor(config)
     o += _rollout(config)
     o += _kl(algo)
+    o += _rollout_correction(algo, warnings)
     if algo.needs.critic:
         o += _critic(config, model)
     o += _trainer(config, epochs_needed(config, split_sizes(config, train_size, 1)[0]))
@@ -222,6 +233,19 @@ def _kl(algo) -> list[tuple[str, Any]]:
         out += [("algorithm.kl_ctrl.type", "fixed"), ("algorithm.kl_ctrl.kl_coef", algo.kl_coef),
                 ("algorithm.kl_penalty", KL_NAMES[algo.kl_estimator])]
     return out
+
+
+def _rollout_correction(algo, warnings: list[str]) -> list[tuple[str, Any]]:
+    if algo.rollout_correction == "none":
+        return []
+    if algo.rollout_correction not in VERL_ROLLOUT_IS:
+        warnings.append(f"algo.rollout_correction={algo.rollout_correction} has no verl equivalent and is not exported: "
+                        "verl 0.9.1's nearest forms differ, IcePop (rollout_is_threshold='LOW_HIGH') keeps the ratio "
+                        "as a weight inside the band and token_k1 rejection (rollout_rs) also drops the tokens from the "
+                        "KL term and the loss's token count; ours only zeroes their policy-gradient weight")
+        return []
+    c = "algorithm.rollout_correction."
+    return [(c + "rollout_is", VERL_ROLLOUT_IS[algo.rollout_correction]), (c + "rollout_is_threshold", algo.rollout_is_cap)]
 
 
 def _critic(config, model: str) -> list[tuple[str, Any]]:
