@@ -282,6 +282,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
         (["train", "recipes/demo-cpu.yaml", "algo.clip_low=wide"], "algo.clip_low must be float"),
         (["train", "recipes/nonexistent.yaml"], "does not exist"),
         (["train", "recipes/demo-cpu.yaml", "model.name=/nonexistent/model"], "neither a local folder"),
+        (["train", "recipes/demo-cpu.yaml", "run.name=."], "run.name must be a folder name"),
         (["resume", "/nonexistent/run"], "no run to resume"),
     ],
 )

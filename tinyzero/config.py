@@ -21,7 +21,7 @@ import yaml
 
 from tinyzero.algo_names import KlEstimator, LossAgg
 from tinyzero.errors import TinyZeroError
-from tinyzero.fields import at_least, build, field_helps, one_of
+from tinyzero.fields import at_least, build, field_helps, one_of, plain_name
 
 
 def _algos():
@@ -35,7 +35,7 @@ def _algos():
 class RunConfig:
     """Run.
 
-    name: run name; the run folder is out_dir/name
+    name: run name; the run folder is out_dir/name (one folder name: no '/', not '.' or '..')
     out_dir: folder that holds run folders
     seed: seed for data order, sampling and initialisation
     steps: training steps (one rollout batch and its updates per step)
@@ -44,7 +44,7 @@ class RunConfig:
     budget_usd: stop cleanly, with a checkpoint, before the cost meter would pass this many dollars (0: no budget)
     """
 
-    name: str = "run"
+    name: str = plain_name("run")
     out_dir: str = "runs"
     seed: int = 0
     steps: int = at_least(1, 20)

@@ -4,7 +4,8 @@
   the words the code carries).
 - Constraints live on the field itself: allowed values as ``Literal[...]`` in the annotation (read back with
   ``typing.get_args``), a lower bound with ``at_least(n, default)``, and values that come from a registry (an
-  advantage estimator's name, say) with ``one_of(lookup, default)``.
+  advantage estimator's name, say) with ``one_of(lookup, default)``; ``plain_name(default)`` is a single folder
+  name (no separators, not ``.`` or ``..``).
 - ``coerce`` checks one value against its field — typed YAML values and command-line strings alike — and
   names the dotted key in its one-sentence error.
 """
@@ -39,6 +40,20 @@ def one_of(lookup: Callable[[], Iterable[str]], default: str) -> Any:
     """A field whose value must be one of ``lookup()``'s names (read when a value is checked, so names
     registered after the class was defined count too)."""
     return dataclasses.field(default=default, metadata={"choices": lookup})
+
+
+def plain_name(default: str) -> Any:
+    """A field whose value names one folder inside another: not empty, not ``.`` or ``..``, no path separators."""
+    return dataclasses.field(default=default, metadata={"check": _plain_name_problem})
+
+
+def _plain_name_problem(value: str) -> str | None:
+    """Why ``value`` is not a plain folder name, or None when it is one."""
+    if value.strip() in ("", ".", ".."):
+        return "a folder name (not empty, '.' or '..')"
+    if any(sep in value for sep in ("/", "\\", "\0")):
+        return "a plain folder name, without '/', '\\' or NUL"
+    return None
 
 
 def type_name(hint: Any) -> str:
@@ -92,6 +107,10 @@ def check_constraints(field: dataclasses.Field, value: Any, dotted: str) -> None
         names = tuple(lookup())
         if value not in names:
             raise TinyZeroError(f"{dotted} must be one of {', '.join(names)}, got {value!r}")
+    check = field.metadata.get("check")
+    problem = check(value) if check is not None else None
+    if problem is not None:
+        raise TinyZeroError(f"{dotted} must be {problem}, got {value!r}")
     minimum = field.metadata.get("min")
     if minimum is not None and value < minimum:
         bound = "at least 1" if minimum == 1 else "0 or more" if minimum == 0 else f"at least {minimum}"

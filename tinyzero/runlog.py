@@ -8,17 +8,24 @@
   every held-out evaluation (step 0 included);
 - annotated transcripts (``aha/`` text: re-checking phrases and task-grounded checks marked);
 - one progress line per step on stdout: step, reward, accuracy, seconds per step, ETA and, with a price, dollars.
+
+The run folder itself is claimed first (``claim_run_dir``): the kit writes its own marker file into it, and it
+only ever clears a folder that holds that marker; any other existing folder with something in it is refused.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
+from tinyzero.errors import TinyZeroError
+
 LOG_FILES = ("metrics.jsonl", "rollouts.jsonl.gz", "evals.jsonl.gz")  # the per-step records a resume truncates
+RUN_MARKER = ".tinyzero-run"  # written by `tinyzero train` into each run folder it makes: only these are ever cleared
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -129,6 +136,30 @@ def truncate_jsonl(path: Path, step: int) -> None:
             if line.strip() and json.loads(line)["step"] <= step:
                 dst.write(line)
     tmp.replace(path)
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Make ``run_dir`` a new run's folder, marked as the kit's own; refuse a folder the kit did not make.
+
+    A folder that holds a run (metrics or a complete checkpoint) is refused whoever made it: it is resumed, not
+    restarted. A marked folder with neither is what a run that never finished a step left, and is cleared. An
+    empty folder is claimed as it is. Anything else is someone's folder, and nothing in it is touched."""
+    from tinyzero.checkpoint import latest_checkpoint
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TinyZeroError(f"{run_dir} is a file, not a run folder: pick another run.name (run.name=NEW)")
+    if run_dir.is_dir():
+        if latest_checkpoint(run_dir) is not None or (run_dir / "metrics.jsonl").exists():
+            raise TinyZeroError(f"{run_dir} already holds a run: continue it with `tinyzero resume {run_dir}` "
+                                "or pick another run.name (run.name=NEW)")
+        if (run_dir / RUN_MARKER).is_file():
+            shutil.rmtree(run_dir)  # the kit's own folder, from a run that never finished a step
+        elif any(run_dir.iterdir()):
+            raise TinyZeroError(f"{run_dir} exists and was not made by `tinyzero train`, so nothing in it is touched: "
+                                f"pick another run.name (run.name=NEW), or continue a run there with "
+                                f"`tinyzero resume {run_dir}`")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text("a tinyzero run folder: `tinyzero train` may clear it if no step finished\n")
 
 
 class Timer:

@@ -13,7 +13,6 @@ step from (seed, step) for the same reason.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from tinyzero.data import iter_train, sample_test
 from tinyzero.engine.messages import RolloutBatch, ScoredBatch, TrainBatch, build_tokens
 from tinyzero.envs import make_env
 from tinyzero.errors import TinyZeroError
-from tinyzero.runlog import RunLog, Timer
+from tinyzero.runlog import RunLog, Timer, claim_run_dir
 from tinyzero.scoring import Scorer
 from tinyzero.sizing.preflight import preflight
 
@@ -56,7 +55,8 @@ class Trainer:
 
         model_cfg = model_config(config.model.name)  # config.json only: the preflight needs no weights
         needs = preflight(config, layout, model_cfg)
-        self._prepare_run_dir(resume)
+        if not resume:  # `train()` has checked that a resumed folder holds a run
+            claim_run_dir(self.run_dir)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         quiet_libraries()
@@ -99,17 +99,6 @@ class Trainer:
             next(self._stream)
 
     # --------------------------------------------------------------------------------- set-up
-    def _prepare_run_dir(self, resume: bool) -> None:
-        if resume:  # `train()` has checked the run folder holds a config
-            return
-        if latest_checkpoint(self.run_dir) is not None or (self.run_dir / "metrics.jsonl").exists():
-            raise TinyZeroError(
-                f"{self.run_dir} already holds a run: continue it with `tinyzero resume {self.run_dir}` "
-                "or pick another run.name"
-            )
-        shutil.rmtree(self.run_dir, ignore_errors=True)  # a folder from a run that never finished a step
-        self.run_dir.mkdir(parents=True)
-
     def _restore(self) -> None:
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
