@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tinyzero.checkpoint import MARKER, latest_checkpoint, read_state
+from tinyzero.checkpoint import MARKER, latest_checkpoint, read_state, verify_checkpoint
 from tinyzero.config import Config, load_config
 from tinyzero.errors import TinyZeroError
 
@@ -96,7 +96,13 @@ def resolve_target(spec: str) -> Target:
 
 
 def _checkpoint_target(spec: str, ckpt: Path, run_dir: Path) -> Target:
+    """A checkpoint to evaluate: the files eval reads (``policy/``, ``state.json``) checked against its checksums."""
     config = load_config(run_dir / "config.yaml")
+    if not verify_checkpoint(ckpt, only=("policy/", "state.json")):
+        import sys
+
+        print(f"tinyzero: note: {ckpt} was written before checkpoints carried checksums: its files are not checked",
+              file=sys.stderr)
     step = int(read_state(ckpt)["step"])
     return Target(spec, f"{run_dir.name} step {step}", str(ckpt / "policy"), run_dir, step, config,
                   tokenizer_from=config.model.name)

@@ -22,7 +22,7 @@ from tinyzero import algos
 from tinyzero.analysis.aha import Tracker
 from tinyzero.analysis.evaluation import Sampling, encode_prompt, evaluate
 from tinyzero.analysis.transcripts import pick_transcripts
-from tinyzero.checkpoint import latest_checkpoint, read_state, save_checkpoint
+from tinyzero.checkpoint import resume_point, save_checkpoint
 from tinyzero.config import Config, load_config, to_yaml
 from tinyzero.console import quiet_libraries
 from tinyzero.data import iter_train, sample_test
@@ -57,6 +57,8 @@ class Trainer:
         needs = preflight(config, layout, model_cfg)
         if not resume:  # `train()` has checked that a resumed folder holds a run
             claim_run_dir(self.run_dir)
+        else:  # its checksums and state, before any model loads
+            self._resume_point = resume_point(self.run_dir)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         quiet_libraries()
@@ -100,10 +102,9 @@ class Trainer:
 
     # --------------------------------------------------------------------------------- set-up
     def _restore(self) -> None:
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
-            raise TinyZeroError(f"{self.run_dir} has no complete checkpoint to resume from: start a new run")
-        state = read_state(ckpt)
+        ckpt, state, checked = self._resume_point
+        if not checked:
+            self.log.say(f"note: {ckpt} was written before checkpoints carried checksums: its files are not checked")
         self.step, self.cursor, self.history = state["step"], state["cursor"], state["history"]
         self.aha.load(state.get("aha", {}))  # baselines and the aha rule's series (absent: an older run)
         self.meter.spent_s += state.get("wall_s", 0.0)  # what the run's earlier sessions spent

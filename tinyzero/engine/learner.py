@@ -32,6 +32,7 @@ from tinyzero.engine.forward import in_chunks, response_hidden, sequence_logprob
 from tinyzero.engine.messages import TokenBatch, TrainBatch
 from tinyzero.engine.models import load_causal_lm
 from tinyzero.engine.sharding import to_local_float
+from tinyzero.errors import TinyZeroError
 
 
 class Critic(nn.Module):
@@ -348,9 +349,9 @@ class Learner:
         self._load_weights(self.policy, _read_safetensors(folder / "policy"))
         if self.critic is not None:
             critic = {f"body.{k}": v for k, v in _read_safetensors(folder / "critic").items()}
-            critic.update(torch.load(folder / "critic" / "value_head.pt", weights_only=True))
+            critic.update(read_tensors(folder / "critic" / "value_head.pt"))
             self._load_weights(self.critic, critic)
-        state = torch.load(folder / "learner.pt", weights_only=False)
+        state = read_tensors(folder / "learner.pt")
         self.updates = state["updates"]
         self.rng.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -367,6 +368,27 @@ class Learner:
         tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
         if set(missing) - tied or unexpected:
             raise RuntimeError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
+
+
+def read_tensors(path: Path) -> dict:
+    """A file written by ``torch.save`` of tensors, numbers, strings and containers of them, read without running
+    any code from it (``weights_only=True``): a crafted pickle that would import or call something is refused, and
+    a damaged file is one sentence naming it."""
+    import pickle
+    import re
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        wants = re.search(r"(\S+) was not an allowed global", str(err))
+        if wants:
+            raise TinyZeroError(f"{path} asks to run code when loaded ({wants.group(1)[:80]}), so it was not loaded: "
+                                "use a checkpoint written by tinyzero, from a source you trust") from None
+        reason = "not a file torch.save wrote"
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = f"{type(err).__name__}"
+    raise TinyZeroError(f"{path} is damaged ({reason}), so it was not loaded: resume from an earlier checkpoint, or "
+                        "restore the file from a copy")
 
 
 def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
