@@ -199,6 +199,7 @@ def _evaluate_target(target: Target, env, problems, settings: Settings, sampling
     pool = scoring_pool() if len(problems) * max(settings.samples, 1) >= PARALLEL_SCORING_MIN else None
     try:
         with _model_folder(target) as folder:
+            _check_finite(target, folder)
             worker, tokenizer = _load(target, folder, settings, base)
             try:
                 prompts = [encode_prompt(tokenizer, env, p, settings.template)[1] for p in problems]
@@ -211,6 +212,25 @@ def _evaluate_target(target: Target, env, problems, settings: Settings, sampling
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return {"problems": float(len(problems)), **outcome.metrics}
+
+
+def _check_finite(target: Target, folder: Path) -> None:
+    """A model whose weights hold a NaN or an infinity is refused: it would be scored as if it were a model (about
+    a second per GB, one tensor in memory at a time)."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                for name in weights.keys():
+                    tensor = weights.get_tensor(name)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        raise TinyZeroError(f"model {target.spec} has NaN or infinite weights ({name[:100]} in "
+                                            f"{file.name}), so it was not evaluated: evaluate an earlier checkpoint")
+        except (SafetensorError, OSError) as err:
+            raise TinyZeroError(f"model {target.spec}: {file} is damaged ({str(err)[:100]}): evaluate an earlier "
+                                "checkpoint, or restore the file") from None
 
 
 def _load(target: Target, folder: Path, settings: Settings, base: Config):

@@ -12,6 +12,7 @@ step from (seed, step) for the same reason.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -22,13 +23,13 @@ from tinyzero import algos
 from tinyzero.analysis.aha import Tracker
 from tinyzero.analysis.evaluation import Sampling, encode_prompt, evaluate
 from tinyzero.analysis.transcripts import pick_transcripts
-from tinyzero.checkpoint import resume_point, save_checkpoint
+from tinyzero.checkpoint import latest_checkpoint, read_state, resume_point, save_checkpoint
 from tinyzero.config import Config, load_config, to_yaml
 from tinyzero.console import quiet_libraries
 from tinyzero.data import iter_train, sample_test
 from tinyzero.engine.messages import RolloutBatch, ScoredBatch, TrainBatch, build_tokens
 from tinyzero.envs import make_env
-from tinyzero.errors import TinyZeroError
+from tinyzero.errors import StopRun, TinyZeroError
 from tinyzero.runlog import RunLog, Timer, claim_run_dir
 from tinyzero.scoring import Scorer
 from tinyzero.sizing.preflight import preflight
@@ -120,12 +121,15 @@ class Trainer:
     # ------------------------------------------------------------------------------------ steps
     def run(self) -> dict:
         config = self.config
-        if self.step == 0 and not self.history:
-            self.evaluate()
+        self._step_start = None  # (cursor, aha state) while a step runs: what a stop mid-step rolls back to
         try:
+            if self.step == 0 and not self.history:
+                self.evaluate()
             while self.step < config.run.steps:
                 start = time.monotonic()
+                self._step_start = (self.cursor, copy.deepcopy(self.aha.state()))
                 self.train_step()
+                self._step_start = None
                 last = self.step == config.run.steps
                 if (config.eval.every and self.step % config.eval.every == 0) or last:
                     if not (self.history and self.history[-1]["step"] == self.step):
@@ -141,9 +145,24 @@ class Trainer:
                     self.log.say(self.meter.budget_stop_message(config.run.budget_usd, self.step, config.run.steps,
                                                                 self.run_dir))
                     break
+        except StopRun as err:
+            raise self._stop_with_checkpoint(getattr(err, "cause", None) or err) from None  # Ray: err.cause
         finally:
             self.log.flush()
         return self.summary()
+
+    def _stop_with_checkpoint(self, err: StopRun) -> TinyZeroError:
+        """The run cannot go on (an update refused as non-finite, a reward that cannot be computed): keep the last
+        good state as a checkpoint, unless one of this step already exists, and say so in one sentence. A stop in
+        the middle of a step rolls back what the step drew, so a resume draws it again."""
+        failed = self.step + 1 if self._step_start is not None else self.step
+        if self._step_start is not None:
+            self.cursor, aha_state = self._step_start
+            self.aha.load(aha_state)
+        latest = latest_checkpoint(self.run_dir)
+        path = latest if latest is not None and read_state(latest)["step"] == self.step else self.save()
+        return TinyZeroError(f"step {failed}: {err.message}; the run stopped with a checkpoint of step {self.step} "
+                             f"({path}): {err.fix}, then continue with `tinyzero resume {self.run_dir}`")
 
     def _sample_problems(self) -> list[dict]:
         problems = [next(self._stream) for _ in range(self.config.rollout.prompts_per_step)]
