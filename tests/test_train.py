@@ -252,7 +252,8 @@ def test_incomplete_checkpoint_is_ignored(tiny_model_dir, tmp_path):
 
 def test_resume_after_a_lost_step_logs_each_step_once(tiny_model_dir, tmp_path):
     """A crash after step 3 was logged but before its checkpoint: resume redoes step 3 from step 2's checkpoint,
-    and the completions logged by the lost step are dropped, so every step appears once."""
+    and the completions logged by the lost step are dropped, so every step appears once. The crash came while a
+    fourth append was under way, leaving an unfinished metrics line and gzip member (resume crashed on them)."""
     import shutil
 
     from transformers import AutoTokenizer
@@ -260,6 +261,11 @@ def test_resume_after_a_lost_step_logs_each_step_once(tiny_model_dir, tmp_path):
     train(None, overrides(tiny_model_dir, tmp_path, "lost", "rollout.backend=hf", "run.steps=3"))
     run_dir = tmp_path / "lost"
     shutil.rmtree(run_dir / "checkpoints" / "step_000003")
+    member = gzip.compress("".join(json.dumps(r) + "\n" for r in read_rollouts(run_dir)[-16:]).encode())
+    with open(run_dir / "rollouts.jsonl.gz", "ab") as fh:
+        fh.write(member[: len(member) // 2])
+    with open(run_dir / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 3, "reward/me')
     train(None, ["run.steps=3"], resume_dir=str(run_dir))
     steps = [r["step"] for r in read_rollouts(run_dir)]
     assert sorted(set(steps)) == [1, 2, 3] and all(steps.count(s) == 16 for s in (1, 2, 3))

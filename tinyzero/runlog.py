@@ -6,6 +6,8 @@
 - ``rollouts.jsonl.gz``: every completion of every step (prompt, completion, reward, correct, step); gzip
   members are appended per step, which any gzip reader reads as one stream; ``evals.jsonl.gz``: the same for
   every held-out evaluation (step 0 included);
+  a kill during an append leaves an unfinished last line or member, which the readers (``tinyzero/jsonl.py``)
+  drop with a note;
 - annotated transcripts (``aha/`` text: re-checking phrases and task-grounded checks marked);
 - one progress line per step on stdout: step, reward, accuracy, seconds per step, ETA and, with a price, dollars.
 
@@ -113,7 +115,7 @@ class RunLog:
         """Drop what was logged after ``step`` (metrics, completions): a run resumed from that step's checkpoint
         redoes the later steps, so its logs then read like an uninterrupted run's."""
         for name in LOG_FILES:
-            truncate_jsonl(self.run_dir / name, step)
+            truncate_jsonl(self.run_dir / name, step, note=self.say)
 
     def flush(self) -> None:
         if self.writer is not None:
@@ -124,18 +126,32 @@ class RunLog:
             self.writer.close()
 
 
-def truncate_jsonl(path: Path, step: int) -> None:
+def truncate_jsonl(path: Path, step: int, note=None) -> None:
     """Keep only rows of ``step`` or earlier (a resumed run redoes the later ones) of a JSONL file, gzipped or
-    not (by its suffix), streaming, replaced atomically."""
+    not (by its suffix), streaming, replaced atomically. An unfinished last line or gzip member (a kill during an
+    append) is dropped, and ``note`` told; a row that is not JSON with a step is one sentence naming the file."""
     if not path.exists():
         return
+    from tinyzero.jsonl import read_lines
+
     opener = gzip.open if path.suffix == ".gz" else open
     tmp = path.with_name(path.name + ".truncating")
-    with opener(path, "rt", encoding="utf-8") as src, opener(tmp, "wt", encoding="utf-8") as dst:
-        for line in src:
-            if line.strip() and json.loads(line)["step"] <= step:
-                dst.write(line)
+    with opener(tmp, "wt", encoding="utf-8") as dst:
+        for number, line in read_lines(path, note):
+            if line.strip() and _row_step(line, path, number) <= step:
+                dst.write(line + "\n")  # a newline of its own: the line may have lost its own to a kill
     tmp.replace(path)
+
+
+def _row_step(line: str, path: Path, number: int) -> int | float:
+    try:
+        value = json.loads(line).get("step")
+    except (ValueError, RecursionError, AttributeError):
+        value = None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TinyZeroError(f"{path} line {number} is not a JSON object with a step, so the run cannot be resumed "
+                            "with it: move the file aside (the resumed run starts a new one)")
+    return value
 
 
 def claim_run_dir(run_dir: Path) -> None:
