@@ -115,6 +115,11 @@ def test_checkpoint_folder_compared_with_its_base_model(tiny_run, tiny_model_dir
     (["--k", "1,8", "--samples", "4"], "k=8 is larger than the 4 samples"),
     (["--k", "1,x"], "not a comma-separated list"),
     (["--size", "0"], "--size must be at least 1"),
+    (["--size", "1000000000"], "--size must be at most 100,000"),
+    (["--temperature", "nan"], "--temperature must be a finite number"),
+    (["--temperature", "-1"], "--temperature must be a finite number, 0 or more"),
+    (["--seed", "-5"], "--seed must be between 0 and 2147483647"),
+    (["--env", "arithmetic", "-o", "digits=1", "-o", "ops=+", "--size", "500"], "has only 100 distinct problems"),
 ])
 def test_user_errors_are_one_sentence(tiny_model_dir, capsys, args, fragment):
     code, out, err = eval_cli(capsys, str(tiny_model_dir), *args, *FLAGS)

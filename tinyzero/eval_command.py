@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tinyzero.checkpoint import MARKER, latest_checkpoint, read_state, verify_checkpoint
-from tinyzero.config import Config, load_config
+from tinyzero.config import MAX_EVAL_SIZE, Config, load_config
 from tinyzero.errors import TinyZeroError
 
 # Files of a model folder that are its weights or its architecture, never its tokenizer.
@@ -123,6 +124,12 @@ def settings_for(targets: list[Target], *, env: str | None = None, options: dict
     for flag, value in (("--size", size), ("--max-new-tokens", max_new_tokens)):
         if value is not None and value < 1:
             raise TinyZeroError(f"{flag} must be at least 1, got {value}")
+    if size is not None and size > MAX_EVAL_SIZE:
+        raise TinyZeroError(f"--size must be at most {MAX_EVAL_SIZE:,} (as eval.size), got {size:,}")
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        raise TinyZeroError(f"--temperature must be a finite number, 0 or more, got {temperature}")
+    if seed is not None and not 0 <= seed < 2**31:
+        raise TinyZeroError(f"--seed must be between 0 and {2**31 - 1} (as run.seed), got {seed}")
     if split not in ("test", "train"):
         raise TinyZeroError(f"--split {split!r}: use test (held-out problems) or train (the first training problems)")
     def pick(flag, default):
