@@ -123,12 +123,28 @@ def resume_point(run_dir: Path) -> tuple[Path, dict, bool]:
         raise TinyZeroError(f"{run_dir} has no complete checkpoint to resume from: start a new run")
     checked = verify_checkpoint(ckpt)
     state = read_state(ckpt)
-    history = state.get("history")
-    if not _count(state.get("cursor")) or not isinstance(history, list) or not all(
-            isinstance(row, dict) and "eval/accuracy" in row for row in history):
-        raise TinyZeroError(f"{ckpt / 'state.json'} is damaged (its cursor or eval history is not what tinyzero "
+    history, aha, wall_s = state.get("history"), state.setdefault("aha", {}), state.setdefault("wall_s", 0.0)
+    wrong = [name for name, bad in (
+        ("cursor", not _count(state.get("cursor"))),
+        ("eval history", not isinstance(history, list) or not all(
+            isinstance(row, dict) and isinstance(row.get("eval/accuracy"), int | float) for row in history)),
+        ("aha state", not _aha_state(aha)),
+        ("wall_s", isinstance(wall_s, bool) or not isinstance(wall_s, int | float) or not 0 <= wall_s < 1e12),
+    ) if bad]
+    if wrong:
+        raise TinyZeroError(f"{ckpt / 'state.json'} is damaged (its {', '.join(wrong)} is not what tinyzero "
                             f"writes): {_fix(ckpt)}")
     return ckpt, state, checked
+
+
+def _aha_state(aha) -> bool:
+    """The aha tracker's saved state (``Tracker.state``), in the shapes ``Tracker.load`` reads."""
+    if not isinstance(aha, dict):
+        return False
+    series = aha.get("series", [])
+    return (all(isinstance(aha.get(k, {}), dict) for k in ("baseline", "eval_baseline", "first_verification"))
+            and isinstance(series, list) and all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(x, int | float) for x in p) for p in series))
 
 
 def _count(value) -> bool:

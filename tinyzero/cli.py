@@ -76,7 +76,11 @@ def cmd_reward(args: argparse.Namespace) -> int:
 
     env = make_env(args.env, _options(args.option))
     write = sys.stdout.write
-    for number, line in enumerate(sys.stdin, start=1):
+    for number, raw in enumerate(sys.stdin.buffer, start=1):  # bytes: a line that is not UTF-8 is one sentence
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TinyZeroError(f"line {number}: not UTF-8 text; give one JSON object per line") from None
         if not line.strip():
             continue
         write(json.dumps(_score_line(env, line, number).to_dict()) + "\n")
@@ -89,6 +93,9 @@ def _score_line(env, line: str, number: int):
         item = json.loads(line)
     except (json.JSONDecodeError, RecursionError) as err:
         raise TinyZeroError(f"line {number}: not valid JSON ({err}); give one JSON object per line") from None
+    except ValueError as err:  # an integer past 4,300 digits
+        raise TinyZeroError(f"line {number}: JSON tinyzero does not read ({str(err)[:80]}); give one JSON object "
+                            "per line") from None
     if not isinstance(item, dict) or not isinstance(item.get("completion"), str):
         raise TinyZeroError(f'line {number}: expected {{"completion": str, "problem": {{...}}}}')
     if not isinstance(item.get("problem"), dict):

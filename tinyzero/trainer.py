@@ -107,9 +107,17 @@ class Trainer:
         if not checked:
             self.log.say(f"note: {ckpt} was written before checkpoints carried checksums: its files are not checked")
         self.step, self.cursor, self.history = state["step"], state["cursor"], state["history"]
-        self.aha.load(state.get("aha", {}))  # baselines and the aha rule's series (absent: an older run)
-        self.meter.spent_s += state.get("wall_s", 0.0)  # what the run's earlier sessions spent
-        self.roles.learner.load(str(ckpt))
+        self.aha.load(state["aha"])  # baselines and the aha rule's series ({}: an older run)
+        self.meter.spent_s += state["wall_s"]  # what the run's earlier sessions spent
+        try:
+            self.roles.learner.load(str(ckpt))
+        except Exception as err:  # noqa: BLE001 - whatever a damaged file raises, the user reads one sentence
+            cause = getattr(err, "cause", None) or err  # under Ray, the learner's own exception
+            if isinstance(cause, TinyZeroError):
+                raise TinyZeroError(str(cause)) from None
+            first = (str(cause).strip().splitlines() or [""])[0][:160]
+            raise TinyZeroError(f"checkpoint {ckpt} does not load ({type(cause).__name__}: {first}): move it aside "
+                                "(it stays on disk) to resume from the one before, or restore it from a copy") from None
         self.roles.sync_weights()
         self.log.truncate_after(self.step)  # a resumed run's logs read like an uninterrupted one's
         self.log.say(f"resumed {self.run_dir} at step {self.step} from {ckpt.name}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
-import json
+import math
 from collections.abc import Mapping
 from html import escape
 from pathlib import Path
@@ -23,8 +23,9 @@ from pathlib import Path
 from tinyzero.analysis.aha import DEFAULT_LEXICON, Analysis, Tracker
 from tinyzero.analysis.aha_file import Settings, analyse_file, settings_for
 from tinyzero.analysis.transcripts import problem_id, read_jsonl, same_problem_at_start, transcript_html
-from tinyzero.checkpoint import latest_checkpoint
+from tinyzero.checkpoint import latest_checkpoint, read_state
 from tinyzero.errors import TinyZeroError
+from tinyzero.fields import short
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -49,7 +50,12 @@ def _eval_history(run_dir: Path) -> list[dict]:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None or not (ckpt / "state.json").is_file():
         return []
-    return json.loads((ckpt / "state.json").read_text()).get("history", [])
+    history = read_state(ckpt).get("history", [])
+    return [row for row in history if isinstance(row, dict)] if isinstance(history, list) else []
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _png(fig, title: str) -> str:
@@ -63,7 +69,8 @@ def _png(fig, title: str) -> str:
 
 
 def _series(rows: list[dict], key: str) -> tuple[list, list]:
-    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
+    """(steps, values) of the rows where both are numbers: a damaged row is left out of the curve."""
+    pts = [(r["step"], r[key]) for r in rows if _number(r.get(key)) and _number(r.get("step"))]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -156,6 +163,9 @@ def _pick(path: Path, tracker: Tracker, *, after_step: int | None = None) -> dic
     for row in read_jsonl(path):
         analysis = _analyse_row(tracker, row)
         step = row.get("step", 0)
+        if not _number(step):
+            raise TinyZeroError(f"{path} has a row whose step is not a number ({short(step)}): give the run's own "
+                                "transcript file")
         rank = 2 if analysis.verified else 1 if analysis.reflections else 0
         if first is None and analysis.verified and (after_step is None or step > after_step):
             first = (row, analysis)
@@ -213,6 +223,7 @@ def _transcripts(run_dir: Path, tracker: Tracker) -> str:
 
 def _summary_table(metrics: list[dict], history: list[dict], rollouts: dict) -> str:
     rows = [("steps", str(len(metrics)))]
+    history = [h for h in history if _number(h.get("eval/accuracy")) and _number(h.get("step"))]
     if history:
         rows.append(("held-out accuracy, first → last eval",
                      f"{history[0]['eval/accuracy']:.1%} (step {history[0]['step']}) → "
@@ -226,11 +237,12 @@ def _summary_table(metrics: list[dict], history: list[dict], rollouts: dict) -> 
                              f"{b[key]:.3f} → {last[key]:.3f} (Δ {last[key] - b[key]:+.3f})"))
         rows.append((f"aha step ({rollouts['aha_signal']})",
                      str(rollouts["aha_step"]) if rollouts["aha_step"] is not None else "none (rule: docs/metrics.md)"))
-    step_s = [m["time/step"] for m in metrics if "time/step" in m]
+    step_s = [m["time/step"] for m in metrics if _number(m.get("time/step"))]
     if step_s:
         rows.append(("mean seconds per step", f"{sum(step_s) / len(step_s):.1f}"))
-    if metrics and "cost/usd" in metrics[-1]:
-        rows.append(("cost", f"${metrics[-1]['cost/usd']:.2f} ({metrics[-1].get('cost/gpu_hours', 0):.2f} GPU-hours)"))
+    if metrics and _number(metrics[-1].get("cost/usd")):
+        hours = metrics[-1].get("cost/gpu_hours")
+        rows.append(("cost", f"${metrics[-1]['cost/usd']:.2f} ({hours if _number(hours) else 0:.2f} GPU-hours)"))
     body = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
 
@@ -257,5 +269,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
             "<h2>Curves</h2>", *_plots(metrics, history, rollouts, evals),
             "<h2>Transcripts</h2>", _transcripts(run_dir, tracker), "</body></html>"]
     out = out or run_dir / "report.html"
-    out.write_text("\n".join(html), encoding="utf-8")
+    try:
+        out.write_text("\n".join(html), encoding="utf-8")
+    except OSError as err:  # a folder, a read-only place, a missing parent
+        raise TinyZeroError(f"cannot write the report to {out} ({err.strerror or type(err).__name__}): give --out a "
+                            "file path in a folder you can write to") from None
     return out

@@ -46,7 +46,10 @@ def same_problem_at_start(run_dir: Path, problem: object, prompt: object = None)
         if not path.is_file():
             continue
         for row in read_jsonl(path):
-            if row.get("step", first_step) > first_step:
+            step = row.get("step", first_step)
+            if not isinstance(step, int | float):
+                continue  # not a run's own row; the report names such rows
+            if step > first_step:
                 break  # rows are written step by step
             if problem_id(row.get("problem"), row.get("prompt")) == want:
                 return row

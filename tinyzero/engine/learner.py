@@ -391,7 +391,10 @@ class Learner:
         config = getattr(module, "config", None)
         tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
         if set(missing) - tied or unexpected:
-            raise RuntimeError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
+            names = ", ".join([*sorted(set(missing) - tied), *sorted(unexpected)][:3])
+            raise TinyZeroError(f"the checkpoint's weights do not match the model (missing {len(set(missing) - tied)}, "
+                                f"unexpected {len(unexpected)}: {names[:160]}): resume it with the model it was "
+                                "trained from (model.name in the run's config.yaml)")
 
 
 def read_tensors(path: Path) -> dict:
@@ -446,9 +449,16 @@ def _finite(tree, path: Path):
 
 
 def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     weights: dict[str, torch.Tensor] = {}
     for part in sorted(folder.glob("*.safetensors")):
-        weights.update(load_file(str(part)))
+        try:
+            weights.update(load_file(str(part)))
+        except (SafetensorError, OSError) as err:
+            raise TinyZeroError(f"{part} is damaged ({str(err)[:100]}), so it was not loaded: resume from an earlier "
+                                "checkpoint, or restore the file from a copy") from None
+    if not weights:
+        raise TinyZeroError(f"{folder} holds no weights (*.safetensors): resume from an earlier checkpoint")
     return weights
