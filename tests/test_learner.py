@@ -44,7 +44,7 @@ def _grads(learner: Learner, batch: TrainBatch) -> dict[str, torch.Tensor]:
     captured = {}
     original = learner._clip_and_step
 
-    def capture(module, optimizer):
+    def capture(module, optimizer, losses):  # stands in for Learner._clip_and_step
         for name, p in module.named_parameters():
             if p.grad is not None:
                 captured[name] = p.grad.detach().clone()
