@@ -291,6 +291,16 @@ class AhaConfig:
 
 
 @dataclass(frozen=True)
+class RewardConfig:
+    """Reward given to the learner (docs/metrics.md, control runs).
+
+    control: none (the verifier's scores), shuffled (the batch's scores shuffled across its completions) or random (score 1 with the batch's success rate, else 0): a control run, seeded from (run.seed, step); correct, accuracy and held-out evaluation still use the verifier
+    """
+
+    control: Literal["none", "shuffled", "random"] = "none"
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole training job."""
 
@@ -307,6 +317,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     aha: AhaConfig = field(default_factory=AhaConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
 
 # Keys that older recipes and run folders may still hold, with the key that replaced them.
