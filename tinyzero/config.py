@@ -241,10 +241,18 @@ class LogConfig:
 
     tensorboard: write TensorBoard event files in the run folder
     samples: completions logged as text per step
+    wandb: also mirror scalars, sample tables and the config to Weights & Biases (needs the wandb extra); resume continues the same W&B run
+    wandb_project: the W&B project
+    wandb_name: the W&B run name (empty: run.name)
+    wandb_mode: offline (files in RUN/wandb, upload later with `wandb sync`) or online (needs `wandb login`)
     """
 
     tensorboard: bool = True
     samples: int = 2
+    wandb: bool = False
+    wandb_project: str = "tinyzero"
+    wandb_name: str = ""
+    wandb_mode: Literal["offline", "online"] = "offline"
 
 
 # Family -> phrases. A space or hyphen inside a phrase matches up to three spaces/hyphens or none, so

@@ -33,6 +33,7 @@ from tinyzero.errors import TinyZeroError
 from tinyzero.runlog import RunLog, Timer
 from tinyzero.scoring import CONTROLS, Scorer, control_scores
 from tinyzero.sizing.preflight import preflight
+from tinyzero.trackers import open_wandb
 
 
 class Trainer:
@@ -75,7 +76,7 @@ class Trainer:
         self.history: list[dict] = []  # eval results
         self.stopped = ""  # why the run ended early ("budget"), if it did
         self.log = RunLog(self.run_dir, config.run.steps, tensorboard=config.log.tensorboard,
-                          samples=config.log.samples, stream=stream)
+                          samples=config.log.samples, stream=stream, mirror=open_wandb(config, self.run_dir))
         cache = self.run_dir / "cache"
         if roles is None:
             self.log.say(f"layout: {layout.describe()}")
