@@ -104,6 +104,7 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("control", ["shuffled", "random"])
 def test_a_control_run_update_uses_no_verdict(tiny_model_dir, tmp_path, control):
     real = _train(tiny_model_dir, tmp_path, "real", control, moved=False)
@@ -125,6 +126,7 @@ def test_a_control_run_update_uses_no_verdict(tiny_model_dir, tmp_path, control)
         assert all(r["score"] == float(r["correct"]) for r in batch)  # FirstByte: the verifier's score is 0 or 1
 
 
+@pytest.mark.slow
 def test_without_a_control_moved_verdicts_change_the_weights(tiny_model_dir, tmp_path):
     """The check above can fail: with the verifier's scores, the same moved verdicts train another policy."""
     real = _train(tiny_model_dir, tmp_path, "real", "none", moved=False)

@@ -80,6 +80,7 @@ def test_mirror_writes_scalars_tables_config_and_resumes_the_same_run(tmp_path):
     assert content["data"] == [["1 + 1?", "2", 1.0, True, "correct"]]
 
 
+@pytest.mark.slow
 def test_a_training_run_mirrors_its_metrics(tiny_model_dir, tmp_path):
     """A run with log.wandb=true, then resumed: W&B holds every metrics.jsonl value and evaluation, one run id."""
     from tinyzero.trainer import train
