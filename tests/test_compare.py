@@ -175,3 +175,18 @@ def test_the_claim_in_short(pair):
     html = compare.write_comparison(list(pair)).read_text()
     assert ("In short — held-out accuracy, reflection rate (training batches), verification rate (training batches):"
             " rose above the control&#x27;s; held-out reflection rate, held-out verification rate: no verdict") in html
+
+
+def test_a_run_without_a_checkpoint_reads_its_evaluations(pair):
+    """A run still going (no checkpoint yet): held-out accuracy comes from evals.jsonl.gz."""
+    import shutil
+
+    real, shuffled = pair
+    shutil.rmtree(shuffled / "checkpoints")
+    with gzip.open(shuffled / "evals.jsonl.gz", "at", encoding="utf-8") as fh:  # 3 of 10 right at step 2
+        fh.writelines(json.dumps({"step": 2, "prompt": "q", "completion": PLAIN, "correct": i < 3, "score": 0.0,
+                                  "problem": P}) + "\n" for i in range(10))
+    run = compare.load_run(shuffled, "s")
+    assert compare.accuracy_shares(run) == {0: Share(1.0, 10), 2: Share(0.3, 10), 6: Share(1.0, 10)}
+    html = compare.write_comparison([real, shuffled]).read_text()
+    assert "<td>2</td><td>35.0%</td><td>30.0%</td>" in html

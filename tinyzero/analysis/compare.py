@@ -6,7 +6,9 @@ is drawn dashed and labelled ``control``. Above them: each run's config differen
 are not the same in every run), held-out accuracy at every evaluation, and, where a control is among the runs, the
 claim against it in words (tinyzero/analysis/claim.py).
 
-The aha metrics are recomputed from each run's transcripts, as the single-run report does.
+The aha metrics are recomputed from each run's transcripts, as the single-run report does; held-out accuracy comes
+from the newest checkpoint's history and, for evaluations since, from ``evals.jsonl.gz``, so a run still going
+can be compared too.
 Simplification: runs are matched by step number; a step one run lacks is left out of that comparison.
 """
 
@@ -81,14 +83,23 @@ def _scalar(rows: list[dict], key: str) -> tuple[list, list]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def _accuracy_curve(run: Run) -> tuple[list, list]:
+    shares = accuracy_shares(run)
+    steps = sorted(shares)
+    return steps, [shares[s].value for s in steps]
+
+
 def _by_step(summary: dict | None, key: str) -> tuple[list, list]:
     rows = [] if summary is None else [{"step": s["step"], **s["metrics"]} for s in summary["by_step"]]
     return _scalar(rows, key)
 
 
 def accuracy_shares(run: Run) -> dict[int, Share]:
+    """Held-out accuracy per evaluation: the checkpoint's history, and evaluations logged since the newest
+    checkpoint from ``evals.jsonl.gz`` (a run still going, or one stopped between checkpoints)."""
     size = flatten(run.config).get("eval.size")
-    out = {}
+    out = {s["step"]: Share(s["accuracy"], s["responses"]) for s in (run.evals or {}).get("by_step", [])
+           if isinstance(s.get("accuracy"), int | float) and s["responses"]}
     for h in run.history:
         n = h.get("n", size)
         if isinstance(h.get("eval/accuracy"), int | float) and isinstance(n, int) and n > 0:
@@ -118,7 +129,7 @@ def _overlay(title: str, runs: list[Run], series, ylabel: str, aha_marks: bool =
 
 def _plots(runs: list[Run]) -> list[str]:
     plots = [
-        _overlay("Held-out greedy accuracy", runs, lambda r: _scalar(r.history, "eval/accuracy"), "fraction"),
+        _overlay("Held-out greedy accuracy", runs, _accuracy_curve, "fraction"),
         _overlay("Training reward (the verifier's mean score)", runs, lambda r: _scalar(r.metrics, "reward/mean"),
                  "mean score"),
         _overlay("Training accuracy", runs, lambda r: _scalar(r.metrics, "reward/accuracy"), "fraction"),
