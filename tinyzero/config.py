@@ -244,10 +244,18 @@ class LogConfig:
 
     tensorboard: write TensorBoard event files in the run folder
     samples: completions logged as text per step
+    wandb: also mirror scalars, sample tables and the config to Weights & Biases (needs the wandb extra); resume continues the same W&B run
+    wandb_project: the W&B project
+    wandb_name: the W&B run name (empty: run.name)
+    wandb_mode: offline (files in RUN/wandb, upload later with `wandb sync`) or online (needs `wandb login`)
     """
 
     tensorboard: bool = True
     samples: int = at_least(0, 2)
+    wandb: bool = False
+    wandb_project: str = "tinyzero"
+    wandb_name: str = ""
+    wandb_mode: Literal["offline", "online"] = "offline"
 
 
 # Family -> phrases. A space or hyphen inside a phrase matches up to three spaces/hyphens or none, so
@@ -294,6 +302,16 @@ class AhaConfig:
 
 
 @dataclass(frozen=True)
+class RewardConfig:
+    """Reward given to the learner (docs/metrics.md, control runs).
+
+    control: none (the verifier's scores), shuffled (the batch's scores shuffled across its completions) or random (score 1 with the batch's success rate, else 0): a control run, seeded from (run.seed, step); correct, accuracy and held-out evaluation still use the verifier
+    """
+
+    control: Literal["none", "shuffled", "random"] = "none"
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole training job."""
 
@@ -310,6 +328,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     aha: AhaConfig = field(default_factory=AhaConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
 
 # Keys that older recipes and run folders may still hold, with the key that replaced them.

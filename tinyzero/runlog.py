@@ -9,7 +9,8 @@
   a kill during an append leaves an unfinished last line or member, which the readers (``tinyzero/jsonl.py``)
   drop with a note;
 - annotated transcripts (``aha/`` text: re-checking phrases and task-grounded checks marked);
-- one progress line per step on stdout: step, reward, accuracy, seconds per step, ETA and, with a price, dollars.
+- one progress line per step on stdout: step, reward, accuracy, seconds per step, ETA and, with a price, dollars;
+- with a mirror (``log.wandb``: tinyzero/trackers.py), the scalars and sample tables go to Weights & Biases too.
 
 The run folder itself is claimed first (``claim_run_dir``): the kit writes its own marker file into it, and it
 only ever clears a folder that holds that marker; any other existing folder with something in it is refused.
@@ -39,8 +40,9 @@ def _fmt_duration(seconds: float) -> str:
 
 class RunLog:
     def __init__(self, run_dir: Path, total_steps: int, *, tensorboard: bool = True, samples: int = 2,
-                 stream=None):
+                 stream=None, mirror=None):
         self.run_dir = run_dir
+        self.mirror = mirror  # e.g. a trackers.WandbMirror: receives scalars and sample tables as well
         self.total_steps = total_steps
         self.samples = samples
         self.stream = stream or sys.stdout
@@ -65,12 +67,16 @@ class RunLog:
             fh.write(json.dumps({"step": step, **values}) + "\n")
 
     def tensorboard_scalars(self, step: int, values: dict[str, float]) -> None:
-        """Scalars to TensorBoard only (evaluations: their file record is the run's history)."""
+        """Scalars to TensorBoard and the mirror only (evaluations: their file record is the run's history)."""
+        if self.mirror is not None:
+            self.mirror.scalars(step, values)
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
 
     def text(self, tag: str, step: int, rows: list[dict]) -> None:
+        if self.mirror is not None and rows:
+            self.mirror.table(tag, step, rows)
         if self.writer is None or not rows:
             return
         blocks = []
@@ -124,6 +130,8 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.mirror is not None:
+            self.mirror.close()
 
 
 def truncate_jsonl(path: Path, step: int, note=None) -> None:

@@ -31,8 +31,9 @@ from tinyzero.engine.messages import RolloutBatch, ScoredBatch, TrainBatch, buil
 from tinyzero.envs import make_env
 from tinyzero.errors import StopRun, TinyZeroError
 from tinyzero.runlog import RunLog, Timer, claim_run_dir
-from tinyzero.scoring import Scorer
+from tinyzero.scoring import CONTROLS, Scorer, control_scores
 from tinyzero.sizing.preflight import preflight
+from tinyzero.trackers import open_wandb
 
 
 class Trainer:
@@ -78,7 +79,7 @@ class Trainer:
         self.history: list[dict] = []  # eval results
         self.stopped = ""  # why the run ended early ("budget"), if it did
         self.log = RunLog(self.run_dir, config.run.steps, tensorboard=config.log.tensorboard,
-                          samples=config.log.samples, stream=stream)
+                          samples=config.log.samples, stream=stream, mirror=open_wandb(config, self.run_dir))
         cache = self.run_dir / "cache"
         if roles is None:
             self.log.say(f"layout: {layout.describe()}")
@@ -91,6 +92,9 @@ class Trainer:
             roles = build_roles(config, self.model_path, cache, layout)
         self.roles = roles
         self.scorer = Scorer(self.env)
+        if config.reward.control != "none":
+            self.log.say(f"control run (reward.control={config.reward.control}): the learner gets "
+                         f"{CONTROLS[config.reward.control]}; accuracy and evaluations use the verifier")
         if resume:
             self._restore()
         else:
@@ -199,12 +203,16 @@ class Trainer:
     def score(self, batch: RolloutBatch) -> ScoredBatch:
         results = self.scorer(batch.texts, batch.problems)
         comps = sorted({k for res in results for k in res.components})
+        verdicts, correct = [res.score for res in results], [res.correct for res in results]
+        control = self.config.reward.control  # a control run's learner gets other scores (tinyzero/scoring.py)
+        given = control_scores(verdicts, correct, control, self.config.run.seed, self.step + 1)
         return ScoredBatch(
             rollout=batch,
-            scores=torch.tensor([res.score for res in results], dtype=torch.float32),
-            correct=torch.tensor([res.correct for res in results], dtype=torch.bool),
+            scores=torch.tensor(given, dtype=torch.float32),
+            correct=torch.tensor(correct, dtype=torch.bool),
             reasons=[res.reason for res in results],
             components={k: torch.tensor([res.components.get(k, 0.0) for res in results]) for k in comps},
+            verifier_scores=None if control == "none" else torch.tensor(verdicts, dtype=torch.float32),
         )
 
     def advantages(self, scored: ScoredBatch, tokens, timer: Timer) -> TrainBatch:
@@ -274,18 +282,22 @@ class Trainer:
 
     def _rows(self, scored: ScoredBatch) -> list[dict]:
         b = scored.rollout
-        return [
-            {"prompt": b.prompts[i], "completion": b.texts[i], "score": float(scored.scores[i]),
+        rows = [
+            {"prompt": b.prompts[i], "completion": b.texts[i], "score": float(scored.verdicts[i]),
              "correct": bool(scored.correct[i]), "reason": scored.reasons[i], "problem": b.problems[i]}
             for i in range(len(b.texts))
         ]
+        if scored.verifier_scores is not None:  # a control run: also what the learner was given
+            for row, given in zip(rows, scored.scores.tolist(), strict=True):
+                row["control_score"] = given
+        return rows
 
     def _step_metrics(self, scored: ScoredBatch, stats: dict, timer: Timer, seconds: float) -> dict:
         b = scored.rollout
         lengths = torch.tensor([len(r) for r in b.response_ids], dtype=torch.float32)
         metrics = {
-            "reward/mean": float(scored.scores.mean()),
-            "reward/std": float(scored.scores.std()) if len(scored.scores) > 1 else 0.0,
+            "reward/mean": float(scored.verdicts.mean()),
+            "reward/std": float(scored.verdicts.std()) if len(scored.verdicts) > 1 else 0.0,
             "reward/accuracy": float(scored.correct.float().mean()),
             "reward/format_rate": float(scored.components["format"].mean()) if "format" in scored.components else 0.0,
             "rollout/response_length_mean": float(lengths.mean()),
@@ -297,6 +309,8 @@ class Trainer:
         metrics.update({f"train/{key}": value for key, value in stats.items()})
         metrics.update({f"time/{phase}": spent for phase, spent in timer.seconds.items()})
         metrics["data/cursor"] = float(self.cursor)
+        if scored.verifier_scores is not None:  # present only in control runs: marks them in metrics.jsonl too
+            metrics["reward/control_mean"] = float(scored.scores.mean())
         metrics.update(self.meter.metrics())
         return metrics
 

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from tinyzero.analysis.aha import DEFAULT_LEXICON, Analysis, Tracker
 from tinyzero.analysis.aha_file import Settings, analyse_file, settings_for
+from tinyzero.analysis.runs import control_of, eval_history, read_config, read_metrics
 from tinyzero.analysis.transcripts import problem_id, read_jsonl, same_problem_at_start, transcript_html
-from tinyzero.checkpoint import latest_checkpoint, read_state
 from tinyzero.errors import TinyZeroError
 from tinyzero.fields import short
+from tinyzero.scoring import CONTROLS
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -36,22 +37,8 @@ img { max-width: 100%; } .pair { display: flex; gap: 1em; } .pair > div { flex: 
 pre { white-space: pre-wrap; background: #fafafa; border: 1px solid #e4e4e4; padding: .6em; font-size: .85em; }
 mark.reflection { background: #ffe08a; } mark.verification { background: #a8e6a1; }
 .note { color: #666; font-size: .9em; }
+.control { background: #eef3ff; border-left: 4px solid #4a6fd1; padding: .4em .8em; }
 """
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise TinyZeroError(f"{run_dir} has no metrics.jsonl: give a run folder such as runs/demo")
-    return list(read_jsonl(path))
-
-
-def _eval_history(run_dir: Path) -> list[dict]:
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None or not (ckpt / "state.json").is_file():
-        return []
-    history = read_state(ckpt).get("history", [])
-    return [row for row in history if isinstance(row, dict)] if isinstance(history, list) else []
 
 
 def _number(value) -> bool:
@@ -106,6 +93,7 @@ def _plots(metrics: list[dict], history: list[dict], rollouts: dict, evals: dict
         ("train reward (mean score)", *_series(metrics, "reward/mean"), {}),
         ("train accuracy", *_series(metrics, "reward/accuracy"), {}),
         ("held-out greedy accuracy", ev_x, ev_acc, {"marker": "s", "linewidth": 2}),
+        ("score given to the learner (control run)", *_series(metrics, "reward/control_mean"), {"linestyle": "--"}),
     ], "fraction"))
     plots.append(_line_plot("Response length (tokens)", [
         ("train mean", *_series(metrics, "rollout/response_length_mean"), {}),
@@ -247,22 +235,32 @@ def _summary_table(metrics: list[dict], history: list[dict], rollouts: dict) -> 
     return f"<table>{body}</table>"
 
 
+def control_note(config: Mapping) -> str:
+    """A control run says so under its title (empty for a normal run)."""
+    control = control_of(config)
+    if control == "none":
+        return ""
+    what = CONTROLS.get(control, "scores other than the verifier's")
+    return (f"<p class='control'><b>Control run</b> (reward.control={escape(control)}): the learner got {escape(what)}"
+            ". Accuracy, the reward curve and held-out evaluations are the verifier's.</p>")
+
+
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the HTML report of ``run_dir``; returns its path (default ``run_dir/report.html``)."""
     run_dir = run_dir.resolve()  # "." has no name to put in the title
-    metrics = _metrics(run_dir)
+    metrics = read_metrics(run_dir)
     rollouts_path = run_dir / "rollouts.jsonl.gz"
     if not rollouts_path.is_file():
         raise TinyZeroError(f"{run_dir} has no rollouts.jsonl.gz: give a run folder that finished a step")
     settings: Settings = settings_for(rollouts_path)
     rollouts = analyse_file(rollouts_path, settings)
     evals = analyse_file(run_dir / "evals.jsonl.gz", settings) if (run_dir / "evals.jsonl.gz").is_file() else None
-    history = _eval_history(run_dir)
+    history = eval_history(run_dir)
     tracker = Tracker(settings.lexicon or DEFAULT_LEXICON, settings.env, max_chars=settings.max_chars)
     env = rollouts["env"] or "none (lexical metrics only)"
     html = [f"<!doctype html><html><head><meta charset='utf-8'><title>tinyzero report: {escape(run_dir.name)}</title>"
             f"<style>{CSS}</style></head><body>",
-            f"<h1>tinyzero run report: {escape(run_dir.name)}</h1>",
+            f"<h1>tinyzero run report: {escape(run_dir.name)}</h1>", control_note(read_config(run_dir)),
             f"<p class='note'>{escape(str(run_dir))} — environment {escape(env)}; {rollouts['responses']} training "
             "completions analysed. Every metric is defined in docs/metrics.md.</p>",
             "<h2>Summary</h2>", _summary_table(metrics, history, rollouts),
