@@ -257,9 +257,11 @@ class GymTask:
                 score = self._score_here(answer, problem)
             else:
                 score = self._worker().score(answer, dict(problem))
-        except Exception as err:  # noqa: BLE001 - a reward never raises: any failure scores 0 with its reason
-            from tinyzero.envs.gym_worker import VerifierTimeout
+        except Exception as err:  # noqa: BLE001 - any failure to score one answer scores 0 with its reason
+            from tinyzero.envs.gym_worker import VerifierTimeout, VerifierUnavailable
 
+            if isinstance(err, VerifierUnavailable):
+                raise  # no answer can be scored at all: the run stops with a checkpoint (gym_worker.py)
             return malformed("verifier_timeout" if isinstance(err, VerifierTimeout) else "verifier_error")
         return _verdict(score)
 

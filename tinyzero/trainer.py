@@ -12,8 +12,8 @@ step from (seed, step) for the same reason.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 
@@ -23,19 +23,20 @@ from tinyzero import algos
 from tinyzero.analysis.aha import Tracker
 from tinyzero.analysis.evaluation import Sampling, encode_prompt, evaluate
 from tinyzero.analysis.transcripts import pick_transcripts
-from tinyzero.checkpoint import latest_checkpoint, read_state, save_checkpoint
+from tinyzero.checkpoint import latest_checkpoint, read_state, resume_point, save_checkpoint
 from tinyzero.config import Config, load_config, to_yaml
 from tinyzero.console import quiet_libraries
 from tinyzero.data import iter_train, sample_test
 from tinyzero.dynamic_sampling import Collected, check_filter, collect
 from tinyzero.engine.messages import RolloutBatch, ScoredBatch, TrainBatch, build_tokens, pad_logprobs
 from tinyzero.envs import make_env
-from tinyzero.errors import TinyZeroError
+from tinyzero.errors import StopRun, TinyZeroError
 from tinyzero.overlong import check_overlong, mask_truncated, shape_scores
 from tinyzero.overlong import metrics as overlong_metrics
-from tinyzero.runlog import RunLog, Timer
-from tinyzero.scoring import Scorer
+from tinyzero.runlog import RunLog, Timer, claim_run_dir
+from tinyzero.scoring import CONTROLS, Scorer, control_scores
 from tinyzero.sizing.preflight import preflight
+from tinyzero.trackers import open_wandb
 
 
 class Trainer:
@@ -61,7 +62,10 @@ class Trainer:
 
         model_cfg = model_config(config.model.name)  # config.json only: the preflight needs no weights
         needs = preflight(config, layout, model_cfg)
-        self._prepare_run_dir(resume)
+        if not resume:  # `train()` has checked that a resumed folder holds a run
+            claim_run_dir(self.run_dir)
+        else:  # its checksums and state, before any model loads
+            self._resume_point = resume_point(self.run_dir)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         quiet_libraries()
@@ -80,7 +84,7 @@ class Trainer:
         self.history: list[dict] = []  # eval results
         self.stopped = ""  # why the run ended early ("budget"), if it did
         self.log = RunLog(self.run_dir, config.run.steps, tensorboard=config.log.tensorboard,
-                          samples=config.log.samples, stream=stream)
+                          samples=config.log.samples, stream=stream, mirror=open_wandb(config, self.run_dir))
         cache = self.run_dir / "cache"
         if roles is None:
             self.log.say(f"layout: {layout.describe()}")
@@ -93,6 +97,9 @@ class Trainer:
             roles = build_roles(config, self.model_path, cache, layout)
         self.roles = roles
         self.scorer = Scorer(self.env)
+        if config.reward.control != "none":
+            self.log.say(f"control run (reward.control={config.reward.control}): the learner gets "
+                         f"{CONTROLS[config.reward.control]}; accuracy and evaluations use the verifier")
         if resume:
             self._restore()
         else:
@@ -104,26 +111,22 @@ class Trainer:
             next(self._stream)
 
     # --------------------------------------------------------------------------------- set-up
-    def _prepare_run_dir(self, resume: bool) -> None:
-        if resume:  # `train()` has checked the run folder holds a config
-            return
-        if latest_checkpoint(self.run_dir) is not None or (self.run_dir / "metrics.jsonl").exists():
-            raise TinyZeroError(
-                f"{self.run_dir} already holds a run: continue it with `tinyzero resume {self.run_dir}` "
-                "or pick another run.name"
-            )
-        shutil.rmtree(self.run_dir, ignore_errors=True)  # a folder from a run that never finished a step
-        self.run_dir.mkdir(parents=True)
-
     def _restore(self) -> None:
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
-            raise TinyZeroError(f"{self.run_dir} has no complete checkpoint to resume from: start a new run")
-        state = read_state(ckpt)
+        ckpt, state, checked = self._resume_point
+        if not checked:
+            self.log.say(f"note: {ckpt} was written before checkpoints carried checksums: its files are not checked")
         self.step, self.cursor, self.history = state["step"], state["cursor"], state["history"]
-        self.aha.load(state.get("aha", {}))  # baselines and the aha rule's series (absent: an older run)
-        self.meter.spent_s += state.get("wall_s", 0.0)  # what the run's earlier sessions spent
-        self.roles.learner.load(str(ckpt))
+        self.aha.load(state["aha"])  # baselines and the aha rule's series ({}: an older run)
+        self.meter.spent_s += state["wall_s"]  # what the run's earlier sessions spent
+        try:
+            self.roles.learner.load(str(ckpt))
+        except Exception as err:  # noqa: BLE001 - whatever a damaged file raises, the user reads one sentence
+            cause = getattr(err, "cause", None) or err  # under Ray, the learner's own exception
+            if isinstance(cause, TinyZeroError):
+                raise TinyZeroError(str(cause)) from None
+            first = (str(cause).strip().splitlines() or [""])[0][:160]
+            raise TinyZeroError(f"checkpoint {ckpt} does not load ({type(cause).__name__}: {first}): move it aside "
+                                "(it stays on disk) to resume from the one before, or restore it from a copy") from None
         self.roles.sync_weights()
         self.log.truncate_after(self.step)  # a resumed run's logs read like an uninterrupted one's
         self.log.say(f"resumed {self.run_dir} at step {self.step} from {ckpt.name}")
@@ -135,12 +138,15 @@ class Trainer:
     # ------------------------------------------------------------------------------------ steps
     def run(self) -> dict:
         config = self.config
-        if self.step == 0 and not self.history:
-            self.evaluate()
+        self._step_start = None  # (cursor, aha state) while a step runs: what a stop mid-step rolls back to
         try:
+            if self.step == 0 and not self.history:
+                self.evaluate()
             while self.step < config.run.steps:
                 start = time.monotonic()
+                self._step_start = (self.cursor, copy.deepcopy(self.aha.state()))
                 self.train_step()
+                self._step_start = None
                 last = self.step == config.run.steps
                 if (config.eval.every and self.step % config.eval.every == 0) or last:
                     if not (self.history and self.history[-1]["step"] == self.step):
@@ -156,9 +162,24 @@ class Trainer:
                     self.log.say(self.meter.budget_stop_message(config.run.budget_usd, self.step, config.run.steps,
                                                                 self.run_dir))
                     break
+        except StopRun as err:
+            raise self._stop_with_checkpoint(getattr(err, "cause", None) or err) from None  # Ray: err.cause
         finally:
             self.log.flush()
         return self.summary()
+
+    def _stop_with_checkpoint(self, err: StopRun) -> TinyZeroError:
+        """The run cannot go on (an update refused as non-finite, a reward that cannot be computed): keep the last
+        good state as a checkpoint, unless one of this step already exists, and say so in one sentence. A stop in
+        the middle of a step rolls back what the step drew, so a resume draws it again."""
+        failed = self.step + 1 if self._step_start is not None else self.step
+        if self._step_start is not None:
+            self.cursor, aha_state = self._step_start
+            self.aha.load(aha_state)
+        latest = latest_checkpoint(self.run_dir)
+        path = latest if latest is not None and read_state(latest)["step"] == self.step else self.save()
+        return TinyZeroError(f"step {failed}: {err.message}; the run stopped with a checkpoint of step {self.step} "
+                             f"({path}): {err.fix}, then continue with `tinyzero resume {self.run_dir}`")
 
     def _sample_problems(self, count: int | None = None) -> list[dict]:
         problems = [next(self._stream) for _ in range(count or self.config.rollout.prompts_per_step)]
@@ -199,6 +220,19 @@ class Trainer:
             components={k: torch.tensor([res.components.get(k, 0.0) for res in results]) for k in comps},
         )
 
+    def _controlled(self, train: ScoredBatch) -> ScoredBatch:
+        """The batch the learner trains on, with a control run's scores (``reward.control``, tinyzero/scoring.py) in
+        place of the real ones, which stay as ``verifier_scores``. The control acts last, on the final scores (the
+        overlong penalty included) of the groups dynamic sampling kept, so the learner sees nothing else; the
+        penalty and the filter before it read the real scores and verdicts."""
+        control = self.config.reward.control
+        if control == "none":
+            return train
+        given = control_scores(train.scores.tolist(), train.correct.tolist(), control, self.config.run.seed,
+                               self.step + 1)
+        return dataclasses.replace(train, scores=torch.tensor(given, dtype=torch.float32),
+                                   verifier_scores=train.scores)
+
     def advantages(self, scored: ScoredBatch, tokens, timer: Timer) -> TrainBatch:
         """The learner's batch: reference and old log-probs where the algorithm needs them, then the registered
         advantage estimator (``algo.name``, tinyzero/algos.py)."""
@@ -236,17 +270,17 @@ class Trainer:
         with timer("aha"):
             analyses = self.aha.analyse(batch.texts, batch.prompts, batch.problems)
             aha_metrics = self.aha.rollout_metrics(self.step + 1, analyses, scored.correct.tolist())
-        stats = self._update(collected.train_batch(), timer)
+        train = self._controlled(collected.train_batch())
+        stats = self._update(train, timer)
         self.step += 1
         seconds = time.perf_counter() - start
         metrics = self._step_metrics(scored, stats, timer, seconds)
         metrics.update(collected.metrics(config.rollout.filter_groups != "none"))
         metrics.update(overlong_metrics(scored))
         metrics.update(aha_metrics)
-        rows = self._rows(scored)
-        if config.rollout.filter_groups != "none":
-            for row, kept in zip(rows, collected.row_kept(), strict=True):
-                row["kept"] = kept
+        rows = self._rows(scored, collected.row_kept(), train)
+        if train.verifier_scores is not None and len(train.scores):  # control runs only: marks them in metrics
+            metrics["reward/control_mean"] = float(train.scores.mean())
         self.log.scalars(self.step, metrics)
         self.log.rollouts(self.step, rows)
         self.log.text("samples/train", self.step, rows[: config.log.samples])
@@ -293,20 +327,30 @@ class Trainer:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
-    def _rows(self, scored: ScoredBatch) -> list[dict]:
+    def _rows(self, scored: ScoredBatch, kept: list[bool], train: ScoredBatch) -> list[dict]:
+        """Every generated completion with its real score; with dynamic sampling, whether the learner trained on it
+        (``kept``); in a control run, the score the learner was given (kept rows only)."""
         b = scored.rollout
-        return [
-            {"prompt": b.prompts[i], "completion": b.texts[i], "score": float(scored.scores[i]),
+        rows = [
+            {"prompt": b.prompts[i], "completion": b.texts[i], "score": float(scored.verdicts[i]),
              "correct": bool(scored.correct[i]), "reason": scored.reasons[i], "problem": b.problems[i]}
             for i in range(len(b.texts))
         ]
+        if self.config.rollout.filter_groups != "none":
+            for row, was_kept in zip(rows, kept, strict=True):
+                row["kept"] = was_kept
+        if train.verifier_scores is not None:  # a control run: also what the learner was given
+            given = iter(train.scores.tolist())
+            for row in (row for row, was_kept in zip(rows, kept, strict=True) if was_kept):
+                row["control_score"] = next(given)
+        return rows
 
     def _step_metrics(self, scored: ScoredBatch, stats: dict, timer: Timer, seconds: float) -> dict:
         b = scored.rollout
         lengths = torch.tensor([len(r) for r in b.response_ids], dtype=torch.float32)
         metrics = {
-            "reward/mean": float(scored.scores.mean()),
-            "reward/std": float(scored.scores.std()) if len(scored.scores) > 1 else 0.0,
+            "reward/mean": float(scored.verdicts.mean()),
+            "reward/std": float(scored.verdicts.std()) if len(scored.verdicts) > 1 else 0.0,
             "reward/accuracy": float(scored.correct.float().mean()),
             "reward/format_rate": float(scored.components["format"].mean()) if "format" in scored.components else 0.0,
             "rollout/response_length_mean": float(lengths.mean()),
