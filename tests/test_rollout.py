@@ -183,6 +183,25 @@ def test_vllm_logprobs_match_the_learners_on_the_pushed_weights(vllm_worker, mod
     assert vllm_worker.logprobs([], []) == []
 
 
+@pytest.mark.slow
+def test_closing_a_vllm_worker_frees_its_engine(tiny_tied_model_dir, tmp_path):
+    """A second sleep-mode engine in one process loads only once the first one's memory is all freed (vLLM's
+    CuMem allocator must be empty, tinyzero/smoke.py): after ``close`` nothing may keep the engine, its model
+    runner or its model alive. The path to the model is vLLM 0.32's in-process engine (V1, one worker)."""
+    import gc
+    import weakref
+
+    worker = RolloutWorker(tiny_tied_model_dir, backend="vllm", seed=0, max_model_len=256, kv_cache_gib=1,
+                           cache_dir=tmp_path)
+    llm = worker._engine.llm
+    runner = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+    refs = [weakref.ref(x) for x in (llm, runner, runner.model)]
+    del llm, runner
+    worker.close()
+    gc.collect()
+    assert [ref() is None for ref in refs] == [True, True, True]
+
+
 def test_hf_engine_logprobs_equal_an_unpadded_forward(tiny_tied_model_dir):
     worker = RolloutWorker(tiny_tied_model_dir, backend="hf", seed=0)
     prompts = (_prompts(tiny_tied_model_dir) * 2)[: len(RESPONSES)]

@@ -61,3 +61,38 @@ def test_only_smoke_folders_are_replaced(tmp_path):
     with pytest.raises(TinyZeroError, match="not a smoke run"):
         _clear_previous(real)
     assert (real / "metrics.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_the_first_half_is_gone_before_the_second_is_built(tmp_path, tiny_tied_model_dir, monkeypatch):
+    """On one GPU the second half only fits once the first half's learner (fp32 weights, gradients, AdamW),
+    reference model and rollout engine are freed: weak references to them must be dead when the second trainer
+    starts building. HF engine and a KL term (so a reference model exists) keep this fast."""
+    import gc
+    import weakref
+
+    from tinyzero import trainer as trainer_module
+    from tinyzero.smoke import run_smoke
+
+    alive: list[tuple[str, weakref.ref]] = []
+    built = []
+
+    class Watched(trainer_module.Trainer):
+        def __init__(self, *args, **kwargs):
+            gc.collect()  # cycles only: what a plain name still holds stays alive through it
+            built.append([name for name, ref in alive if ref() is not None])
+            super().__init__(*args, **kwargs)
+            roles = self.roles
+            learner, reference, worker = roles.learner.processes[0], roles.reference.model, roles.rollout.workers[0]
+            alive.extend([("learner", weakref.ref(learner)), ("policy", weakref.ref(learner.policy)),
+                          ("optimizer", weakref.ref(learner.optimizer)), ("reference", weakref.ref(reference)),
+                          ("reference model", weakref.ref(reference.model)),
+                          ("engine", weakref.ref(worker._engine))])
+
+    monkeypatch.setattr(trainer_module, "Trainer", Watched)
+    result = run_smoke("recipes/demo-cpu.yaml", [f"run.out_dir={tmp_path}", f"model.name={tiny_tied_model_dir}",
+                                                  "rollout.backend=hf", "algo.kl_coef=0.01", "rollout.prompts_per_step=1",
+                                                  "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8",
+                                                  "eval.max_new_tokens=8"])
+    assert built == [[], []], built  # nothing alive when the first half started, nor when the second did
+    assert len(alive) == 12 and len(result.sync_gaps) == 3

@@ -285,6 +285,8 @@ class Roles:
     def close(self) -> None:
         self.rollout.close()
         self.backend.close()
+        # Local mode: the roles are objects of this process; a closed Roles keeps none of them alive.
+        self.rollout.workers, self.learner.processes, self.reference = [], [], None
 
 
 # ------------------------------------------------------------------------------------------ building
