@@ -1,33 +1,66 @@
-"""Bytes a piece of CPU code allocates and keeps, from the profiler's record of every allocation and free.
+"""Bytes a piece of CPU code allocates, keeps and peaks at, from the tensors its ops create (tests only).
 
-``torch.profiler`` with ``profile_memory=True`` records each CPU allocation against the op that made it (its
-``self_cpu_memory_usage``; frees outside any op appear as ``[memory]`` events with negative sizes). Summed in
-start order they give the bytes live at every moment: the peak, and what is still live at the end (for a
-forward pass, what autograd keeps for backward). Ops are ordered by their start, so within one op an
-allocation may be counted before a free it follows: the peak can read high by at most one op's temporaries.
+A ``TorchDispatchMode`` sees every op's outputs, forward and backward (CPU backward runs on the calling thread,
+inside the mode); each new tensor storage is counted when it appears and uncounted by a weak-reference callback
+when it is freed. What is live at the end is what the call kept (for a forward pass: what autograd saved for
+backward, and the outputs); the most live at once is its peak. Storages that existed before (weights, AdamW's
+moments) are never counted, even when an op writes into them. Temporaries a kernel allocates and frees inside
+itself are not tensors and are not seen. torch's own ``torch.distributed._tools.mem_tracker.MemTracker`` does the
+same bookkeeping but refuses a module called twice in one context (a learner's micro-batches); the profiler's
+memory records drop the frees of blocks allocated before profiling, which a learner's first step always has.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
-from torch.profiler import ProfilerActivity, profile
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 @dataclass
 class Measured:
-    kept: int  # bytes allocated inside the call and still live after it (outputs, saved tensors)
-    peak: int  # the most bytes live at once during the call, above what was live before it
+    kept: int  # bytes of storages created inside the call and still alive after it
+    peak: int  # the most bytes of such storages alive at once during the call
     result: object = None
 
 
-def measure(fn, *args, **kwargs) -> Measured:
-    """Run ``fn(*args, **kwargs)`` under the profiler; the result's own tensors count as kept."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+class _LiveBytes(TorchDispatchMode):
+    def __init__(self, existing: list[torch.Tensor]):
+        super().__init__()
+        self.live = self.peak = 0
+        self._tracked: dict[int, weakref.ref] = {}
+        self._existing = {t.untyped_storage()._cdata for t in existing}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor):
+                self._count(value.untyped_storage())
+        return out
+
+    def _count(self, storage: torch.UntypedStorage) -> None:
+        key = storage._cdata
+        if key in self._tracked or key in self._existing:
+            return
+        size = storage.nbytes()
+
+        def freed(_ref, key=key, size=size):
+            self._tracked.pop(key, None)
+            self.live -= size
+
+        self._tracked[key] = weakref.ref(storage, freed)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+
+
+def measure(fn, *args, existing: tuple[torch.Tensor, ...] = (), **kwargs) -> Measured:
+    """Run ``fn(*args, **kwargs)``; ``existing``: tensors alive before the call (their storages are not counted).
+    The result's own tensors count as kept."""
+    params = [t for a in (*args, *kwargs.values()) if isinstance(a, torch.nn.Module) for t in a.parameters()]
+    mode = _LiveBytes([*existing, *params])
+    with mode:
         result = fn(*args, **kwargs)
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
-    live = peak = 0
-    for event in events:
-        live += event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return Measured(kept=live, peak=peak, result=result)
+    return Measured(kept=mode.live, peak=mode.peak, result=result)
