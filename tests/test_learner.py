@@ -81,6 +81,8 @@ def test_update_moves_probability_towards_positive_advantage(tiny_model_dir, tok
     gain = algos.masked_sum(after - before, tokens.response_mask, dim=1)  # [N]
     assert torch.all(gain[scores == 1] > 0) and torch.all(gain[scores == 0] < 0)
     assert stats["grad_norm"] > 0 and stats["lr"] == pytest.approx(1e-3)
+    # Between updates only masters and AdamW's moments stay (what the preflight counts beside a waking vLLM).
+    assert all(p.grad is None for p in learner.policy.parameters())
 
 
 def test_ppo_critic_learns_and_checkpoint_round_trips(tiny_model_dir, tokens, tmp_path):

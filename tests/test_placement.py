@@ -76,6 +76,20 @@ def test_colocate_one_gpu_waits_and_sleeps():
     assert layout.gpu_use() == {0: 1.0}
 
 
+@pytest.mark.parametrize("overrides,learners,reference", [
+    (("run.mode=local", "placement.num_gpus=1"), [True], True),  # one process: vLLM's sleep-mode pool is not PyTorch's cache
+    (("run.mode=ray", "placement.num_gpus=4"), [True] * 4, True),  # Ray colocate: each role is its own process
+    (("run.mode=ray", "placement.num_gpus=4", "rollout.tensor_parallel_size=2"), [True] * 4, True),
+    (("run.mode=ray", "placement.num_gpus=2", "placement.strategy=split", "rollout.gpu_memory_utilization=0.7"),
+     [False], False),  # vLLM never sleeps there: its memory was taken at start-up
+    (("placement.num_gpus=0",), [False], False),  # CPU
+])
+def test_roles_beside_a_sleeping_engine_return_their_cache(overrides, learners, reference):
+    layout = plan(*overrides, "algo.kl_coef=0.001")
+    assert [layout.returns_cache(slot) for slot in layout.learners] == learners
+    assert layout.returns_cache(layout.reference) is reference
+
+
 def test_cpu_layout():
     layout = plan("placement.learner_workers=2")
     assert layout.num_gpus == 0 and len(layout.bundles) == 1 and "GPU" not in layout.bundles[0]

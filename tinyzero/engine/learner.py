@@ -27,7 +27,7 @@ from torch import nn
 
 from tinyzero import algos
 from tinyzero.config import AlgoConfig, OptimConfig
-from tinyzero.engine.devices import resolve_device, resolve_dtype
+from tinyzero.engine.devices import release_cached_memory, resolve_device, resolve_dtype
 from tinyzero.engine.forward import in_chunks, response_hidden, sequence_logprobs
 from tinyzero.engine.messages import TokenBatch, TrainBatch
 from tinyzero.engine.models import load_causal_lm
@@ -71,10 +71,11 @@ class Learner:
     def __init__(
         self, model_path: str | Path, algo: AlgoConfig, optim: OptimConfig, *, compute_dtype: str = "auto",
         device: str = "auto", gradient_checkpointing: bool = False, seed: int = 0,
-        rank: int = 0, world_size: int = 1, init_method: str | None = None,
+        rank: int = 0, world_size: int = 1, init_method: str | None = None, release_cache: bool = False,
     ):
         """With ``world_size`` > 1 this is one of several learner processes sharding the model with FSDP2
-        (``init_method`` is the process group's rendezvous, e.g. ``tcp://host:port``)."""
+        (``init_method`` is the process group's rendezvous, e.g. ``tcp://host:port``). ``release_cache``: a
+        sleeping vLLM shares this GPU and wakes after the update (``Layout.returns_cache``)."""
         torch.manual_seed(seed)
         self.algo, self.optim_cfg = algo, optim
         self.needs = algo.needs  # critic? several updates per batch? (algos.needs)
@@ -105,6 +106,7 @@ class Learner:
             self.critic_optimizer = torch.optim.AdamW(
                 self.critic.parameters(), lr=optim.critic_lr, weight_decay=optim.weight_decay
             )
+        self.release_cache = release_cache
         self.updates = 0  # optimizer steps taken (drives the warm-up schedule)
         self.rng = torch.Generator().manual_seed(seed)
 
@@ -163,6 +165,8 @@ class Learner:
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
                 count += 1
+        if self.release_cache:
+            release_cached_memory()
         return {key: value / count for key, value in totals.items()}
 
     def _mini_batch_step(self, batch: TrainBatch, rows: torch.Tensor) -> dict[str, float]:

@@ -7,7 +7,7 @@ crash. ``preflight(config, layout, model_config)`` checks, each failure one sent
 - host memory for the learner's weight gather and Ray's object store (``run.mode=ray``).
 The estimate is arithmetic from the model's config (no weights loaded). Simplifications: decoder-only
 transformers of the Llama/Qwen2 family; what a decoder layer saves for backward is the per-token byte count
-measured on CPU with torch.profiler (``LAYER_BYTES``; ``tests/test_preflight.py`` re-measures it and holds a whole
+measured on CPU (``LAYER_BYTES``; ``tests/test_preflight.py`` re-measures it and holds a whole
 learner update's measured peak to this estimate); fused attention (no attention-score matrix); vLLM takes exactly
 its ``gpu_memory_utilization``.
 """
@@ -29,7 +29,7 @@ HEADROOM = 0.92  # of a GPU's memory: the CUDA context, the allocator's fragment
 LM_HEAD_CHUNK = 2048  # tinyzero.engine.forward.HEAD_CHUNK (fp32 logits; a test keeps the two equal)
 PROMPT_TOKENS = 256  # a generous prompt length for activation estimates
 # Bytes one Llama/Qwen2 decoder layer saves for backward, per token, as multiples of (hidden size, MLP width,
-# key/value width), by compute dtype. Measured (torch.profiler on CPU, tests/test_preflight.py): under bf16
+# key/value width), by compute dtype. Measured on CPU (tests/test_preflight.py, tests/memory_probe.py): under bf16
 # autocast the residual stream, the norms' inputs and outputs stay float32 while the matmul inputs and outputs
 # are bf16. Qwen2.5-3B under bf16: 30·2048 + 8·11008 + 4·256 = 150.5 kB a token a layer.
 LAYER_BYTES = {"bfloat16": (30, 8, 4), "float32": (32, 16, 8)}
@@ -40,7 +40,8 @@ OUTSIDE_LAYERS = 12.5  # per token and hidden unit: embedding output, final norm
 # own gradient), beside the head weight's [V, H] gradient before it is added to the others.
 HEAD_TENSORS, ENTROPY_TENSORS = 4, 1
 MLP_GRADIENTS = 3  # float32 [tokens, MLP width] gradients alive at once in a layer's backward, beside its activations
-REFERENCE_HEAD_TENSORS = 3  # the same without gradients: bf16 logits, their fp32 copy, the log-softmax
+REFERENCE_HEAD_TENSORS = 3  # [chunk, V] float32 tensors of a chunk without gradients: bf16 logits, fp32 copy, log-softmax
+RESIDENT_BYTES = 12  # a parameter's bytes a learner keeps between updates: fp32 master 4, AdamW m and v 8
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,12 @@ def gpu_compute(config: Config) -> str:
 
 def gpu_needs(config: Config, layout: Layout, shape: ModelShape, gpu_bytes: list[float]) -> list[GpuNeed]:
     """Estimated peak per GPU of ``layout``. Under colocate vLLM sleeps during the update, so a GPU's peak is
-    the larger of the rollout phase (vLLM + the learner's resident states) and the update phase."""
+    the larger of the rollout phase (vLLM awake + what the learner keeps between updates) and the update phase."""
     needs = [GpuNeed(g) for g in range(layout.num_gpus)]
     learner = learner_bytes(config, shape, len(layout.learners), gpu_compute(config))
+    # Between updates a learner keeps its fp32 masters and AdamW's moments; it frees its gradients after each step
+    # and, beside a sleeping vLLM, hands its cache back (Layout.returns_cache) before vLLM wakes.
+    resident = RESIDENT_BYTES * shape.params * (2 if config.algo.needs.critic else 1) / len(layout.learners)
     head = REFERENCE_HEAD_TENSORS * min(LM_HEAD_CHUNK, config.optim.micro_batch_size * config.rollout.max_new_tokens)
     weights = shape.params * (2 if gpu_compute(config) == "bfloat16" else 4)  # held in the compute dtype
     ref = {"reference": weights + head * shape.vocab * 4} if layout.reference else {}
@@ -144,7 +148,7 @@ def gpu_needs(config: Config, layout: Layout, shape: ModelShape, gpu_bytes: list
         here = any(s.bundle == g for s in layout.learners)
         if layout.rollout_sleeps:
             update = dict(learner) if here else {}
-            rollout = {"vLLM (awake)": vllm, **({"learner states": learner["learner states"]} if here else {})}
+            rollout = {"vLLM (awake)": vllm, **({"learner (resident)": resident} if here else {})}
             need.parts.update(rollout if sum(rollout.values()) >= sum(update.values()) else update)
         else:
             need.parts.update({"vLLM": vllm} if vllm else {})
