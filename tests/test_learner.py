@@ -189,3 +189,39 @@ def test_iter_weights_streams_what_named_weights_gathers(tiny_model_dir):
     gathered = learner.named_weights("bfloat16")
     assert [n for n, _ in streamed] == [n for n, _ in gathered]
     assert all(torch.equal(a, b) and a.dtype == torch.bfloat16 for (_, a), (_, b) in zip(streamed, gathered, strict=True))
+
+
+def test_a_tied_head_travels_once(tiny_model_dir, tiny_tied_model_dir):
+    """A tied model's lm_head.weight is its embedding: neither the Ray push (named_weights) nor the in-process one
+    (iter_weights) sends it (the worker puts it back: tests/test_rollout.py); an untied model's head goes."""
+    for path, tied in ((tiny_tied_model_dir, True), (tiny_model_dir, False)):
+        learner = Learner(path, AlgoConfig(), OptimConfig())
+        pushed = learner.named_weights("bfloat16")
+        names = [name for name, _ in pushed]
+        assert ("lm_head.weight" in names) is not tied and "model.embed_tokens.weight" in names
+        assert [name for name, _ in learner.iter_weights("bfloat16")] == names
+        # Every parameter's bytes travel once: what goes is exactly the model's distinct parameters.
+        assert sum(t.numel() for _, t in pushed) == sum(p.numel() for p in learner.policy.parameters())
+
+
+def test_host_copies_keep_a_tied_head_one_tensor(tiny_tied_model_dir, tmp_path, monkeypatch):
+    """Moved to the host name by name, the tied head became a second tensor and every checkpoint saved it again;
+    copied once per distinct tensor it stays an alias, which save_pretrained drops. A GPU's device-to-host copy is
+    played here by ``Tensor.cpu`` returning a new tensor (on a CPU it returns the same one)."""
+    from safetensors import safe_open
+
+    from tinyzero.engine.learner import host_copies
+
+    learner = Learner(tiny_tied_model_dir, AlgoConfig(), OptimConfig())
+    state = learner.policy.state_dict()
+    cast = host_copies(state, torch.bfloat16)
+    assert cast["lm_head.weight"] is cast["model.embed_tokens.weight"] and len(cast) == len(state)
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: self.clone())
+    learner.save(tmp_path)
+    with safe_open(str(tmp_path / "policy" / "model.safetensors"), "pt") as saved:
+        names = set(saved.keys())
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    restored = Learner(tiny_tied_model_dir, AlgoConfig(), OptimConfig())
+    restored.load(tmp_path)
+    assert restored.policy.lm_head.weight.data_ptr() == restored.policy.model.embed_tokens.weight.data_ptr()
+    torch.testing.assert_close(restored.policy.lm_head.weight, learner.policy.lm_head.weight)

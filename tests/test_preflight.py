@@ -97,12 +97,18 @@ def test_run_folder_must_be_writable_and_hold_the_checkpoints(tmp_path):
         check_run_folder(config, shape, free_bytes=need - 1)
 
 
-def test_host_memory_for_the_weight_push():
+def test_host_memory_for_the_weight_push_and_the_checkpoint_save():
     shape = ModelShape.from_config(qwen("3b"))
     config = load_config(None, ["run.mode=ray"])
     check_host_memory(config, plan_layout(config), shape, available_bytes=64 * GB)
     with pytest.raises(TinyZeroError, match="host memory"):
         check_host_memory(config, plan_layout(config), shape, available_bytes=8 * GB)
+    # One process: the push stays on the GPU, but a save brings 12 bytes a parameter to the host (37 GB for 3B).
+    local = load_config(None, ["run.mode=local", "placement.num_gpus=1"])
+    save = 12 * shape.params
+    check_host_memory(local, plan_layout(local), shape, available_bytes=save + 1)
+    with pytest.raises(TinyZeroError, match="checkpoint save .* needs about 37 GB of host memory"):
+        check_host_memory(local, plan_layout(local), shape, available_bytes=save - 1)
 
 
 def test_gpu_inventory_reads_nvidia_smi_without_touching_cuda(tmp_path, monkeypatch):

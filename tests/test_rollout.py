@@ -23,6 +23,7 @@ from tinyzero.engine.rollout import (
     _RopeReloadFilter,
     _with_tied_head,
     quiet_rope_reload_warning,
+    without_tied_head,
 )
 from tinyzero.errors import TinyZeroError
 
@@ -246,6 +247,18 @@ def test_tied_head_is_added_only_when_missing():
     assert added[1][1] is embed
     kept = list(_with_tied_head(iter([("model.embed_tokens.weight", embed), ("lm_head.weight", head)])))
     assert len(kept) == 2 and kept[1][1] is head
+
+
+def test_a_tied_head_stays_behind_and_is_put_back_as_the_embedding():
+    """What travels has no tied head; what vLLM's reload gets has it again, as the received embedding tensor (no
+    second copy). Untied heads always travel."""
+    embed, head = torch.ones(2), torch.zeros(2)
+    weights = [("model.embed_tokens.weight", embed), ("lm_head.weight", head)]
+    sent = list(without_tied_head(weights, ties=True))
+    assert [name for name, _ in sent] == ["model.embed_tokens.weight"]
+    loaded = list(_with_tied_head(iter(sent)))
+    assert [name for name, _ in loaded] == ["model.embed_tokens.weight", "lm_head.weight"] and loaded[1][1] is embed
+    assert list(without_tied_head(weights, ties=False)) == weights
 
 
 def test_user_errors_are_clear(tiny_model_dir, tmp_path):

@@ -4,7 +4,8 @@ A run on a rented GPU box must fail in its first seconds, not after an hour of d
 crash. ``preflight(config, layout, model_config)`` checks, each failure one sentence with the fix:
 - GPU memory per GPU against an estimate of the recipe's peak (``gpu_needs``: the formula is in docs/engine.md);
 - a writable run folder, and free disk for ``checkpoint.keep_last`` + 1 checkpoints of this model;
-- host memory for the learner's weight gather and Ray's object store (``run.mode=ray``).
+- host memory for the learner's weight gather and Ray's object store (``run.mode=ray``), and for a checkpoint
+  save (weights and AdamW's moments on the host).
 The estimate is arithmetic from the model's config (no weights loaded). Simplifications: decoder-only
 transformers of the Llama/Qwen2 family; what a decoder layer saves for backward is the per-token byte count
 measured on CPU (``LAYER_BYTES``; ``tests/test_preflight.py`` re-measures it and holds a whole
@@ -206,16 +207,19 @@ def check_run_folder(config: Config, shape: ModelShape, free_bytes=None) -> None
 
 
 def check_host_memory(config: Config, layout: Layout, shape: ModelShape, available_bytes: float | None = None) -> None:
-    """The weight push gathers the full policy on the host (float32 when sharded) and, under Ray, puts a copy in
-    the object store in the engine's dtype."""
+    """Two moments hold the most host memory, one after the other: the weight push gathers the full policy on the
+    host (float32 when sharded) and, under Ray, puts a copy in the object store in the engine's dtype; a checkpoint
+    save brings the float32 weights and AdamW's moments to the host of the first learner process (12 bytes a
+    parameter, twice with PPO's critic: 37 GB for a 3B policy)."""
     sharded = len(layout.learners) > 1
     gather = 0.0 if config.run.mode == "local" else shape.params * (4 if sharded else 2)  # local: on the device
     store = shape.params * 2 if config.run.mode == "ray" else 0.0
-    need = gather + store
+    push, save = gather + store, checkpoint_bytes(config, shape)
     have = _available_ram() if available_bytes is None else available_bytes
-    if have is not None and need > have:
-        raise TinyZeroError(f"the weight push needs about {need / GB:.0f} GB of host memory but {have / GB:.0f} GB is "
-                            "available: use a machine with more RAM or a smaller model")
+    if have is not None and max(push, save) > have:
+        what = "the weight push" if push >= save else "a checkpoint save (float32 weights and AdamW's moments)"
+        raise TinyZeroError(f"{what} needs about {max(push, save) / GB:.0f} GB of host memory but {have / GB:.0f} GB "
+                            "is available: use a machine with more RAM or a smaller model")
 
 
 def _available_ram() -> float | None:
