@@ -225,3 +225,49 @@ def test_host_copies_keep_a_tied_head_one_tensor(tiny_tied_model_dir, tmp_path, 
     restored.load(tmp_path)
     assert restored.policy.lm_head.weight.data_ptr() == restored.policy.model.embed_tokens.weight.data_ptr()
     torch.testing.assert_close(restored.policy.lm_head.weight, learner.policy.lm_head.weight)
+
+
+@pytest.mark.parametrize("term", ["kl_loss", "entropy_bonus"])
+def test_zero_advantage_rows_are_kept_where_they_still_pull(tiny_model_dir, tokens, term):
+    """A GRPO group whose samples all scored the same has zero advantage, but under a KL loss its rows still pull
+    the policy towards the reference, and under an entropy bonus they still push entropy up: skipping them would
+    change the gradient. The learner keeps them (its gradient equals the no-skip one) and a forced skip differs."""
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])  # the last group is uniform: zero advantage
+    adv = algos.broadcast_sequence_advantages(algos.grpo_advantages(scores, 2), tokens.response_mask)
+    algo = AlgoConfig(kl_coef=0.5) if term == "kl_loss" else AlgoConfig(entropy_coef=0.1)
+    learner = Learner(tiny_model_dir, algo, OptimConfig(micro_batch_size=6))
+    # A reference that differs from the policy, so the KL term has a gradient on every row.
+    ref = learner.logprobs(tokens) - 0.3 * tokens.response_mask if term == "kl_loss" else None
+    batch = TrainBatch(tokens=tokens, advantages=adv, ref_logprobs=ref)
+    kept = _grads(learner, batch)
+    forced = copy.copy(learner)
+    forced._can_skip_zero_rows = lambda b: True
+    skipped = _grads(forced, batch)
+    full = copy.copy(learner)
+    full._can_skip_zero_rows = lambda b: False
+    everything = _grads(full, batch)
+    assert kept.keys() == everything.keys() == skipped.keys() and kept
+    assert all(torch.equal(kept[name], everything[name]) for name in kept)
+    assert any(not torch.allclose(kept[name], skipped[name], atol=1e-7, rtol=1e-4) for name in kept)
+
+
+def test_zero_advantage_rows_still_train_the_critic(tiny_model_dir, tokens):
+    """With PPO's critic every row's return is a target for the value head, zero policy advantage or not: the
+    learner keeps every row (skipped_frac 0), and the critic's gradient changes when a zero-advantage row is
+    dropped. (The policy's own gradient from an all-zero-advantage row is exactly zero under the clipped loss
+    alone; the rule keeps such rows with a critic anyway, a saving left unused since whitened PPO advantages are
+    almost never exactly zero.)"""
+    algo = AlgoConfig(name="ppo")
+    learner = Learner(tiny_model_dir, algo, OptimConfig(micro_batch_size=6))
+    mask = tokens.response_mask
+    adv = torch.randn(mask.shape, generator=torch.Generator().manual_seed(0)) * mask
+    adv[-1] = 0.0  # one row with no advantage
+    values = learner.values(tokens)
+    returns = values + 1.0 * mask  # every row, the zero-advantage one too, has a return to fit
+    batch = TrainBatch(tokens=tokens, advantages=adv, old_logprobs=learner.logprobs(tokens), returns=returns,
+                       old_values=values)
+    assert not learner._can_skip_zero_rows(batch)
+    grads = _grads(learner, batch)
+    fewer = _grads(learner, batch.select(torch.arange(len(tokens) - 1)))
+    critic = [name for name in grads if name.startswith(("body.", "head."))]
+    assert critic and any(not torch.allclose(grads[n], fewer[n], atol=1e-7, rtol=1e-4) for n in critic)
