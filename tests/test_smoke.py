@@ -65,10 +65,14 @@ def test_only_smoke_folders_are_replaced(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_first_half_is_gone_before_the_second_is_built(tmp_path, tiny_tied_model_dir, monkeypatch):
+@pytest.mark.parametrize("hold_closed_trainer", [False, True])
+def test_the_first_half_is_gone_before_the_second_is_built(tmp_path, tiny_tied_model_dir, monkeypatch,
+                                                            hold_closed_trainer):
     """On one GPU the second half only fits once the first half's learner (fp32 weights, gradients, AdamW),
     reference model and rollout engine are freed: weak references to them must be dead when the second trainer
-    starts building. HF engine and a KL term (so a reference model exists) keep this fast."""
+    starts building. HF engine and a KL term (so a reference model exists) keep this fast. Held: a name still
+    holds the closed first trainer (as the smoke loop's did), so only a closed Roles letting go of its roles
+    frees them."""
     import gc
     import weakref
 
@@ -76,7 +80,7 @@ def test_the_first_half_is_gone_before_the_second_is_built(tmp_path, tiny_tied_m
     from tinyzero.smoke import run_smoke
 
     alive: list[tuple[str, weakref.ref]] = []
-    built = []
+    built, held = [], []
 
     class Watched(trainer_module.Trainer):
         def __init__(self, *args, **kwargs):
@@ -89,6 +93,8 @@ def test_the_first_half_is_gone_before_the_second_is_built(tmp_path, tiny_tied_m
                           ("optimizer", weakref.ref(learner.optimizer)), ("reference", weakref.ref(reference)),
                           ("reference model", weakref.ref(reference.model)),
                           ("engine", weakref.ref(worker._engine))])
+            if hold_closed_trainer:
+                held.append(self)
 
     monkeypatch.setattr(trainer_module, "Trainer", Watched)
     result = run_smoke("recipes/demo-cpu.yaml", [f"run.out_dir={tmp_path}", f"model.name={tiny_tied_model_dir}",
@@ -96,7 +102,7 @@ def test_the_first_half_is_gone_before_the_second_is_built(tmp_path, tiny_tied_m
                                                   "rollout.samples_per_prompt=2", "rollout.max_new_tokens=8",
                                                   "eval.max_new_tokens=8"])
     assert built == [[], []], built  # nothing alive when the first half started, nor when the second did
-    assert len(alive) == 12 and len(result.sync_gaps) == 3
+    assert len(alive) == 12 and len(result.sync_gaps) == 3 and len(held) == 2 * hold_closed_trainer
 
 
 def test_the_bf16_tolerance_passes_a_right_push_and_fails_a_broken_one(tiny_tied_model_dir):
