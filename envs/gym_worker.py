@@ -4,7 +4,9 @@ The client (:class:`Verifier`) starts ``python -m tinyzero.envs.gym_worker`` wit
 line (task, generator options, limits), waits for ``ready``, then one JSON line per answer; each answer has a
 wall-clock limit. A worker that misses it is killed (its whole process group) and the answer scores
 ``verifier_timeout``; one that dies or answers garbage scores ``verifier_error``; either way the next answer
-starts a fresh worker, and training goes on.
+starts a fresh worker, and training goes on. A worker that cannot start ``START_FAILURES_TO_STOP`` times in a
+row (a machine out of memory, say) is different: every answer would score 0 for no fault of the policy, so the
+client raises ``VerifierUnavailable`` (a ``StopRun``: the trainer stops with a checkpoint and one sentence).
 
 Inside, before any answer is read: address-space, file-size (0: it cannot write files), core-dump and
 process-count limits; a CPU-seconds limit re-armed per answer (SIGXCPU ends a loop that ignores the wall
@@ -24,8 +26,12 @@ import subprocess
 import sys
 import threading
 import time
+from typing import NoReturn
+
+from tinyzero.errors import StopRun
 
 START_TIMEOUT_S = 120.0  # importing reasoning-gym and building a dataset; not charged to any answer
+START_FAILURES_TO_STOP = 3  # consecutive start failures after which scoring stops instead of scoring zeros
 CPU_SLACK_S = 1.0  # CPU seconds past the wall limit before SIGXCPU (the wall limit normally fires first)
 
 
@@ -35,6 +41,10 @@ class VerifierTimeout(Exception):
 
 class VerifierError(Exception):
     """The worker could not score: it crashed, could not start, or the verifier raised."""
+
+
+class VerifierUnavailable(StopRun):
+    """The worker failed to start ``START_FAILURES_TO_STOP`` times in a row: no answer can be scored."""
 
 
 class Verifier:
@@ -49,6 +59,7 @@ class Verifier:
         self._buffer = b""
         self._dying: list[subprocess.Popen] = []  # killed workers not yet reaped
         self._lock = threading.Lock()
+        self._start_failures = 0  # in a row; a worker that gets ready resets it
 
     def score(self, answer: str, problem: dict) -> float:
         """The verifier's score, or VerifierTimeout / VerifierError."""
@@ -78,12 +89,25 @@ class Verifier:
             try:
                 ready = self._read_line(START_TIMEOUT_S)
             except VerifierTimeout:
-                raise VerifierError("the verifier worker did not start in time") from None
+                self._start_failed(f"it did not start within {START_TIMEOUT_S:.0f} s")
+            except VerifierError as err:
+                self._start_failed(str(err))
             if not ready.get("ready"):
                 self.close()
-                raise VerifierError(f"the verifier worker could not start: {ready.get('error', 'no reason')}")
-            self._ready = True
+                self._start_failed(f"it could not start: {ready.get('error', 'no reason')}")
+            self._ready, self._start_failures = True, 0
         return self._proc
+
+    def _start_failed(self, reason: str) -> NoReturn:
+        """One more start failure in a row: VerifierError (this answer scores 0), or at the limit
+        VerifierUnavailable."""
+        self._start_failures += 1
+        if self._start_failures >= START_FAILURES_TO_STOP:
+            raise VerifierUnavailable(
+                f"the reasoning-gym verifier worker for {self.setup['task']} failed to start "
+                f"{self._start_failures} times in a row (last: {reason[:200]})",
+                "free memory and CPU on this machine (or raise the task's memory_mb option)")
+        raise VerifierError(f"the verifier worker did not start: {reason}")
 
     def _spawn(self) -> None:
         """Start a worker without waiting for it: after a kill the next one loads while the caller moves on."""

@@ -1,4 +1,5 @@
-"""Checkpoints that fail: a save that raises partway, a process killed mid-save, overwriting a step, pruning."""
+"""Checkpoints that fail: a save that raises partway, a process killed mid-save, overwriting a step, pruning; checksums
+that name a damaged file; and a crafted file that would run code when loaded."""
 
 from __future__ import annotations
 
@@ -8,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tinyzero.checkpoint import MARKER, checkpoint_dir, latest_checkpoint, read_state, save_checkpoint
+from tinyzero.checkpoint import (
+    CHECKSUMS,
+    MARKER,
+    checkpoint_dir,
+    latest_checkpoint,
+    read_state,
+    save_checkpoint,
+    verify_checkpoint,
+    write_checksums,
+)
+from tinyzero.errors import TinyZeroError
 
 
 def write_weights(folder: Path) -> None:
@@ -80,3 +91,79 @@ def test_only_complete_step_folders_count(tmp_path):
         (root / name / "state.json").write_text("{}")
         (root / name / MARKER).write_text("")
     assert latest_checkpoint(tmp_path).name == "step_000002"
+
+
+def write_model_files(folder: Path) -> None:
+    (folder / "policy").mkdir()
+    (folder / "policy" / "model.safetensors").write_bytes(bytes(range(256)) * 64)
+    (folder / "learner.pt").write_bytes(b"moments" * 100)
+
+
+def test_checksums_name_the_file_that_changed_went_missing_or_appeared(tmp_path):
+    folder = save(tmp_path, 1, write=write_model_files)
+    sums = json.loads((folder / CHECKSUMS).read_text())["sha256"]
+    assert sorted(sums) == ["learner.pt", "policy/model.safetensors", "state.json"]
+    assert verify_checkpoint(folder) is True
+    weights = folder / "policy" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[1000] ^= 1  # one flipped bit: a disk or a copy that went wrong
+    weights.write_bytes(bytes(data))
+    with pytest.raises(TinyZeroError, match=r"model.safetensors is damaged \(its SHA-256 differs") as err:
+        verify_checkpoint(folder)
+    assert str(weights) in str(err.value) and "\n" not in str(err.value)
+    assert verify_checkpoint(folder, only=("state.json",)) is True  # eval checks only what it reads
+    weights.unlink()
+    with pytest.raises(TinyZeroError, match="model.safetensors is missing"):
+        verify_checkpoint(folder)
+
+
+def test_a_file_nobody_recorded_and_a_damaged_manifest_are_refused(tmp_path):
+    folder = save(tmp_path, 1, write=write_model_files)
+    (folder / "policy" / "pytorch_model.bin").write_bytes(b"a pickle someone dropped in")
+    with pytest.raises(TinyZeroError, match="pytorch_model.bin was not part of the checkpoint"):
+        verify_checkpoint(folder, only=("policy/",))
+    (folder / "policy" / "pytorch_model.bin").unlink()
+    for damaged in ("{not json", json.dumps({"sha256": {"../../etc/passwd": "00"}}), "[]", "\xff\xfe"):
+        (folder / CHECKSUMS).write_text(damaged, encoding="latin-1")
+        with pytest.raises(TinyZeroError, match=f"has a damaged {CHECKSUMS}"):
+            verify_checkpoint(folder)
+
+
+def test_a_checkpoint_without_checksums_is_reported_unchecked(tmp_path):
+    folder = save(tmp_path, 1, write=write_model_files)
+    (folder / CHECKSUMS).unlink()  # written before checksums existed
+    assert verify_checkpoint(folder) is False
+    write_checksums(folder)
+    assert verify_checkpoint(folder) is True
+
+
+class _CreatesAFile:
+    """What a crafted checkpoint holds: unpickling it calls ``open(path, "w")``, creating the file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_crafted_learner_pt_runs_nothing_when_loaded(tiny_model_dir, tmp_path):
+    """learner.pt was read with weights_only=False: a crafted one ran code on load (it created a file)."""
+    import torch
+
+    from tinyzero.config import AlgoConfig, OptimConfig
+    from tinyzero.engine.learner import Learner
+
+    learner = Learner(tiny_model_dir, AlgoConfig(), OptimConfig())
+    learner.save(tmp_path)
+    learner.load(tmp_path)  # a genuine learner.pt loads with weights_only=True
+    state = torch.load(tmp_path / "learner.pt", weights_only=True)
+    proof = tmp_path / "code-ran-here"
+    state["updates"] = _CreatesAFile(str(proof))
+    torch.save(state, tmp_path / "learner.pt")
+    with pytest.raises(TinyZeroError, match=r"learner.pt asks to run code when loaded \(.*open\), so it was not loaded"):
+        learner.load(tmp_path)
+    assert not proof.exists()
+    (tmp_path / "learner.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(TinyZeroError, match=r"learner.pt is damaged"):
+        learner.load(tmp_path)

@@ -115,6 +115,11 @@ def test_checkpoint_folder_compared_with_its_base_model(tiny_run, tiny_model_dir
     (["--k", "1,8", "--samples", "4"], "k=8 is larger than the 4 samples"),
     (["--k", "1,x"], "not a comma-separated list"),
     (["--size", "0"], "--size must be at least 1"),
+    (["--size", "1000000000"], "--size must be at most 100,000"),
+    (["--temperature", "nan"], "--temperature must be a finite number"),
+    (["--temperature", "-1"], "--temperature must be a finite number, 0 or more"),
+    (["--seed", "-5"], "--seed must be between 0 and 2147483647"),
+    (["--env", "arithmetic", "-o", "digits=1", "-o", "ops=+", "--size", "500"], "has only 100 distinct problems"),
 ])
 def test_user_errors_are_one_sentence(tiny_model_dir, capsys, args, fragment):
     code, out, err = eval_cli(capsys, str(tiny_model_dir), *args, *FLAGS)
@@ -178,3 +183,62 @@ def test_a_run_evaluated_on_another_task_says_so(tiny_run, capsys):
     assert out.startswith("2 test problems of arithmetic()")
     code, out, err = eval_cli(capsys, str(tiny_run), "--size", "2", "--k", "0", "--no-save", *FLAGS)
     assert code == 0 and "note:" not in err, err
+
+
+def _nan_weights(folder: Path) -> None:
+    """Set one weight tensor of ``folder``'s model.safetensors to NaN (what a diverged run's checkpoint held)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    name = sorted(weights)[0]
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_a_model_with_nan_weights_is_refused(tiny_model_dir, tmp_path, capsys):
+    """eval of a run whose weights were all NaN exited 0 with no warning."""
+    import shutil
+
+    model = tmp_path / "nan-model"
+    shutil.copytree(tiny_model_dir, model)
+    _nan_weights(model)
+    code, _, err = eval_cli(capsys, str(model), "--env", TOY, "--size", "2", "--k", "0", *FLAGS)
+    assert code == 2 and "has NaN or infinite weights" in err and "so it was not evaluated" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _flip_a_byte(ckpt: Path) -> None:
+    path = ckpt / "policy" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _garbage_state_unchecked(ckpt: Path) -> None:
+    (ckpt / "state.json").write_text("{\"step\": [garbage")
+    (ckpt / "checksums.json").unlink()  # as a checkpoint from before checksums: only the parser stands guard
+
+
+def _nan_weights_rechecksummed(ckpt: Path) -> None:
+    from tinyzero.checkpoint import write_checksums
+
+    _nan_weights(ckpt / "policy")
+    write_checksums(ckpt)  # the checksums agree: the weights themselves are what is wrong
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (_flip_a_byte, "model.safetensors is damaged (its SHA-256 differs"),
+    (_garbage_state_unchecked, "state.json is damaged (JSONDecodeError)"),
+    (_nan_weights_rechecksummed, "has NaN or infinite weights"),
+], ids=["flipped-byte", "garbage-state", "nan-weights"])
+def test_a_damaged_checkpoint_is_one_sentence(tiny_run, tmp_path, capsys, damage, fragment):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    ckpt = next((run / "checkpoints").glob("step_*"))
+    damage(ckpt)
+    code, _, err = eval_cli(capsys, str(run), "--k", "0", "--no-save", *FLAGS)
+    assert code == 2 and fragment in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) <= 2  # the sentence (and, unchecked, a note saying so)

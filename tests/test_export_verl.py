@@ -127,6 +127,14 @@ def test_only_non_default_options_without_equivalent_warn_one_line_each():
                     "aha.margin"]
 
 
+def test_a_control_run_is_refused_and_wandb_is_a_warning():
+    with pytest.raises(TinyZeroError, match="reward.control=shuffled has no verl counterpart"):
+        translate(load_config(ROOT / "recipes/countdown-3b.yaml", ["reward.control=shuffled"]), PATHS, 512)
+    config = load_config(ROOT / "recipes/countdown-3b.yaml", ["log.wandb=true"])
+    assert [line.split("=")[0] for line in translate(config, PATHS, 512).warnings] == ["placement.strategy",
+                                                                                      "log.wandb"]
+
+
 def test_mini_batches_must_divide_the_prompts():
     with pytest.raises(TinyZeroError, match="not a multiple of algo.mini_batches"):
         translate(load_config(ROOT / "recipes/countdown-3b.yaml", ["algo.mini_batches=3"]), PATHS, 512)

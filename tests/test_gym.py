@@ -531,3 +531,66 @@ def test_a_worker_that_dies_scores_verifier_error_and_a_new_one_takes_over():
     worker._proc.poll = lambda: None  # as if it died between the check and the answer being sent
     assert env.reward(tag(problem["answer"]), problem).reason == "verifier_error"
     assert env.reward(tag(problem["answer"]), problem).correct and worker._proc.pid != first
+
+
+# ------------------------------------------------------------------------------------------ a worker that cannot start
+def test_repeated_start_failures_stop_scoring_instead_of_scoring_zeros():
+    """A worker that cannot start (here: a 1 MiB address space, as on a machine out of memory) made every answer
+    verifier_error, quietly, for the rest of the run. Now the third failure in a row raises VerifierUnavailable;
+    a start that works in between resets the count."""
+    from tinyzero.envs.gym_worker import START_FAILURES_TO_STOP, Verifier, VerifierError, VerifierUnavailable
+    from tinyzero.errors import StopRun
+
+    env = make_env("gym:chain_sum")
+    problem = env.sample(random.Random(3))
+    verifier = Verifier("chain_sum", "{}", timeout_s=5.0, memory_mb=1)
+    for _ in range(START_FAILURES_TO_STOP - 1):
+        with pytest.raises(VerifierError, match="did not start: it could not start: MemoryError"):
+            verifier.score(problem["answer"], problem)
+    verifier.setup["memory_mb"] = 2048  # the machine recovered: this start works and the count starts over
+    assert verifier.score(problem["answer"], problem) == 1.0
+    verifier.close()
+    verifier.setup["memory_mb"] = 1
+    for _ in range(START_FAILURES_TO_STOP - 1):
+        with pytest.raises(VerifierError):
+            verifier.score(problem["answer"], problem)
+    with pytest.raises(VerifierUnavailable) as err:
+        verifier.score(problem["answer"], problem)
+    assert isinstance(err.value, StopRun) and pickle.loads(pickle.dumps(err.value)).fix == err.value.fix
+    assert "verifier worker for chain_sum failed to start 3 times in a row (last: it could not start" in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_worker_that_will_not_start_stops_the_run_with_a_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
+    """Step 1 is scored by a working verifier worker; then the worker is gone and cannot start again in time (a
+    loaded machine): step 2 stops the run, with step 1's checkpoint and one sentence, instead of scoring zeros."""
+    from tinyzero.config import load_config
+    from tinyzero.envs import gym_worker
+    from tinyzero.trainer import Trainer
+
+    args = [f"model.name={tiny_model_dir}", f"run.out_dir={tmp_path}", "run.name=gym", "run.steps=3",
+            "env.name=gym:chain_sum", "env.options={answer_format: last_line}", "rollout.backend=hf",
+            "rollout.prompts_per_step=2", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=8",
+            "eval.size=2", "eval.max_new_tokens=8", "eval.every=0", "checkpoint.every=0", "log.tensorboard=false"]
+    trainer = Trainer(load_config(None, args))
+    first_step = trainer.train_step
+
+    def then_the_worker_is_gone():
+        metrics = first_step()
+        trainer.env._worker().close()
+        monkeypatch.setattr(gym_worker, "START_TIMEOUT_S", 0.001)  # no worker starts that fast
+        return metrics
+
+    trainer.train_step = then_the_worker_is_gone
+    try:
+        with pytest.raises(TinyZeroError) as err:
+            trainer.run()
+    finally:
+        trainer.close()
+    message = str(err.value)
+    assert message.startswith("step 2: the reasoning-gym verifier worker for chain_sum failed to start 3 times")
+    assert "checkpoint of step 1" in message and "tinyzero resume" in message and "\n" not in message
+    run_dir = tmp_path / "gym"
+    assert (run_dir / "checkpoints" / "step_000001" / "COMPLETE").is_file()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1]  # nothing of step 2 was logged: a resume redoes it

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tinyzero"
-KERNEL = {"algo_names", "algos", "checkpoint", "config", "console", "data", "errors", "fields", "runlog", "scoring"}
+KERNEL = {"algo_names", "algos", "checkpoint", "config", "console", "data", "errors", "fields", "jsonl", "runlog",
+          "scoring", "trackers"}
 JOBS = {"engine", "analysis"}
 COMMANDS = {"trainer", "smoke", "eval_command", "verl_reward"}  # verl_reward: the old name, kept for old exports
 

@@ -1,8 +1,11 @@
-"""Learner: log-prob layout, exact savings (skipped rows, micro-batching), PPO critic, save/load."""
+"""Learner: log-prob layout, exact savings (skipped rows, micro-batching), PPO critic, save/load, and the guard
+that refuses a non-finite update."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from tinyzero.config import AlgoConfig, OptimConfig
 from tinyzero.engine.forward import sequence_logprobs
 from tinyzero.engine.learner import Learner
 from tinyzero.engine.messages import TrainBatch, build_tokens
+from tinyzero.errors import NonFiniteUpdate, TinyZeroError
 
 PROMPTS = [[1, 2, 3], [4, 5], [6, 7, 8, 9]] * 2
 RESPONSES = [[10, 11], [12, 13, 14], [15], [16, 17, 18, 19], [20], [21, 22]]
@@ -40,7 +44,7 @@ def _grads(learner: Learner, batch: TrainBatch) -> dict[str, torch.Tensor]:
     captured = {}
     original = learner._clip_and_step
 
-    def capture(module, optimizer):
+    def capture(module, optimizer, losses):  # stands in for Learner._clip_and_step
         for name, p in module.named_parameters():
             if p.grad is not None:
                 captured[name] = p.grad.detach().clone()
@@ -271,3 +275,56 @@ def test_zero_advantage_rows_still_train_the_critic(tiny_model_dir, tokens):
     fewer = _grads(learner, batch.select(torch.arange(len(tokens) - 1)))
     critic = [name for name in grads if name.startswith(("body.", "head."))]
     assert critic and any(not torch.allclose(grads[n], fewer[n], atol=1e-7, rtol=1e-4) for n in critic)
+
+
+def _snapshot(learner: Learner) -> tuple[dict, dict]:
+    weights = {k: v.detach().clone() for k, v in learner.policy.state_dict().items()}
+    return weights, copy.deepcopy(learner.optimizer.state_dict())
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+@pytest.mark.parametrize("broken", ["nan_advantages", "inf_lr"])
+def test_a_non_finite_update_is_refused_and_changes_nothing(tiny_model_dir, tokens, broken):
+    """optim.lr=.inf (or NaN advantages from a NaN reward) stepped and wrote NaN into every weight."""
+    learner = Learner(tiny_model_dir, AlgoConfig(), OptimConfig(lr=1e-3, micro_batch_size=6))
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0])[:, None] * tokens.response_mask
+    learner.update(TrainBatch(tokens=tokens, advantages=advantages))  # one good step: AdamW has moments now
+    before = _snapshot(learner)
+    if broken == "inf_lr":
+        learner.optim_cfg = dataclasses.replace(learner.optim_cfg, lr=math.inf)
+    else:
+        advantages = torch.full_like(advantages, math.nan)
+    with pytest.raises(NonFiniteUpdate, match="refused update 2 because it was not finite") as err:
+        learner.update(TrainBatch(tokens=tokens, advantages=advantages))
+    assert ("learning rate inf" if broken == "inf_lr" else "gradient norm nan") in str(err.value)
+    after = _snapshot(learner)
+    assert _same(before[0], after[0]) and _same(before[1]["state"], after[1]["state"])  # weights, AdamW moments
+    assert learner.updates == 1
+    assert all(bool(torch.isfinite(v).all()) for v in after[0].values())
+
+
+def test_a_checkpoint_with_nan_moments_is_refused(tiny_model_dir, tokens, tmp_path):
+    """NaN AdamW moments in a checkpoint resumed silently and turned every weight into NaN on the next step."""
+    learner = Learner(tiny_model_dir, AlgoConfig(), OptimConfig(lr=1e-3, micro_batch_size=6))
+    learner.update(TrainBatch(tokens=tokens, advantages=tokens.response_mask.float()))
+    learner.save(tmp_path)
+    state = torch.load(tmp_path / "learner.pt", weights_only=True)
+    name = next(iter(state["optimizer"]["state"]))
+    state["optimizer"]["state"][name]["exp_avg"].fill_(math.nan)
+    torch.save(state, tmp_path / "learner.pt")
+    fresh = Learner(tiny_model_dir, AlgoConfig(), OptimConfig(lr=1e-3, micro_batch_size=6))
+    with pytest.raises(TinyZeroError, match=r"learner.pt holds NaN or infinite values \(optimizer.state.*exp_avg\)"):
+        fresh.load(tmp_path)
+    learner.policy.state_dict()[name].fill_(math.inf)
+    with pytest.raises(TinyZeroError, match="holds NaN or infinite values, so this checkpoint was not written"):
+        learner.save(tmp_path / "again")
+    assert not (tmp_path / "again" / "learner.pt").exists()

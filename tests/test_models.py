@@ -109,3 +109,15 @@ def test_bundled_smollm2_dequantises_once_and_generates(tmp_path, capsys):
     out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     text = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert any(ch.isalpha() for ch in text)
+
+
+def test_a_model_folder_without_a_usable_config_is_one_sentence(tmp_path):
+    """A folder without config.json raised a transformers traceback before any model loaded."""
+    from tinyzero.engine.models import model_config
+    from tinyzero.errors import TinyZeroError
+
+    with pytest.raises(TinyZeroError, match="has no usable config.json .*give a Hugging Face model folder"):
+        model_config(str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(TinyZeroError, match="has no usable config.json"):
+        model_config(str(tmp_path))

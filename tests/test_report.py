@@ -114,3 +114,17 @@ def test_report_on_a_run_without_aha_columns(run_dir):
     # The first held-out check sits beside the step-0 transcript of the same problem.
     first_eval = html.index("First held-out check")
     assert "Same problem at the start" in html[first_eval:] and "2 + 4 + 9 = 15" in html[first_eval:]
+
+
+def test_report_marks_a_control_run(run_dir):
+    plain = cli("report", str(run_dir))
+    assert plain.returncode == 0, plain.stderr
+    assert "Control run" not in (run_dir / "report.html").read_text()
+    (run_dir / "config.yaml").write_text("env:\n  name: countdown\n  options: {}\nreward:\n  control: shuffled\n")
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({**json.loads(line), "reward/control_mean": 0.4}) + "\n"
+                                                   for line in lines))
+    assert cli("report", str(run_dir)).returncode == 0
+    html = (run_dir / "report.html").read_text()
+    assert "<b>Control run</b> (reward.control=shuffled): the learner got the batch&#x27;s scores shuffled" in html
+    assert 'alt="Reward and accuracy"' in html

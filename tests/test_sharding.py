@@ -40,7 +40,7 @@ def capture_grads(learner: Learner) -> dict[str, torch.Tensor]:
     keys are prefixed ``policy.`` / ``critic.``."""
     captured: dict[str, torch.Tensor] = {}
 
-    def capture(module, optimizer):
+    def capture(module, optimizer, losses):  # stands in for Learner._clip_and_step
         prefix = "critic." if module is learner.critic else "policy."
         for name, p in module.named_parameters():
             if p.grad is not None:

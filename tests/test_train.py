@@ -252,7 +252,8 @@ def test_incomplete_checkpoint_is_ignored(tiny_model_dir, tmp_path):
 
 def test_resume_after_a_lost_step_logs_each_step_once(tiny_model_dir, tmp_path):
     """A crash after step 3 was logged but before its checkpoint: resume redoes step 3 from step 2's checkpoint,
-    and the completions logged by the lost step are dropped, so every step appears once."""
+    and the completions logged by the lost step are dropped, so every step appears once. The crash came while a
+    fourth append was under way, leaving an unfinished metrics line and gzip member (resume crashed on them)."""
     import shutil
 
     from transformers import AutoTokenizer
@@ -260,6 +261,11 @@ def test_resume_after_a_lost_step_logs_each_step_once(tiny_model_dir, tmp_path):
     train(None, overrides(tiny_model_dir, tmp_path, "lost", "rollout.backend=hf", "run.steps=3"))
     run_dir = tmp_path / "lost"
     shutil.rmtree(run_dir / "checkpoints" / "step_000003")
+    member = gzip.compress("".join(json.dumps(r) + "\n" for r in read_rollouts(run_dir)[-16:]).encode())
+    with open(run_dir / "rollouts.jsonl.gz", "ab") as fh:
+        fh.write(member[: len(member) // 2])
+    with open(run_dir / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 3, "reward/me')
     train(None, ["run.steps=3"], resume_dir=str(run_dir))
     steps = [r["step"] for r in read_rollouts(run_dir)]
     assert sorted(set(steps)) == [1, 2, 3] and all(steps.count(s) == 16 for s in (1, 2, 3))
@@ -282,6 +288,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
         (["train", "recipes/demo-cpu.yaml", "algo.clip_low=wide"], "algo.clip_low must be float"),
         (["train", "recipes/nonexistent.yaml"], "does not exist"),
         (["train", "recipes/demo-cpu.yaml", "model.name=/nonexistent/model"], "neither a local folder"),
+        (["train", "recipes/demo-cpu.yaml", "run.name=."], "run.name must be a folder name"),
         (["resume", "/nonexistent/run"], "no run to resume"),
     ],
 )
@@ -359,3 +366,67 @@ def test_trainer_logs_aha_metrics(tiny_model_dir, tmp_path):
 
     html = write_report(run_dir).read_text()  # the report of a real (tiny) run, eval curve from its checkpoint
     assert "held-out accuracy, first → last eval" in html and "<h3>Self-verification against the step-0 baseline" in html
+
+
+def finite_weights(folder: Path) -> dict[str, torch.Tensor]:
+    weights = load_file(str(folder / "policy" / "model.safetensors"))
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values()), f"non-finite weights in {folder}"
+    return weights
+
+
+def test_an_update_gone_non_finite_stops_with_the_last_good_checkpoint(tiny_model_dir, tmp_path):
+    """With optim.lr=.inf the run trained on, wrote NaN into every weight and a COMPLETE checkpoint of them, and
+    exited 0. Here the first step is good, then the learning rate turns infinite (as optim.lr=.inf would, had the
+    recipe check missed it): the second update is refused and the run stops with step 1's weights saved."""
+    import dataclasses
+    import math
+
+    from tinyzero.errors import TinyZeroError
+
+    args = overrides(tiny_model_dir, tmp_path, "inf", "rollout.backend=hf", "checkpoint.every=0", "run.steps=3",
+                     "log.tensorboard=false", *LEARNABLE)
+    trainer = Trainer(load_config(None, args))
+    learner = trainer.roles.learner.processes[0]  # local mode: the Learner itself
+    first_step = trainer.train_step
+    good: dict[str, torch.Tensor] = {}
+
+    def then_infinite_lr():
+        metrics = first_step()
+        good.update({k: v.detach().clone() for k, v in learner.policy.state_dict().items()})
+        learner.optim_cfg = dataclasses.replace(learner.optim_cfg, lr=math.inf)
+        return metrics
+
+    trainer.train_step = then_infinite_lr
+    try:
+        with pytest.raises(TinyZeroError) as err:
+            trainer.run()
+    finally:
+        trainer.close()
+    message = str(err.value)
+    assert message.startswith("step 2: the learner refused update 2 because it was not finite (learning rate inf)")
+    assert "checkpoint of step 1" in message and "tinyzero resume" in message and "\n" not in message
+    run_dir = tmp_path / "inf"
+    saved = finite_weights(run_dir / "checkpoints" / "step_000001")
+    assert all(torch.equal(saved[k], good[k]) for k in saved)  # the state after step 1, not a later one
+    assert [m["step"] for m in read_metrics(run_dir)] == [1]
+    state = json.loads((run_dir / "checkpoints" / "step_000001" / "state.json").read_text())
+    assert state["cursor"] == 4  # step 2's problems were given back: a resume draws them again
+
+
+def test_a_nan_reward_stops_the_run_from_the_command_line(tiny_model_dir, tmp_path):
+    """A plug-in whose reward is NaN: the first update is refused, the run exits non-zero with one sentence, and
+    its checkpoint holds the initial, finite weights."""
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    args = overrides(tiny_model_dir, tmp_path, "nan", "rollout.backend=hf", "env.name=toy_tasks:NanScore",
+                     "env.options={}", "log.tensorboard=false")
+    result = subprocess.run([sys.executable, "-m", "tinyzero.cli", "train", "recipes/demo-cpu.yaml", *args],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("tinyzero: error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "step 1: the learner refused update 1" in lines[0] and "checkpoint of step 0" in lines[0]
+    saved = finite_weights(tmp_path / "nan" / "checkpoints" / "step_000000")
+    initial = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert all(torch.equal(saved[k], initial[k]) for k in saved)

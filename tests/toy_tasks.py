@@ -1,5 +1,6 @@
 """Test-only environments: one a tiny random model can learn in a few steps (``env.name=toy_tasks:Letters``), one
-it gets right about half the time (``toy_tasks:FirstByte``, for evaluation metrics).
+it gets right about half the time (``toy_tasks:FirstByte``, for evaluation metrics), and a buggy plug-in whose
+reward is NaN (``toy_tasks:NanScore``, for the learner's non-finite guard).
 
 They exist so tests can see training *work*, not only run: the built-in tasks give a tiny random model a reward
 of 0 on nearly every sample, so GRPO's advantages are all zero and the weights never move. Importable by
@@ -101,3 +102,13 @@ class FirstByte:
 
     def answer(self, completion: str, problem: Mapping) -> str | None:
         return completion[0] if completion else None
+
+
+class NanScore(Letters):
+    """A plug-in with a bug: every score is NaN (what a reward dividing 0 by 0 returns). GRPO's advantages are then
+    NaN, and so are the loss and the gradient: the learner must refuse the update rather than write NaN weights."""
+
+    name: ClassVar[str] = "nan_score"
+
+    def reward(self, completion: str, problem: Mapping) -> RewardResult:
+        return RewardResult(float("nan"), False, "wrong_value", {})

@@ -5,18 +5,25 @@ optimizer/critic/RNG state (``learner.pt``) and the driver's state (``state.json
 history). It is written under a temporary name and renamed into place only when complete, and a ``COMPLETE``
 marker is written last, so a crash mid-write never leaves a folder that looks like a finished checkpoint.
 A save that raises removes its temporary folder; one left by a killed process is removed by the next save.
+Before the marker, ``checksums.json`` records the SHA-256 of every file in the folder; ``verify_checkpoint`` checks
+them (resume, eval) and names the first file that is missing, changed or unlisted. A checkpoint written before
+checksums existed has no such file and is loaded unchecked (its files are still read without running code).
 Simplification: one writer per run folder (the trainer refuses to start a second run in it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from tinyzero.errors import TinyZeroError
+
 MARKER = "COMPLETE"
+CHECKSUMS = "checksums.json"  # {"sha256": {relative path: hex digest}}, written just before the marker
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -35,6 +42,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, write_learner: Callab
     try:
         write_learner(tmp)
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        write_checksums(tmp)
         (tmp / MARKER).write_text(str(step))
         _fsync_dir(tmp)
     except BaseException:
@@ -96,4 +104,102 @@ def prune(root: Path, keep_last: int) -> None:
 
 
 def read_state(folder: Path) -> dict:
-    return json.loads((folder / "state.json").read_text())
+    """The driver's state of a checkpoint; a damaged ``state.json`` is one sentence naming it."""
+    path = folder / "state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON, bad UTF-8, an int too long
+        raise TinyZeroError(f"{path} is damaged ({type(err).__name__}): {_fix(folder)}") from None
+    if not isinstance(state, dict) or not _count(state.get("step")):
+        raise TinyZeroError(f"{path} is damaged (it holds no step number): {_fix(folder)}")
+    return state
+
+
+def resume_point(run_dir: Path) -> tuple[Path, dict, bool]:
+    """The latest complete checkpoint, its state and whether its checksums were checked (False: it predates
+    them); every check a resume needs before any model loads, each failure one sentence naming the file."""
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise TinyZeroError(f"{run_dir} has no complete checkpoint to resume from: start a new run")
+    checked = verify_checkpoint(ckpt)
+    state = read_state(ckpt)
+    history, aha, wall_s = state.get("history"), state.setdefault("aha", {}), state.setdefault("wall_s", 0.0)
+    wrong = [name for name, bad in (
+        ("cursor", not _count(state.get("cursor"))),
+        ("eval history", not isinstance(history, list) or not all(
+            isinstance(row, dict) and isinstance(row.get("eval/accuracy"), int | float) for row in history)),
+        ("aha state", not _aha_state(aha)),
+        ("wall_s", isinstance(wall_s, bool) or not isinstance(wall_s, int | float) or not 0 <= wall_s < 1e12),
+    ) if bad]
+    if wrong:
+        raise TinyZeroError(f"{ckpt / 'state.json'} is damaged (its {', '.join(wrong)} is not what tinyzero "
+                            f"writes): {_fix(ckpt)}")
+    return ckpt, state, checked
+
+
+def _aha_state(aha) -> bool:
+    """The aha tracker's saved state (``Tracker.state``), in the shapes ``Tracker.load`` reads."""
+    if not isinstance(aha, dict):
+        return False
+    series = aha.get("series", [])
+    return (all(isinstance(aha.get(k, {}), dict) for k in ("baseline", "eval_baseline", "first_verification"))
+            and isinstance(series, list) and all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(x, int | float) for x in p) for p in series))
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _fix(folder: Path) -> str:
+    return (f"move {folder} aside (it stays on disk) to resume from the checkpoint before it, or restore it from "
+            "a copy")
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _files(folder: Path) -> list[str]:
+    """Every file under ``folder`` but the checksums and the marker, as sorted POSIX paths relative to it."""
+    names = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+    return sorted(name for name in names if name not in (CHECKSUMS, MARKER))
+
+
+def write_checksums(folder: Path) -> None:
+    """Record the SHA-256 of every file of a checkpoint being written (SHA-256: about 1.4 GB/s with the CPU's
+    SHA instructions, faster here than BLAKE2)."""
+    sums = {name: _digest(folder / name) for name in _files(folder)}
+    (folder / CHECKSUMS).write_text(json.dumps({"sha256": sums}, indent=1) + "\n")
+
+
+def verify_checkpoint(folder: Path, only: tuple[str, ...] = ()) -> bool:
+    """Check a checkpoint's files against its ``checksums.json`` (just the paths starting with one of ``only``,
+    when given); one sentence naming the first file that is missing, changed or not recorded. False when the
+    checkpoint predates checksums (nothing to check), True when every file checked out."""
+    path = folder / CHECKSUMS
+    if not path.exists():
+        return False
+    fix = _fix(folder)
+    try:
+        sums = json.loads(path.read_text(encoding="utf-8"))["sha256"]
+        if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+            raise ValueError("not a mapping of file names to digests")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+        raise TinyZeroError(f"checkpoint {folder} has a damaged {CHECKSUMS} ({type(err).__name__}): {fix}") from None
+    wanted = [name for name in sums if not only or name.startswith(only)]
+    for name in wanted:
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise TinyZeroError(f"checkpoint {folder} has a damaged {CHECKSUMS} (it names {name[:80]!r}): {fix}")
+        file = folder / name
+        if not file.is_file():
+            raise TinyZeroError(f"checkpoint file {file} is missing: {fix}")
+        if _digest(file) != sums[name]:
+            raise TinyZeroError(f"checkpoint file {file} is damaged (its SHA-256 differs from the one recorded when "
+                                f"it was saved): {fix}")
+    extra = [name for name in _files(folder) if name not in sums and (not only or name.startswith(only))]
+    if extra:
+        raise TinyZeroError(f"checkpoint file {folder / extra[0]} was not part of the checkpoint when it was saved: "
+                            f"remove it, or {fix}")
+    return True

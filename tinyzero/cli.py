@@ -76,7 +76,11 @@ def cmd_reward(args: argparse.Namespace) -> int:
 
     env = make_env(args.env, _options(args.option))
     write = sys.stdout.write
-    for number, line in enumerate(sys.stdin, start=1):
+    for number, raw in enumerate(sys.stdin.buffer, start=1):  # bytes: a line that is not UTF-8 is one sentence
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TinyZeroError(f"line {number}: not UTF-8 text; give one JSON object per line") from None
         if not line.strip():
             continue
         write(json.dumps(_score_line(env, line, number).to_dict()) + "\n")
@@ -89,6 +93,9 @@ def _score_line(env, line: str, number: int):
         item = json.loads(line)
     except (json.JSONDecodeError, RecursionError) as err:
         raise TinyZeroError(f"line {number}: not valid JSON ({err}); give one JSON object per line") from None
+    except ValueError as err:  # an integer past 4,300 digits
+        raise TinyZeroError(f"line {number}: JSON tinyzero does not read ({str(err)[:80]}); give one JSON object "
+                            "per line") from None
     if not isinstance(item, dict) or not isinstance(item.get("completion"), str):
         raise TinyZeroError(f'line {number}: expected {{"completion": str, "problem": {{...}}}}')
     if not isinstance(item.get("problem"), dict):
@@ -126,9 +133,15 @@ def cmd_aha(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tinyzero.analysis.report import write_report
+    out_path = Path(args.out) if args.out else None
+    if len(args.run_dir) > 1:
+        from tinyzero.analysis.compare import write_comparison
 
-    out = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+        out = write_comparison([Path(p) for p in args.run_dir], out_path)
+    else:
+        from tinyzero.analysis.report import write_report
+
+        out = write_report(Path(args.run_dir[0]), out_path)
     print(f"report: {out}")
     return 0
 
@@ -294,9 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-field", default="prompt", help="field with the prompt, whose copies do not count")
     p.set_defaults(func=cmd_aha)
 
-    p = sub.add_parser("report", help="a self-contained HTML report of a run folder: curves, aha metrics, transcripts")
-    p.add_argument("run_dir", help="the run folder, e.g. runs/demo")
-    p.add_argument("--out", help="where to write the HTML (default: RUN_DIR/report.html)")
+    p = sub.add_parser("report", help="a self-contained HTML report of a run folder: curves, aha metrics, transcripts;"
+                                      " of several: their curves overlaid, config differences, the claim against a "
+                                      "control run")
+    p.add_argument("run_dir", nargs="+", metavar="RUN_DIR", help="the run folder, e.g. runs/demo; several to compare")
+    p.add_argument("--out", help="where to write the HTML (default: RUN_DIR/report.html; for several runs "
+                                 "FIRST_RUN_DIR/compare.html)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("resume", help="continue a run from its latest complete checkpoint")

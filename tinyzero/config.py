@@ -1,8 +1,9 @@
 """The one config source: frozen, typed dataclasses; a recipe is their values in YAML.
 
 Each section's docstring has one ``field: help`` line per field (``tinyzero train --help-config`` prints
-them), and each field carries its own constraint: allowed values as ``Literal[...]``, a lower bound with
-``at_least``, registry names (advantage estimators, policy losses) with ``one_of`` (tinyzero/fields.py).
+them), and each field carries its own constraint: allowed values as ``Literal[...]``, a range with ``at_least`` or
+``between`` (every numeric field has one; numbers are finite), registry names (advantage estimators, policy
+losses) with ``one_of`` (tinyzero/fields.py). YAML aliases are refused before they expand (``_NoAliasLoader``).
 ``load_config(recipe, overrides)`` reads a YAML recipe, applies ``a.b.c=value`` overrides (values parsed as
 YAML scalars), and rejects unknown keys and wrong types with the key's dotted name.
 Simplification: ``env.options`` is a free mapping here; the environment's own Options dataclass checks it.
@@ -21,7 +22,9 @@ import yaml
 
 from tinyzero.algo_names import KlEstimator, LossAgg
 from tinyzero.errors import TinyZeroError
-from tinyzero.fields import at_least, build, field_helps, one_of
+from tinyzero.fields import at_least, between, build, field_helps, one_of, plain_name, range_words, short
+
+MAX_EVAL_SIZE = 100_000  # held-out problems: each is generated and scored at every evaluation
 
 
 def _algos():
@@ -35,7 +38,7 @@ def _algos():
 class RunConfig:
     """Run.
 
-    name: run name; the run folder is out_dir/name
+    name: run name; the run folder is out_dir/name (one folder name: no '/', not '.' or '..')
     out_dir: folder that holds run folders
     seed: seed for data order, sampling and initialisation
     steps: training steps (one rollout batch and its updates per step)
@@ -44,12 +47,12 @@ class RunConfig:
     budget_usd: stop cleanly, with a checkpoint, before the cost meter would pass this many dollars (0: no budget)
     """
 
-    name: str = "run"
+    name: str = plain_name("run")
     out_dir: str = "runs"
-    seed: int = 0
+    seed: int = between(0, 2**31 - 1, 0)  # vLLM seeds numpy with seed + worker, which must stay below 2**32
     steps: int = at_least(1, 20)
     mode: Literal["local", "ray"] = "local"
-    threads: int = 0
+    threads: int = between(0, 4096, 0)
     budget_usd: float = at_least(0, 0.0)
 
 
@@ -89,7 +92,7 @@ class RolloutConfig:
     prompts_per_step: prompts sampled per step
     samples_per_prompt: completions per prompt (the GRPO group size)
     max_new_tokens: most tokens generated per completion
-    temperature: sampling temperature
+    temperature: sampling temperature (0: greedy, every sample of a prompt alike)
     top_p: nucleus sampling threshold
     kv_cache_gib: vLLM CPU KV-cache size in GiB
     gpu_memory_utilization: fraction of a GPU vLLM may take
@@ -100,11 +103,11 @@ class RolloutConfig:
     prompts_per_step: int = at_least(1, 8)
     samples_per_prompt: int = at_least(1, 8)
     max_new_tokens: int = at_least(1, 64)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    kv_cache_gib: int = 2
-    gpu_memory_utilization: float = 0.4
-    tensor_parallel_size: int = 1
+    temperature: float = at_least(0, 1.0)
+    top_p: float = between(0, 1, 1.0, low_open=True)
+    kv_cache_gib: int = at_least(1, 2)
+    gpu_memory_utilization: float = between(0, 1, 0.4, low_open=True)
+    tensor_parallel_size: int = at_least(1, 1)
 
 
 @dataclass(frozen=True)
@@ -131,18 +134,18 @@ class AlgoConfig:
     name: str = one_of(lambda: _algos().ADVANTAGE_ESTIMATORS, "grpo")
     policy_loss: str = one_of(lambda: _algos().POLICY_LOSSES, "clip")
     normalize_std: bool = True
-    gamma: float = 1.0
-    lam: float = 1.0
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    kl_coef: float = 0.0
+    gamma: float = between(0, 1, 1.0)
+    lam: float = between(0, 1, 1.0)
+    clip_low: float = between(0, 1, 0.2)
+    clip_high: float = at_least(0, 0.2)
+    kl_coef: float = at_least(0, 0.0)
     kl_estimator: KlEstimator = "k3"
     kl_applied_as: Literal["loss", "reward"] = "loss"
-    entropy_coef: float = 0.0
+    entropy_coef: float = at_least(0, 0.0)
     loss_agg: LossAgg = "token-mean"
     epochs: int = at_least(1, 1)
     mini_batches: int = at_least(1, 1)
-    vf_clip: float = 0.2
+    vf_clip: float = at_least(0, 0.2)
 
     @property
     def needs(self):
@@ -155,7 +158,7 @@ class AlgoConfig:
 class OptimConfig:
     """Optimiser.
 
-    lr: AdamW learning rate of the policy
+    lr: AdamW learning rate of the policy (AdamW moves each weight by about lr a step)
     critic_lr: AdamW learning rate of the PPO critic
     weight_decay: AdamW weight decay
     grad_clip: clip the global gradient norm to this (0: off)
@@ -163,11 +166,11 @@ class OptimConfig:
     micro_batch_size: sequences per forward/backward (gradients accumulate over micro-batches)
     """
 
-    lr: float = 1e-6
-    critic_lr: float = 1e-5
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    warmup_steps: int = 0
+    lr: float = between(0, 1, 1e-6, low_open=True)
+    critic_lr: float = between(0, 1, 1e-5, low_open=True)
+    weight_decay: float = at_least(0, 0.0)
+    grad_clip: float = at_least(0, 1.0)
+    warmup_steps: int = at_least(0, 0)
     micro_batch_size: int = at_least(1, 16)
 
 
@@ -182,9 +185,9 @@ class PlacementConfig:
     """
 
     strategy: Literal["colocate", "split"] = "colocate"
-    num_gpus: int = 0
-    rollout_gpus: int = 1
-    learner_workers: int = 0
+    num_gpus: int = at_least(0, 0)
+    rollout_gpus: int = at_least(1, 1)
+    learner_workers: int = at_least(0, 0)
 
 
 @dataclass(frozen=True)
@@ -217,9 +220,9 @@ class EvalConfig:
     k: also sample k completions per held-out problem (rollout.temperature, rollout.top_p) and log eval/pass@k and eval/maj@k (0: off)
     """
 
-    every: int = 10
-    size: int = at_least(1, 100)
-    max_new_tokens: int = 64
+    every: int = at_least(0, 10)
+    size: int = between(1, MAX_EVAL_SIZE, 100)
+    max_new_tokens: int = at_least(1, 64)
     k: int = at_least(0, 0)
 
 
@@ -231,8 +234,8 @@ class CheckpointConfig:
     keep_last: how many checkpoints to keep
     """
 
-    every: int = 10
-    keep_last: int = 2
+    every: int = at_least(0, 10)
+    keep_last: int = at_least(1, 2)
 
 
 @dataclass(frozen=True)
@@ -241,10 +244,18 @@ class LogConfig:
 
     tensorboard: write TensorBoard event files in the run folder
     samples: completions logged as text per step
+    wandb: also mirror scalars, sample tables and the config to Weights & Biases (needs the wandb extra); resume continues the same W&B run
+    wandb_project: the W&B project
+    wandb_name: the W&B run name (empty: run.name)
+    wandb_mode: offline (files in RUN/wandb, upload later with `wandb sync`) or online (needs `wandb login`)
     """
 
     tensorboard: bool = True
-    samples: int = 2
+    samples: int = at_least(0, 2)
+    wandb: bool = False
+    wandb_project: str = "tinyzero"
+    wandb_name: str = ""
+    wandb_mode: Literal["offline", "online"] = "offline"
 
 
 # Family -> phrases. A space or hyphen inside a phrase matches up to three spaces/hyphens or none, so
@@ -283,11 +294,21 @@ class AhaConfig:
     """
 
     lexicon: dict = field(default_factory=_default_lexicon)
-    margin: float = at_least(0, 0.05)
+    margin: float = between(0, 1, 0.05)
     patience: int = at_least(1, 3)
     transcripts_every: int = at_least(0, 4)
     transcripts: int = at_least(0, 3)
     max_chars: int = at_least(1, 8000)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Reward given to the learner (docs/metrics.md, control runs).
+
+    control: none (the verifier's scores), shuffled (the batch's scores shuffled across its completions) or random (score 1 with the batch's success rate, else 0): a control run, seeded from (run.seed, step); correct, accuracy and held-out evaluation still use the verifier
+    """
+
+    control: Literal["none", "shuffled", "random"] = "none"
 
 
 @dataclass(frozen=True)
@@ -307,6 +328,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     aha: AhaConfig = field(default_factory=AhaConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
 
 # Keys that older recipes and run folders may still hold, with the key that replaced them.
@@ -325,7 +347,7 @@ def _unknown_key(dotted: str, valid: list[str]) -> str:
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, Mapping):
         where = prefix.rstrip(".") or "the recipe"
-        raise TinyZeroError(f"{where} must be a mapping of keys to values, got {data!r}")
+        raise TinyZeroError(f"{where} must be a mapping of keys to values, got {short(data)}")
     return build(cls, data, prefix, unknown=_unknown_key, nested=_build)
 
 
@@ -340,13 +362,40 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing every alias (``*name``) as it is met, before anything is expanded: a few
+    lines of nested aliases stand for billions of values, which any walk over them (checking a field, writing
+    the resolved config, quoting an error) would expand. No recipe needs them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent) and self.peek_event().anchor in self.anchors:  # else a YAML error
+            event = self.peek_event()
+            raise _AliasFound(f"a YAML alias (*{str(event.anchor)[:40]}) at line {event.start_mark.line + 1}")
+        return super().compose_node(parent, index)
+
+
+class _AliasFound(Exception):
+    pass
+
+
+def _yaml(text: str, where: str) -> Any:
+    """``text`` as YAML values, aliases refused in one sentence naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: safe
+    except _AliasFound as err:
+        raise TinyZeroError(f"{where} uses {err}: tinyzero reads no YAML aliases (nested ones can stand for "
+                            "billions of values); write the values out") from None
+    except RecursionError:
+        raise TinyZeroError(f"{where} nests too deeply to read: write it flat") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise TinyZeroError(f"override {text!r} is not a.b.c=value: write e.g. rollout.temperature=0.8")
+        raise TinyZeroError(f"override {short(text)} is not a.b.c=value: write e.g. rollout.temperature=0.8")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = _yaml(raw, f"override {key.strip()}") if raw.strip() else ""
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer past 4,300 digits; read as text, checked as such
         value = raw
     return key.strip(), value
 
@@ -359,12 +408,14 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
         if not path.is_file():
             raise TinyZeroError(f"recipe {path} does not exist: give a YAML file such as recipes/demo-cpu.yaml")
         try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            tree = _yaml(path.read_text(encoding="utf-8"), f"recipe {path}") or {}
         except UnicodeDecodeError:
             raise TinyZeroError(f"recipe {path} is not a text file: give a YAML recipe such as recipes/demo-cpu.yaml"
                                 ) from None
         except yaml.YAMLError as err:
-            raise TinyZeroError(f"recipe {path} is not valid YAML ({str(err).splitlines()[0]}): fix it") from None
+            raise TinyZeroError(f"recipe {path} is not valid YAML ({str(err).splitlines()[0][:120]}): fix it") from None
+        except ValueError as err:  # a number YAML reads but Python will not build, e.g. past 4,300 digits
+            raise TinyZeroError(f"recipe {path} holds a value that cannot be read ({str(err)[:80]}): fix it") from None
         if not isinstance(tree, Mapping):
             raise TinyZeroError(f"recipe {path} holds a {type(tree).__name__}, not a mapping of sections: write it as "
                                 "`section:` lines with indented `key: value` pairs, as in recipes/demo-cpu.yaml")
@@ -392,5 +443,7 @@ def describe() -> str:
         lines.append(f"{section.name}:")
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"  {f.name}: {default!r}  # {helps.get(f.name, '')}")
+            bounds = [f.metadata.get(key) for key in ("min", "max", "min_open")]
+            where = f" [{range_words(bounds[0], bounds[1], bool(bounds[2]))}]" if bounds[0] is not None else ""
+            lines.append(f"  {f.name}: {default!r}  # {helps.get(f.name, '')}{where}")
     return "\n".join(lines)

@@ -24,22 +24,32 @@ def split_rng(seed: int, split: str) -> random.Random:
 
 
 def sample_test(env: Environment, size: int, seed: int, max_tries_factor: int = 50) -> list[dict]:
-    """``size`` distinct problems for held-out evaluation."""
+    """``size`` distinct problems for held-out evaluation.
+
+    A task with fewer distinct problems than ``size`` is told apart from a slow one by a run of draws that bring
+    nothing new: ``20 × found + 1,000`` in a row (after finding n of n + 1 problems, that many misses happen by
+    chance with probability e^-20), so asking too much fails in milliseconds with the count, rather than after
+    ``size × 50`` draws."""
     rng = split_rng(seed, "test")
     problems: list[dict] = []
     seen: set = set()
+    misses = 0
     for _ in range(max(size * max_tries_factor, 1000)):
-        if len(problems) >= size:
+        if len(problems) >= size or misses > 20 * len(problems) + 1000:
             break
         problem = env.sample(rng)
         key = env.key(problem)
-        if key not in seen:
-            seen.add(key)
-            problems.append(problem)
+        if key in seen:
+            misses += 1
+            continue
+        misses = 0
+        seen.add(key)
+        problems.append(problem)
     if len(problems) < size:
         raise TinyZeroError(
-            f"{env.name} has fewer than {size} distinct problems with these options: "
-            "ask for a smaller test size or widen the options"
+            f"{env.name} has only {len(problems):,} distinct problems with these options (no new one in the last "
+            f"{misses:,} draws), fewer than the {size:,} asked for: ask for at most {len(problems):,} "
+            "(eval.size, --size, --test-size) or widen the options"
         )
     return problems
 

@@ -22,14 +22,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tinyzero.checkpoint import MARKER, latest_checkpoint, read_state
-from tinyzero.config import Config, load_config
+from tinyzero.checkpoint import MARKER, latest_checkpoint, read_state, verify_checkpoint
+from tinyzero.config import MAX_EVAL_SIZE, Config, load_config
 from tinyzero.errors import TinyZeroError
 
 # Files of a model folder that are its weights or its architecture, never its tokenizer.
@@ -96,7 +97,13 @@ def resolve_target(spec: str) -> Target:
 
 
 def _checkpoint_target(spec: str, ckpt: Path, run_dir: Path) -> Target:
+    """A checkpoint to evaluate: the files eval reads (``policy/``, ``state.json``) checked against its checksums."""
     config = load_config(run_dir / "config.yaml")
+    if not verify_checkpoint(ckpt, only=("policy/", "state.json")):
+        import sys
+
+        print(f"tinyzero: note: {ckpt} was written before checkpoints carried checksums: its files are not checked",
+              file=sys.stderr)
     step = int(read_state(ckpt)["step"])
     return Target(spec, f"{run_dir.name} step {step}", str(ckpt / "policy"), run_dir, step, config,
                   tokenizer_from=config.model.name)
@@ -117,6 +124,12 @@ def settings_for(targets: list[Target], *, env: str | None = None, options: dict
     for flag, value in (("--size", size), ("--max-new-tokens", max_new_tokens)):
         if value is not None and value < 1:
             raise TinyZeroError(f"{flag} must be at least 1, got {value}")
+    if size is not None and size > MAX_EVAL_SIZE:
+        raise TinyZeroError(f"--size must be at most {MAX_EVAL_SIZE:,} (as eval.size), got {size:,}")
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        raise TinyZeroError(f"--temperature must be a finite number, 0 or more, got {temperature}")
+    if seed is not None and not 0 <= seed < 2**31:
+        raise TinyZeroError(f"--seed must be between 0 and {2**31 - 1} (as run.seed), got {seed}")
     if split not in ("test", "train"):
         raise TinyZeroError(f"--split {split!r}: use test (held-out problems) or train (the first training problems)")
     def pick(flag, default):
@@ -193,6 +206,7 @@ def _evaluate_target(target: Target, env, problems, settings: Settings, sampling
     pool = scoring_pool() if len(problems) * max(settings.samples, 1) >= PARALLEL_SCORING_MIN else None
     try:
         with _model_folder(target) as folder:
+            _check_finite(target, folder)
             worker, tokenizer = _load(target, folder, settings, base)
             try:
                 prompts = [encode_prompt(tokenizer, env, p, settings.template)[1] for p in problems]
@@ -205,6 +219,25 @@ def _evaluate_target(target: Target, env, problems, settings: Settings, sampling
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return {"problems": float(len(problems)), **outcome.metrics}
+
+
+def _check_finite(target: Target, folder: Path) -> None:
+    """A model whose weights hold a NaN or an infinity is refused: it would be scored as if it were a model (about
+    a second per GB, one tensor in memory at a time)."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                for name in weights.keys():
+                    tensor = weights.get_tensor(name)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        raise TinyZeroError(f"model {target.spec} has NaN or infinite weights ({name[:100]} in "
+                                            f"{file.name}), so it was not evaluated: evaluate an earlier checkpoint")
+        except (SafetensorError, OSError) as err:
+            raise TinyZeroError(f"model {target.spec}: {file} is damaged ({str(err)[:100]}): evaluate an earlier "
+                                "checkpoint, or restore the file") from None
 
 
 def _load(target: Target, folder: Path, settings: Settings, base: Config):

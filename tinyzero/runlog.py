@@ -6,19 +6,29 @@
 - ``rollouts.jsonl.gz``: every completion of every step (prompt, completion, reward, correct, step); gzip
   members are appended per step, which any gzip reader reads as one stream; ``evals.jsonl.gz``: the same for
   every held-out evaluation (step 0 included);
+  a kill during an append leaves an unfinished last line or member, which the readers (``tinyzero/jsonl.py``)
+  drop with a note;
 - annotated transcripts (``aha/`` text: re-checking phrases and task-grounded checks marked);
-- one progress line per step on stdout: step, reward, accuracy, seconds per step, ETA and, with a price, dollars.
+- one progress line per step on stdout: step, reward, accuracy, seconds per step, ETA and, with a price, dollars;
+- with a mirror (``log.wandb``: tinyzero/trackers.py), the scalars and sample tables go to Weights & Biases too.
+
+The run folder itself is claimed first (``claim_run_dir``): the kit writes its own marker file into it, and it
+only ever clears a folder that holds that marker; any other existing folder with something in it is refused.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
+from tinyzero.errors import TinyZeroError
+
 LOG_FILES = ("metrics.jsonl", "rollouts.jsonl.gz", "evals.jsonl.gz")  # the per-step records a resume truncates
+RUN_MARKER = ".tinyzero-run"  # written by `tinyzero train` into each run folder it makes: only these are ever cleared
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -30,8 +40,9 @@ def _fmt_duration(seconds: float) -> str:
 
 class RunLog:
     def __init__(self, run_dir: Path, total_steps: int, *, tensorboard: bool = True, samples: int = 2,
-                 stream=None):
+                 stream=None, mirror=None):
         self.run_dir = run_dir
+        self.mirror = mirror  # e.g. a trackers.WandbMirror: receives scalars and sample tables as well
         self.total_steps = total_steps
         self.samples = samples
         self.stream = stream or sys.stdout
@@ -56,12 +67,16 @@ class RunLog:
             fh.write(json.dumps({"step": step, **values}) + "\n")
 
     def tensorboard_scalars(self, step: int, values: dict[str, float]) -> None:
-        """Scalars to TensorBoard only (evaluations: their file record is the run's history)."""
+        """Scalars to TensorBoard and the mirror only (evaluations: their file record is the run's history)."""
+        if self.mirror is not None:
+            self.mirror.scalars(step, values)
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
 
     def text(self, tag: str, step: int, rows: list[dict]) -> None:
+        if self.mirror is not None and rows:
+            self.mirror.table(tag, step, rows)
         if self.writer is None or not rows:
             return
         blocks = []
@@ -106,7 +121,7 @@ class RunLog:
         """Drop what was logged after ``step`` (metrics, completions): a run resumed from that step's checkpoint
         redoes the later steps, so its logs then read like an uninterrupted run's."""
         for name in LOG_FILES:
-            truncate_jsonl(self.run_dir / name, step)
+            truncate_jsonl(self.run_dir / name, step, note=self.say)
 
     def flush(self) -> None:
         if self.writer is not None:
@@ -115,20 +130,60 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.mirror is not None:
+            self.mirror.close()
 
 
-def truncate_jsonl(path: Path, step: int) -> None:
+def truncate_jsonl(path: Path, step: int, note=None) -> None:
     """Keep only rows of ``step`` or earlier (a resumed run redoes the later ones) of a JSONL file, gzipped or
-    not (by its suffix), streaming, replaced atomically."""
+    not (by its suffix), streaming, replaced atomically. An unfinished last line or gzip member (a kill during an
+    append) is dropped, and ``note`` told; a row that is not JSON with a step is one sentence naming the file."""
     if not path.exists():
         return
+    from tinyzero.jsonl import read_lines
+
     opener = gzip.open if path.suffix == ".gz" else open
     tmp = path.with_name(path.name + ".truncating")
-    with opener(path, "rt", encoding="utf-8") as src, opener(tmp, "wt", encoding="utf-8") as dst:
-        for line in src:
-            if line.strip() and json.loads(line)["step"] <= step:
-                dst.write(line)
+    with opener(tmp, "wt", encoding="utf-8") as dst:
+        for number, line in read_lines(path, note):
+            if line.strip() and _row_step(line, path, number) <= step:
+                dst.write(line + "\n")  # a newline of its own: the line may have lost its own to a kill
     tmp.replace(path)
+
+
+def _row_step(line: str, path: Path, number: int) -> int | float:
+    try:
+        value = json.loads(line).get("step")
+    except (ValueError, RecursionError, AttributeError):
+        value = None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TinyZeroError(f"{path} line {number} is not a JSON object with a step, so the run cannot be resumed "
+                            "with it: move the file aside (the resumed run starts a new one)")
+    return value
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Make ``run_dir`` a new run's folder, marked as the kit's own; refuse a folder the kit did not make.
+
+    A folder that holds a run (metrics or a complete checkpoint) is refused whoever made it: it is resumed, not
+    restarted. A marked folder with neither is what a run that never finished a step left, and is cleared. An
+    empty folder is claimed as it is. Anything else is someone's folder, and nothing in it is touched."""
+    from tinyzero.checkpoint import latest_checkpoint
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TinyZeroError(f"{run_dir} is a file, not a run folder: pick another run.name (run.name=NEW)")
+    if run_dir.is_dir():
+        if latest_checkpoint(run_dir) is not None or (run_dir / "metrics.jsonl").exists():
+            raise TinyZeroError(f"{run_dir} already holds a run: continue it with `tinyzero resume {run_dir}` "
+                                "or pick another run.name (run.name=NEW)")
+        if (run_dir / RUN_MARKER).is_file():
+            shutil.rmtree(run_dir)  # the kit's own folder, from a run that never finished a step
+        elif any(run_dir.iterdir()):
+            raise TinyZeroError(f"{run_dir} exists and was not made by `tinyzero train`, so nothing in it is touched: "
+                                f"pick another run.name (run.name=NEW), or continue a run there with "
+                                f"`tinyzero resume {run_dir}`")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text("a tinyzero run folder: `tinyzero train` may clear it if no step finished\n")
 
 
 class Timer:

@@ -45,7 +45,7 @@ def smoke_config(config: Config) -> Config:
         algo=dataclasses.replace(algo, mini_batches=min(algo.mini_batches, 2)),
         eval=dataclasses.replace(evals, every=0, size=EVAL_SIZE, max_new_tokens=min(evals.max_new_tokens, MAX_NEW_TOKENS)),
         checkpoint=dataclasses.replace(config.checkpoint, every=1, keep_last=2),
-        log=dataclasses.replace(config.log, tensorboard=False),
+        log=dataclasses.replace(config.log, tensorboard=False, wandb=False),
     )
 
 

@@ -12,8 +12,8 @@ step from (seed, step) for the same reason.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 
@@ -23,16 +23,17 @@ from tinyzero import algos
 from tinyzero.analysis.aha import Tracker
 from tinyzero.analysis.evaluation import Sampling, encode_prompt, evaluate
 from tinyzero.analysis.transcripts import pick_transcripts
-from tinyzero.checkpoint import latest_checkpoint, read_state, save_checkpoint
+from tinyzero.checkpoint import latest_checkpoint, read_state, resume_point, save_checkpoint
 from tinyzero.config import Config, load_config, to_yaml
 from tinyzero.console import quiet_libraries
 from tinyzero.data import iter_train, sample_test
 from tinyzero.engine.messages import RolloutBatch, ScoredBatch, TrainBatch, build_tokens
 from tinyzero.envs import make_env
-from tinyzero.errors import TinyZeroError
-from tinyzero.runlog import RunLog, Timer
-from tinyzero.scoring import Scorer
+from tinyzero.errors import StopRun, TinyZeroError
+from tinyzero.runlog import RunLog, Timer, claim_run_dir
+from tinyzero.scoring import CONTROLS, Scorer, control_scores
 from tinyzero.sizing.preflight import preflight
+from tinyzero.trackers import open_wandb
 
 
 class Trainer:
@@ -56,7 +57,10 @@ class Trainer:
 
         model_cfg = model_config(config.model.name)  # config.json only: the preflight needs no weights
         needs = preflight(config, layout, model_cfg)
-        self._prepare_run_dir(resume)
+        if not resume:  # `train()` has checked that a resumed folder holds a run
+            claim_run_dir(self.run_dir)
+        else:  # its checksums and state, before any model loads
+            self._resume_point = resume_point(self.run_dir)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         quiet_libraries()
@@ -75,7 +79,7 @@ class Trainer:
         self.history: list[dict] = []  # eval results
         self.stopped = ""  # why the run ended early ("budget"), if it did
         self.log = RunLog(self.run_dir, config.run.steps, tensorboard=config.log.tensorboard,
-                          samples=config.log.samples, stream=stream)
+                          samples=config.log.samples, stream=stream, mirror=open_wandb(config, self.run_dir))
         cache = self.run_dir / "cache"
         if roles is None:
             self.log.say(f"layout: {layout.describe()}")
@@ -88,6 +92,9 @@ class Trainer:
             roles = build_roles(config, self.model_path, cache, layout)
         self.roles = roles
         self.scorer = Scorer(self.env)
+        if config.reward.control != "none":
+            self.log.say(f"control run (reward.control={config.reward.control}): the learner gets "
+                         f"{CONTROLS[config.reward.control]}; accuracy and evaluations use the verifier")
         if resume:
             self._restore()
         else:
@@ -99,26 +106,22 @@ class Trainer:
             next(self._stream)
 
     # --------------------------------------------------------------------------------- set-up
-    def _prepare_run_dir(self, resume: bool) -> None:
-        if resume:  # `train()` has checked the run folder holds a config
-            return
-        if latest_checkpoint(self.run_dir) is not None or (self.run_dir / "metrics.jsonl").exists():
-            raise TinyZeroError(
-                f"{self.run_dir} already holds a run: continue it with `tinyzero resume {self.run_dir}` "
-                "or pick another run.name"
-            )
-        shutil.rmtree(self.run_dir, ignore_errors=True)  # a folder from a run that never finished a step
-        self.run_dir.mkdir(parents=True)
-
     def _restore(self) -> None:
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
-            raise TinyZeroError(f"{self.run_dir} has no complete checkpoint to resume from: start a new run")
-        state = read_state(ckpt)
+        ckpt, state, checked = self._resume_point
+        if not checked:
+            self.log.say(f"note: {ckpt} was written before checkpoints carried checksums: its files are not checked")
         self.step, self.cursor, self.history = state["step"], state["cursor"], state["history"]
-        self.aha.load(state.get("aha", {}))  # baselines and the aha rule's series (absent: an older run)
-        self.meter.spent_s += state.get("wall_s", 0.0)  # what the run's earlier sessions spent
-        self.roles.learner.load(str(ckpt))
+        self.aha.load(state["aha"])  # baselines and the aha rule's series ({}: an older run)
+        self.meter.spent_s += state["wall_s"]  # what the run's earlier sessions spent
+        try:
+            self.roles.learner.load(str(ckpt))
+        except Exception as err:  # noqa: BLE001 - whatever a damaged file raises, the user reads one sentence
+            cause = getattr(err, "cause", None) or err  # under Ray, the learner's own exception
+            if isinstance(cause, TinyZeroError):
+                raise TinyZeroError(str(cause)) from None
+            first = (str(cause).strip().splitlines() or [""])[0][:160]
+            raise TinyZeroError(f"checkpoint {ckpt} does not load ({type(cause).__name__}: {first}): move it aside "
+                                "(it stays on disk) to resume from the one before, or restore it from a copy") from None
         self.roles.sync_weights()
         self.log.truncate_after(self.step)  # a resumed run's logs read like an uninterrupted one's
         self.log.say(f"resumed {self.run_dir} at step {self.step} from {ckpt.name}")
@@ -130,12 +133,15 @@ class Trainer:
     # ------------------------------------------------------------------------------------ steps
     def run(self) -> dict:
         config = self.config
-        if self.step == 0 and not self.history:
-            self.evaluate()
+        self._step_start = None  # (cursor, aha state) while a step runs: what a stop mid-step rolls back to
         try:
+            if self.step == 0 and not self.history:
+                self.evaluate()
             while self.step < config.run.steps:
                 start = time.monotonic()
+                self._step_start = (self.cursor, copy.deepcopy(self.aha.state()))
                 self.train_step()
+                self._step_start = None
                 last = self.step == config.run.steps
                 if (config.eval.every and self.step % config.eval.every == 0) or last:
                     if not (self.history and self.history[-1]["step"] == self.step):
@@ -151,9 +157,24 @@ class Trainer:
                     self.log.say(self.meter.budget_stop_message(config.run.budget_usd, self.step, config.run.steps,
                                                                 self.run_dir))
                     break
+        except StopRun as err:
+            raise self._stop_with_checkpoint(getattr(err, "cause", None) or err) from None  # Ray: err.cause
         finally:
             self.log.flush()
         return self.summary()
+
+    def _stop_with_checkpoint(self, err: StopRun) -> TinyZeroError:
+        """The run cannot go on (an update refused as non-finite, a reward that cannot be computed): keep the last
+        good state as a checkpoint, unless one of this step already exists, and say so in one sentence. A stop in
+        the middle of a step rolls back what the step drew, so a resume draws it again."""
+        failed = self.step + 1 if self._step_start is not None else self.step
+        if self._step_start is not None:
+            self.cursor, aha_state = self._step_start
+            self.aha.load(aha_state)
+        latest = latest_checkpoint(self.run_dir)
+        path = latest if latest is not None and read_state(latest)["step"] == self.step else self.save()
+        return TinyZeroError(f"step {failed}: {err.message}; the run stopped with a checkpoint of step {self.step} "
+                             f"({path}): {err.fix}, then continue with `tinyzero resume {self.run_dir}`")
 
     def _sample_problems(self) -> list[dict]:
         problems = [next(self._stream) for _ in range(self.config.rollout.prompts_per_step)]
@@ -182,12 +203,16 @@ class Trainer:
     def score(self, batch: RolloutBatch) -> ScoredBatch:
         results = self.scorer(batch.texts, batch.problems)
         comps = sorted({k for res in results for k in res.components})
+        verdicts, correct = [res.score for res in results], [res.correct for res in results]
+        control = self.config.reward.control  # a control run's learner gets other scores (tinyzero/scoring.py)
+        given = control_scores(verdicts, correct, control, self.config.run.seed, self.step + 1)
         return ScoredBatch(
             rollout=batch,
-            scores=torch.tensor([res.score for res in results], dtype=torch.float32),
-            correct=torch.tensor([res.correct for res in results], dtype=torch.bool),
+            scores=torch.tensor(given, dtype=torch.float32),
+            correct=torch.tensor(correct, dtype=torch.bool),
             reasons=[res.reason for res in results],
             components={k: torch.tensor([res.components.get(k, 0.0) for res in results]) for k in comps},
+            verifier_scores=None if control == "none" else torch.tensor(verdicts, dtype=torch.float32),
         )
 
     def advantages(self, scored: ScoredBatch, tokens, timer: Timer) -> TrainBatch:
@@ -257,18 +282,22 @@ class Trainer:
 
     def _rows(self, scored: ScoredBatch) -> list[dict]:
         b = scored.rollout
-        return [
-            {"prompt": b.prompts[i], "completion": b.texts[i], "score": float(scored.scores[i]),
+        rows = [
+            {"prompt": b.prompts[i], "completion": b.texts[i], "score": float(scored.verdicts[i]),
              "correct": bool(scored.correct[i]), "reason": scored.reasons[i], "problem": b.problems[i]}
             for i in range(len(b.texts))
         ]
+        if scored.verifier_scores is not None:  # a control run: also what the learner was given
+            for row, given in zip(rows, scored.scores.tolist(), strict=True):
+                row["control_score"] = given
+        return rows
 
     def _step_metrics(self, scored: ScoredBatch, stats: dict, timer: Timer, seconds: float) -> dict:
         b = scored.rollout
         lengths = torch.tensor([len(r) for r in b.response_ids], dtype=torch.float32)
         metrics = {
-            "reward/mean": float(scored.scores.mean()),
-            "reward/std": float(scored.scores.std()) if len(scored.scores) > 1 else 0.0,
+            "reward/mean": float(scored.verdicts.mean()),
+            "reward/std": float(scored.verdicts.std()) if len(scored.verdicts) > 1 else 0.0,
             "reward/accuracy": float(scored.correct.float().mean()),
             "reward/format_rate": float(scored.components["format"].mean()) if "format" in scored.components else 0.0,
             "rollout/response_length_mean": float(lengths.mean()),
@@ -280,6 +309,8 @@ class Trainer:
         metrics.update({f"train/{key}": value for key, value in stats.items()})
         metrics.update({f"time/{phase}": spent for phase, spent in timer.seconds.items()})
         metrics["data/cursor"] = float(self.cursor)
+        if scored.verifier_scores is not None:  # present only in control runs: marks them in metrics.jsonl too
+            metrics["reward/control_mean"] = float(scored.scores.mean())
         metrics.update(self.meter.metrics())
         return metrics
 

@@ -27,6 +27,7 @@ from tinyzero.analysis.aha import (
 )
 from tinyzero.analysis.transcripts import read_jsonl
 from tinyzero.errors import TinyZeroError
+from tinyzero.fields import short
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,18 @@ def _row_text(row: dict, fields: Fields, number: int, path: Path) -> str:
     return text
 
 
+def _row_step(row: dict, fields: Fields, number: int, path: Path):
+    """The row's step: a finite number, a text label, or None; a list, an object or NaN is one sentence."""
+    import math
+
+    step = row.get(fields.step)
+    if step is None or isinstance(step, str) or (isinstance(step, int | float) and math.isfinite(step)):
+        return step
+    raise TinyZeroError(f"{path} row {number} has a {type(step).__name__} {short(step)} as its step "
+                        f"{fields.step!r}: name the step field with --step-field, or give a file whose steps are "
+                        "numbers")
+
+
 def analyse_file(path: str | Path, settings: Settings, fields: Fields = Fields()) -> dict:
     """The summary ``tinyzero aha --json`` prints (keys documented in docs/metrics.md)."""
     path = Path(path)
@@ -91,7 +104,7 @@ def analyse_file(path: str | Path, settings: Settings, fields: Fields = Fields()
                                    [problem if isinstance(problem, Mapping) else None])[0]
         correct = row.get(fields.correct)
         has_correct = has_correct and isinstance(correct, bool)
-        group = by_step.setdefault(row.get(fields.step), ([], []))
+        group = by_step.setdefault(_row_step(row, fields, number, path), ([], []))
         group[0].append(analysis)
         group[1].append(correct)
     if not by_step:

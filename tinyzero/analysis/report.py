@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import base64
 import io
-import json
+import math
 from collections.abc import Mapping
 from html import escape
 from pathlib import Path
 
 from tinyzero.analysis.aha import DEFAULT_LEXICON, Analysis, Tracker
 from tinyzero.analysis.aha_file import Settings, analyse_file, settings_for
+from tinyzero.analysis.runs import control_of, eval_history, read_config, read_metrics
 from tinyzero.analysis.transcripts import problem_id, read_jsonl, same_problem_at_start, transcript_html
-from tinyzero.checkpoint import latest_checkpoint
 from tinyzero.errors import TinyZeroError
+from tinyzero.fields import short
+from tinyzero.scoring import CONTROLS
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -35,21 +37,12 @@ img { max-width: 100%; } .pair { display: flex; gap: 1em; } .pair > div { flex: 
 pre { white-space: pre-wrap; background: #fafafa; border: 1px solid #e4e4e4; padding: .6em; font-size: .85em; }
 mark.reflection { background: #ffe08a; } mark.verification { background: #a8e6a1; }
 .note { color: #666; font-size: .9em; }
+.control { background: #eef3ff; border-left: 4px solid #4a6fd1; padding: .4em .8em; }
 """
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise TinyZeroError(f"{run_dir} has no metrics.jsonl: give a run folder such as runs/demo")
-    return list(read_jsonl(path))
-
-
-def _eval_history(run_dir: Path) -> list[dict]:
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None or not (ckpt / "state.json").is_file():
-        return []
-    return json.loads((ckpt / "state.json").read_text()).get("history", [])
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _png(fig, title: str) -> str:
@@ -63,7 +56,8 @@ def _png(fig, title: str) -> str:
 
 
 def _series(rows: list[dict], key: str) -> tuple[list, list]:
-    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
+    """(steps, values) of the rows where both are numbers: a damaged row is left out of the curve."""
+    pts = [(r["step"], r[key]) for r in rows if _number(r.get(key)) and _number(r.get("step"))]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -99,6 +93,7 @@ def _plots(metrics: list[dict], history: list[dict], rollouts: dict, evals: dict
         ("train reward (mean score)", *_series(metrics, "reward/mean"), {}),
         ("train accuracy", *_series(metrics, "reward/accuracy"), {}),
         ("held-out greedy accuracy", ev_x, ev_acc, {"marker": "s", "linewidth": 2}),
+        ("score given to the learner (control run)", *_series(metrics, "reward/control_mean"), {"linestyle": "--"}),
     ], "fraction"))
     plots.append(_line_plot("Response length (tokens)", [
         ("train mean", *_series(metrics, "rollout/response_length_mean"), {}),
@@ -156,6 +151,9 @@ def _pick(path: Path, tracker: Tracker, *, after_step: int | None = None) -> dic
     for row in read_jsonl(path):
         analysis = _analyse_row(tracker, row)
         step = row.get("step", 0)
+        if not _number(step):
+            raise TinyZeroError(f"{path} has a row whose step is not a number ({short(step)}): give the run's own "
+                                "transcript file")
         rank = 2 if analysis.verified else 1 if analysis.reflections else 0
         if first is None and analysis.verified and (after_step is None or step > after_step):
             first = (row, analysis)
@@ -213,6 +211,7 @@ def _transcripts(run_dir: Path, tracker: Tracker) -> str:
 
 def _summary_table(metrics: list[dict], history: list[dict], rollouts: dict) -> str:
     rows = [("steps", str(len(metrics)))]
+    history = [h for h in history if _number(h.get("eval/accuracy")) and _number(h.get("step"))]
     if history:
         rows.append(("held-out accuracy, first → last eval",
                      f"{history[0]['eval/accuracy']:.1%} (step {history[0]['step']}) → "
@@ -226,36 +225,51 @@ def _summary_table(metrics: list[dict], history: list[dict], rollouts: dict) -> 
                              f"{b[key]:.3f} → {last[key]:.3f} (Δ {last[key] - b[key]:+.3f})"))
         rows.append((f"aha step ({rollouts['aha_signal']})",
                      str(rollouts["aha_step"]) if rollouts["aha_step"] is not None else "none (rule: docs/metrics.md)"))
-    step_s = [m["time/step"] for m in metrics if "time/step" in m]
+    step_s = [m["time/step"] for m in metrics if _number(m.get("time/step"))]
     if step_s:
         rows.append(("mean seconds per step", f"{sum(step_s) / len(step_s):.1f}"))
-    if metrics and "cost/usd" in metrics[-1]:
-        rows.append(("cost", f"${metrics[-1]['cost/usd']:.2f} ({metrics[-1].get('cost/gpu_hours', 0):.2f} GPU-hours)"))
+    if metrics and _number(metrics[-1].get("cost/usd")):
+        hours = metrics[-1].get("cost/gpu_hours")
+        rows.append(("cost", f"${metrics[-1]['cost/usd']:.2f} ({hours if _number(hours) else 0:.2f} GPU-hours)"))
     body = "".join(f"<tr><td>{escape(k)}</td><td>{escape(v)}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
+
+
+def control_note(config: Mapping) -> str:
+    """A control run says so under its title (empty for a normal run)."""
+    control = control_of(config)
+    if control == "none":
+        return ""
+    what = CONTROLS.get(control, "scores other than the verifier's")
+    return (f"<p class='control'><b>Control run</b> (reward.control={escape(control)}): the learner got {escape(what)}"
+            ". Accuracy, the reward curve and held-out evaluations are the verifier's.</p>")
 
 
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the HTML report of ``run_dir``; returns its path (default ``run_dir/report.html``)."""
     run_dir = run_dir.resolve()  # "." has no name to put in the title
-    metrics = _metrics(run_dir)
+    metrics = read_metrics(run_dir)
     rollouts_path = run_dir / "rollouts.jsonl.gz"
     if not rollouts_path.is_file():
         raise TinyZeroError(f"{run_dir} has no rollouts.jsonl.gz: give a run folder that finished a step")
     settings: Settings = settings_for(rollouts_path)
     rollouts = analyse_file(rollouts_path, settings)
     evals = analyse_file(run_dir / "evals.jsonl.gz", settings) if (run_dir / "evals.jsonl.gz").is_file() else None
-    history = _eval_history(run_dir)
+    history = eval_history(run_dir)
     tracker = Tracker(settings.lexicon or DEFAULT_LEXICON, settings.env, max_chars=settings.max_chars)
     env = rollouts["env"] or "none (lexical metrics only)"
     html = [f"<!doctype html><html><head><meta charset='utf-8'><title>tinyzero report: {escape(run_dir.name)}</title>"
             f"<style>{CSS}</style></head><body>",
-            f"<h1>tinyzero run report: {escape(run_dir.name)}</h1>",
+            f"<h1>tinyzero run report: {escape(run_dir.name)}</h1>", control_note(read_config(run_dir)),
             f"<p class='note'>{escape(str(run_dir))} — environment {escape(env)}; {rollouts['responses']} training "
             "completions analysed. Every metric is defined in docs/metrics.md.</p>",
             "<h2>Summary</h2>", _summary_table(metrics, history, rollouts),
             "<h2>Curves</h2>", *_plots(metrics, history, rollouts, evals),
             "<h2>Transcripts</h2>", _transcripts(run_dir, tracker), "</body></html>"]
     out = out or run_dir / "report.html"
-    out.write_text("\n".join(html), encoding="utf-8")
+    try:
+        out.write_text("\n".join(html), encoding="utf-8")
+    except OSError as err:  # a folder, a read-only place, a missing parent
+        raise TinyZeroError(f"cannot write the report to {out} ({err.strerror or type(err).__name__}): give --out a "
+                            "file path in a folder you can write to") from None
     return out

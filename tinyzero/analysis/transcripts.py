@@ -10,34 +10,23 @@ sorted), or, without a problem, when their prompts are equal.
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from tinyzero.analysis.aha import Analysis, annotate_plain, segments
 from tinyzero.errors import TinyZeroError
+from tinyzero.jsonl import read_rows
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:
-    """Rows of a JSONL or JSONL.gz file (gzip is recognised by its magic bytes, not the name)."""
+    """Rows of a JSONL or JSONL.gz file (gzip is recognised by its magic bytes, not the name); an unfinished last
+    line or gzip member, as a kill leaves it, is dropped with a note (``tinyzero/jsonl.py``)."""
     path = Path(path)
     if not path.is_file():
         raise TinyZeroError(f"{path} does not exist: give a JSONL or JSONL.gz transcript file")
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gz else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TinyZeroError(f"{path} line {number} is not JSON ({err.msg}): give one object per line") from None
-            if not isinstance(row, dict):
-                raise TinyZeroError(f"{path} line {number} is not a JSON object: give one object per line")
-            yield row
+    for _, row in read_rows(path):
+        yield row
 
 
 def problem_id(problem: object, prompt: object = None) -> str | None:
@@ -57,7 +46,10 @@ def same_problem_at_start(run_dir: Path, problem: object, prompt: object = None)
         if not path.is_file():
             continue
         for row in read_jsonl(path):
-            if row.get("step", first_step) > first_step:
+            step = row.get("step", first_step)
+            if not isinstance(step, int | float):
+                continue  # not a run's own row; the report names such rows
+            if step > first_step:
                 break  # rows are written step by step
             if problem_id(row.get("problem"), row.get("prompt")) == want:
                 return row

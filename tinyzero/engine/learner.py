@@ -33,6 +33,7 @@ from tinyzero.engine.messages import TokenBatch, TrainBatch
 from tinyzero.engine.models import load_causal_lm
 from tinyzero.engine.rollout import without_tied_head
 from tinyzero.engine.sharding import to_local_float
+from tinyzero.errors import NonFiniteUpdate, TinyZeroError
 
 
 class Critic(nn.Module):
@@ -193,7 +194,7 @@ class Learner:
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value * weight
             weight_seen += weight
-        grad_norm = self._clip_and_step(self.policy, self.optimizer)
+        grad_norm = self._clip_and_step(self.policy, self.optimizer, sums)
         out = {key: (value / weight_seen if weight_seen else 0.0) for key, value in sums.items()}
         if batch.ref_logprobs is None:
             del out["kl"]  # no reference model this run: a constant 0 would read as "no drift"
@@ -245,17 +246,37 @@ class Learner:
         (loss * weight).backward()
         return out
 
-    def _clip_and_step(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    def _clip_and_step(self, module: nn.Module, optimizer: torch.optim.Optimizer, losses: dict[str, float]) -> float:
+        """Clip the gradient and step, unless the loss terms (``losses``), the gradient norm or the learning rate is
+        NaN or infinite: then the step is refused (NonFiniteUpdate) and the weights and AdamW moments stay as they
+        were. Sharded learners decide together: the norm is global, and a bad loss on any process counts."""
         params = [p for p in module.parameters() if p.grad is not None]
         if not params:  # every row was skipped: nothing to learn from this mini-batch
             return 0.0
         max_norm = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = to_local_float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        values = {**losses, "gradient norm": norm, "learning rate": optimizer.param_groups[0]["lr"]}
+        bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+        if self._on_any_process(bool(bad)):
+            optimizer.zero_grad(set_to_none=True)
+            which = ", ".join(f"{name} {value}" for name, value in bad.items()) or "a loss on another learner process"
+            raise NonFiniteUpdate(f"the learner refused update {self.updates + 1} because it was not finite ({which})",
+                                  "lower optim.lr, or look for NaN or infinite rewards")
         optimizer.step()
         # Gradients are dead after the step: freed now, the learner holds only masters and AdamW's moments (12
         # bytes a parameter) until the next update, while a colocated vLLM wakes beside it.
         optimizer.zero_grad(set_to_none=True)
-        return to_local_float(norm)
+        return norm
+
+    def _on_any_process(self, flag: bool) -> bool:
+        """``flag`` or-ed over the learner processes (one scalar all-reduce when sharded)."""
+        if self.world_size == 1:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
     def _critic_step(self, batch: TrainBatch, rows: torch.Tensor) -> dict[str, float]:
         assert self.critic is not None and batch.returns is not None and batch.old_values is not None
@@ -274,7 +295,7 @@ class Learner:
             (loss * weight * self.world_size).backward()
             vf_loss_total += float(loss.detach()) * weight
             clip_total += float(stats["vf_clip_frac"]) * weight
-        norm = self._clip_and_step(self.critic, self.critic_optimizer)
+        norm = self._clip_and_step(self.critic, self.critic_optimizer, {"value loss": vf_loss_total})
         return {"vf_loss": vf_loss_total, "vf_clip_frac": clip_total, "critic_grad_norm": norm}
 
     # ------------------------------------------------------------------------------ weights / state
@@ -307,6 +328,10 @@ class Learner:
         optimizers = self._optimizer_states()
         if self.rank != 0:
             return
+        bad = _first_non_finite({**weights, **(critic or {})}.items()) or _first_non_finite(_state_tensors(optimizers))
+        if bad is not None:  # a backstop: the update guard keeps such values out of the weights in the first place
+            raise TinyZeroError(f"the learner's {bad[:120]} holds NaN or infinite values, so this checkpoint was not "
+                                "written: the previous one stays the latest; resume from it with a lower optim.lr")
         self.policy.save_pretrained(folder / "policy", state_dict=weights, safe_serialization=True)
         state = {"updates": self.updates, "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(),
                  **optimizers}
@@ -356,12 +381,12 @@ class Learner:
 
     def load(self, folder: str | Path) -> None:
         folder = Path(folder)
-        self._load_weights(self.policy, _read_safetensors(folder / "policy"))
+        self._load_weights(self.policy, _finite(_read_safetensors(folder / "policy"), folder / "policy"))
         if self.critic is not None:
             critic = {f"body.{k}": v for k, v in _read_safetensors(folder / "critic").items()}
-            critic.update(torch.load(folder / "critic" / "value_head.pt", weights_only=True))
-            self._load_weights(self.critic, critic)
-        state = torch.load(folder / "learner.pt", weights_only=False)
+            critic.update(read_tensors(folder / "critic" / "value_head.pt"))
+            self._load_weights(self.critic, _finite(critic, folder / "critic"))
+        state = _finite(read_tensors(folder / "learner.pt"), folder / "learner.pt")
         self.updates = state["updates"]
         self.rng.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -377,7 +402,61 @@ class Learner:
         config = getattr(module, "config", None)
         tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
         if set(missing) - tied or unexpected:
-            raise RuntimeError(f"checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
+            names = ", ".join([*sorted(set(missing) - tied), *sorted(unexpected)][:3])
+            raise TinyZeroError(f"the checkpoint's weights do not match the model (missing {len(set(missing) - tied)}, "
+                                f"unexpected {len(unexpected)}: {names[:160]}): resume it with the model it was "
+                                "trained from (model.name in the run's config.yaml)")
+
+
+def read_tensors(path: Path) -> dict:
+    """A file written by ``torch.save`` of tensors, numbers, strings and containers of them, read without running
+    any code from it (``weights_only=True``): a crafted pickle that would import or call something is refused, and
+    a damaged file is one sentence naming it."""
+    import pickle
+    import re
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        wants = re.search(r"(\S+) was not an allowed global", str(err))
+        if wants:
+            raise TinyZeroError(f"{path} asks to run code when loaded ({wants.group(1)[:80]}), so it was not loaded: "
+                                "use a checkpoint written by tinyzero, from a source you trust") from None
+        reason = "not a file torch.save wrote"
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = f"{type(err).__name__}"
+    raise TinyZeroError(f"{path} is damaged ({reason}), so it was not loaded: resume from an earlier checkpoint, or "
+                        "restore the file from a copy")
+
+
+def _state_tensors(tree, prefix: str = ""):
+    """(dotted name, tensor) for every tensor in nested dicts and lists (optimizer states)."""
+    if isinstance(tree, torch.Tensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _state_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(tree, list | tuple):
+        for i, value in enumerate(tree):
+            yield from _state_tensors(value, f"{prefix}.{i}")
+
+
+def _first_non_finite(named) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, or None."""
+    for name, tensor in named:
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def _finite(tree, path: Path):
+    """``tree`` (weights, or a learner state) read from ``path``, refused in one sentence if any value is not
+    finite: NaN AdamW moments would turn every weight into NaN on the first step after a resume."""
+    bad = _first_non_finite(_state_tensors(tree))
+    if bad is not None:
+        raise TinyZeroError(f"{path} holds NaN or infinite values ({bad[:120]}), so it was not loaded: resume from an "
+                            "earlier checkpoint")
+    return tree
 
 
 def host_copies(state: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -397,9 +476,16 @@ def host_copies(state: dict[str, torch.Tensor], dtype: torch.dtype | None = None
 
 
 def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     weights: dict[str, torch.Tensor] = {}
     for part in sorted(folder.glob("*.safetensors")):
-        weights.update(load_file(str(part)))
+        try:
+            weights.update(load_file(str(part)))
+        except (SafetensorError, OSError) as err:
+            raise TinyZeroError(f"{part} is damaged ({str(err)[:100]}), so it was not loaded: resume from an earlier "
+                                "checkpoint, or restore the file from a copy") from None
+    if not weights:
+        raise TinyZeroError(f"{folder} holds no weights (*.safetensors): resume from an earlier checkpoint")
     return weights

@@ -50,6 +50,12 @@ class ScoredBatch:
     correct: Tensor  # [N] bool, what accuracy counts
     reasons: list[str]  # [N]
     components: dict[str, Tensor] = field(default_factory=dict)  # name -> [N]
+    # [N] float32, the verifier's own scores where a control run (reward.control) gave the learner others; else None
+    verifier_scores: Tensor | None = None
+
+    @property
+    def verdicts(self) -> Tensor:  # [N] the verifier's scores, control run or not
+        return self.scores if self.verifier_scores is None else self.verifier_scores
 
 
 @dataclass(kw_only=True)

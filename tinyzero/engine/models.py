@@ -56,7 +56,13 @@ def model_config(name: str, cache_dir: str | Path | None = None):
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if name == BUNDLED or Path(name).expanduser().is_dir():
-        return AutoConfig.from_pretrained(resolve_model(name, cache))
+        folder = resolve_model(name, cache)
+        try:
+            return AutoConfig.from_pretrained(folder)
+        except (OSError, ValueError, KeyError) as exc:  # no config.json, or one that is not a model's
+            first = (str(exc).strip().splitlines() or [""])[0][:120]
+            raise TinyZeroError(f"model folder {folder} has no usable config.json ({type(exc).__name__}: {first}): "
+                                "give a Hugging Face model folder (config.json, weights, tokenizer)") from None
     try:
         return AutoConfig.from_pretrained(name, cache_dir=str(cache / "hub"))
     except Exception as exc:  # any failure means one of the same few things to the user

@@ -55,6 +55,8 @@ NO_EQUIVALENT = {
     "eval.max_new_tokens": "verl validates with the training response length (data.max_response_length)",
     "eval.k": "verl's validation is either greedy or sampled, not both: it stays greedy (pass@k not computed)",
     "log.samples": "verl shows no training completions in TensorBoard (all of them are in trainer.rollout_data_dir)",
+    "log.wandb": "add trainer.logger=[console,tensorboard,wandb] to the launch command (WANDB_MODE=offline in its "
+                 "environment for offline files)",
     "aha": "aha metrics are tinyzero's: run `tinyzero aha` on the completions verl dumps",
 }
 
@@ -111,6 +113,10 @@ def model_path(name: str) -> tuple[str, list[str]]:
 def check_translatable(config) -> None:
     """Stop before anything is written when the recipe has no verl form."""
     rollout, algo = config.rollout, config.algo
+    if config.reward.control != "none":
+        raise TinyZeroError(f"reward.control={config.reward.control} has no verl counterpart: verl's reward module "
+                            "would score with the verifier and train a real run; train the control with tinyzero, or "
+                            "export without reward.control")
     if algo.name not in VERL_ADV_ESTIMATORS:
         raise TinyZeroError(f"algo.name={algo.name} has no verl counterpart: export with one of "
                             f"{', '.join(VERL_ADV_ESTIMATORS)}")

@@ -1,0 +1,254 @@
+"""``tinyzero report RUN RUN [RUN ...]``: several runs side by side in one self-contained HTML file.
+
+The same curves on the same axes — held-out accuracy, training reward and accuracy, response length, and the aha
+rates of training batches and of held-out completions — one colour per run; a control run (``reward.control``)
+is drawn dashed and labelled ``control``. Above them: each run's config differences (the dotted keys whose values
+are not the same in every run), held-out accuracy at every evaluation, and, where a control is among the runs, the
+claim against it in words (tinyzero/analysis/claim.py).
+
+The aha metrics are recomputed from each run's transcripts, as the single-run report does; held-out accuracy comes
+from the newest checkpoint's history and, for evaluations since, from ``evals.jsonl.gz``, so a run still going
+can be compared too.
+Simplification: runs are matched by step number; a step one run lacks is left out of that comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+
+from tinyzero.analysis.aha_file import analyse_file, settings_for
+from tinyzero.analysis.claim import Finding, Share, held_out, training
+from tinyzero.analysis.report import CSS, _line_plot
+from tinyzero.analysis.runs import (
+    config_differences,
+    control_of,
+    eval_history,
+    flatten,
+    read_config,
+    read_metrics,
+)
+from tinyzero.errors import TinyZeroError
+
+# What makes two runs' held-out problems the same: the environment, the seed and the number drawn.
+HELD_OUT_KEYS = ("env.name", "env.options", "eval.size", "run.seed")
+AHA_RATES = (("reflection_rate", "reflection rate"), ("verification_rate", "verification rate"))
+VERDICT_CSS = "li.above { color: #1d6b2a; } li.below { color: #a3281c; } li.none { color: #555; } li { margin: .3em 0; }"
+
+
+@dataclass
+class Run:
+    """One run folder, read: its label in the page, config, control, metrics and aha analyses."""
+
+    label: str
+    path: Path
+    config: dict
+    control: str
+    metrics: list[dict]
+    history: list[dict]
+    rollouts: dict
+    evals: dict | None
+
+    @property
+    def legend(self) -> str:
+        return self.label if self.control == "none" else f"{self.label} (control: {self.control})"
+
+    def style(self, index: int) -> dict:
+        color = f"C{index % 10}"
+        return {"color": color, "linestyle": "--", "marker": "x"} if self.control != "none" else {"color": color}
+
+
+def load_run(path: Path, label: str) -> Run:
+    rollouts_path = path / "rollouts.jsonl.gz"
+    metrics = read_metrics(path)
+    if not rollouts_path.is_file():
+        raise TinyZeroError(f"{path} has no rollouts.jsonl.gz: give a run folder that finished a step")
+    settings = settings_for(rollouts_path)
+    evals_path = path / "evals.jsonl.gz"
+    config = read_config(path)
+    return Run(label, path, config, control_of(config), metrics, eval_history(path), analyse_file(rollouts_path, settings),
+               analyse_file(evals_path, settings) if evals_path.is_file() else None)
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    """Folder names, or parent/name where two runs share a name."""
+    names = [p.name for p in paths]
+    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+
+
+# ------------------------------------------------------------------------------------------- series
+def _scalar(rows: list[dict], key: str) -> tuple[list, list]:
+    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _accuracy_curve(run: Run) -> tuple[list, list]:
+    shares = accuracy_shares(run)
+    steps = sorted(shares)
+    return steps, [shares[s].value for s in steps]
+
+
+def _by_step(summary: dict | None, key: str) -> tuple[list, list]:
+    rows = [] if summary is None else [{"step": s["step"], **s["metrics"]} for s in summary["by_step"]]
+    return _scalar(rows, key)
+
+
+def accuracy_shares(run: Run) -> dict[int, Share]:
+    """Held-out accuracy per evaluation: the checkpoint's history, and evaluations logged since the newest
+    checkpoint from ``evals.jsonl.gz`` (a run still going, or one stopped between checkpoints)."""
+    size = flatten(run.config).get("eval.size")
+    out = {s["step"]: Share(s["accuracy"], s["responses"]) for s in (run.evals or {}).get("by_step", [])
+           if isinstance(s.get("accuracy"), int | float) and s["responses"]}
+    for h in run.history:
+        n = h.get("n", size)
+        if isinstance(h.get("eval/accuracy"), int | float) and isinstance(n, int) and n > 0:
+            out[h["step"]] = Share(h["eval/accuracy"], n)
+    return out
+
+
+def rate_shares(summary: dict | None, key: str) -> dict[int, Share]:
+    if summary is None:
+        return {}
+    return {s["step"]: Share(s["metrics"][key], s["responses"]) for s in summary["by_step"]
+            if isinstance(s["metrics"].get(key), int | float) and s["responses"]}
+
+
+# --------------------------------------------------------------------------------------------- page
+def _overlay(title: str, runs: list[Run], series, ylabel: str, aha_marks: bool = False) -> str | None:
+    curves = [(run.legend, *series(run), run.style(i)) for i, run in enumerate(runs)]
+
+    def marks(ax):
+        for i, run in enumerate(runs):
+            if run.rollouts["aha_step"] is not None:
+                ax.axvline(run.rollouts["aha_step"], alpha=0.5, label=f"aha step, {run.label}",
+                           **{k: v for k, v in run.style(i).items() if k != "marker"})
+
+    return _line_plot(title, curves, ylabel, marks if aha_marks else None)
+
+
+def _plots(runs: list[Run]) -> list[str]:
+    plots = [
+        _overlay("Held-out greedy accuracy", runs, _accuracy_curve, "fraction"),
+        _overlay("Training reward (the verifier's mean score)", runs, lambda r: _scalar(r.metrics, "reward/mean"),
+                 "mean score"),
+        _overlay("Training accuracy", runs, lambda r: _scalar(r.metrics, "reward/accuracy"), "fraction"),
+        _overlay("Response length, training (tokens)", runs,
+                 lambda r: _scalar(r.metrics, "rollout/response_length_mean"), "tokens"),
+        _overlay("Response length, held-out (tokens)", runs, lambda r: _scalar(r.history, "eval/response_length"),
+                 "tokens"),
+    ]
+    for key, words in AHA_RATES:
+        plots.append(_overlay(f"{words.capitalize()}, training batches", runs,
+                              lambda r, key=key: _by_step(r.rollouts, key), "share of responses", aha_marks=True))
+        plots.append(_overlay(f"{words.capitalize()}, held-out", runs, lambda r, key=key: _by_step(r.evals, key),
+                              "share of responses"))
+    return [p for p in plots if p]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _runs_table(runs: list[Run]) -> str:
+    rows = []
+    for run in runs:
+        acc = accuracy_shares(run)
+        first_last = (f"{acc[min(acc)].value:.1%} (step {min(acc)}) → {acc[max(acc)].value:.1%} (step {max(acc)})"
+                      if acc else "no evaluation")
+        aha = run.rollouts["aha_step"]
+        rows.append([run.label, "control: " + run.control if run.control != "none" else "—", str(len(run.metrics)),
+                     first_last, "none" if aha is None else str(aha), str(run.path)])
+    return _table(["run", "control", "steps", "held-out accuracy", "aha step", "folder"], rows)
+
+
+def _differences(runs: list[Run]) -> str:
+    found = config_differences([run.config for run in runs])
+    if not found:
+        return "<p>The runs' configs are identical apart from their names.</p>"
+    rows = [[key, *("—" if v is None else str(v) for v in values)] for key, values in found]
+    return _table(["dotted key", *(run.label for run in runs)], rows)
+
+
+def _accuracy_by_eval(runs: list[Run]) -> str:
+    shares = [accuracy_shares(run) for run in runs]
+    steps = sorted(set().union(*shares))
+    if not steps:
+        return "<p>No run has a held-out evaluation in a checkpoint.</p>"
+    rows = [[str(s), *(f"{sh[s].value:.1%}" if s in sh else "—" for sh in shares)] for s in steps]
+    return _table(["step", *(run.label for run in runs)], rows)
+
+
+def findings(run: Run, control: Run) -> list[Finding]:
+    """The claim of ``run`` against ``control``: held-out accuracy, then the aha rates, held-out and training."""
+    differing = [k for k in HELD_OUT_KEYS if _key_differs(run, control, k)]
+    if differing:
+        out = [Finding("held-out accuracy", "none", "held-out accuracy: no verdict — the runs were evaluated on "
+                                                    f"different problems ({', '.join(differing)} differ).")]
+    else:
+        out = [held_out("held-out accuracy", accuracy_shares(run), accuracy_shares(control))]
+    for key, words in AHA_RATES:
+        if not differing:
+            out.append(held_out(f"held-out {words}", rate_shares(run.evals, key), rate_shares(control.evals, key)))
+        out.append(training(f"{words} (training batches)", rate_shares(run.rollouts, key),
+                            rate_shares(control.rollouts, key)))
+    return out
+
+
+def _in_short(found: list[Finding]) -> str:
+    """One sentence over the findings: which metrics rose above the control's, fell below it, or have no verdict."""
+    groups = {verdict: [f.metric for f in found if f.verdict == verdict] for verdict in ("above", "below", "none")}
+    words = {"above": "rose above the control's", "below": "fell below the control's",
+             "none": "no verdict (too few measurements, or within the noise)"}
+    parts = [f"{', '.join(names)}: {words[verdict]}" for verdict, names in groups.items() if names]
+    return "In short — " + "; ".join(parts) + "."
+
+
+def _key_differs(a: Run, b: Run, key: str) -> bool:
+    fa, fb = flatten(a.config), flatten(b.config)
+    pick = lambda flat: {k: v for k, v in flat.items() if k == key or k.startswith(key + ".")}  # noqa: E731
+    return pick(fa) != pick(fb)
+
+
+def _claim(runs: list[Run]) -> str:
+    controls = [r for r in runs if r.control != "none"]
+    treated = [r for r in runs if r.control == "none"]
+    if not controls or not treated:
+        return ("<p>No control run among these (and a run to hold against it): train one with "
+                "<code>reward.control=shuffled</code> to say whether a rise is the reward's doing.</p>")
+    parts = []
+    for run in treated:
+        for control in controls:
+            parts.append(f"<h3>{escape(run.label)} against {escape(control.legend)}</h3>")
+            found = findings(run, control)
+            parts.append(f"<p>{escape(_in_short(found))}</p>")
+            extra = [k for k, _ in config_differences([run.config, control.config]) if k != "reward.control"]
+            if extra:
+                parts.append(f"<p class='note'>Not a clean control: the runs also differ in {escape(', '.join(extra))}."
+                             "</p>")
+            parts.append("<ul>" + "".join(f"<li class='{f.verdict}'>{escape(f.text)}</li>" for f in found) + "</ul>")
+    return "".join(parts)
+
+
+def write_comparison(run_dirs: list[Path], out: Path | None = None) -> Path:
+    """Write the side-by-side report of ``run_dirs``; returns its path (default ``FIRST_RUN/compare.html``)."""
+    paths = [Path(p).resolve() for p in run_dirs]
+    if len(set(paths)) != len(paths):
+        raise TinyZeroError("the same run folder is given twice: give each run once")
+    runs = [load_run(path, label) for path, label in zip(paths, _labels(paths), strict=True)]
+    title = " vs ".join(run.label for run in runs)
+    html = [f"<!doctype html><html><head><meta charset='utf-8'><title>tinyzero: {escape(title)}</title>"
+            f"<style>{CSS}{VERDICT_CSS}</style></head><body>",
+            f"<h1>tinyzero runs side by side: {escape(title)}</h1>",
+            "<p class='note'>One colour per run; a control run (reward.control) is dashed and labelled control. "
+            "Every metric is defined in docs/metrics.md.</p>",
+            "<h2>Runs</h2>", _runs_table(runs),
+            "<h2>Config differences</h2>", _differences(runs),
+            "<h2>The claim, against the control</h2>", _claim(runs),
+            "<h2>Held-out accuracy at each evaluation</h2>", _accuracy_by_eval(runs),
+            "<h2>Curves</h2>", *_plots(runs), "</body></html>"]
+    out = out or paths[0] / "compare.html"
+    out.write_text("\n".join(html), encoding="utf-8")
+    return out
