@@ -85,6 +85,8 @@ def test_update_moves_probability_towards_positive_advantage(tiny_model_dir, tok
     gain = algos.masked_sum(after - before, tokens.response_mask, dim=1)  # [N]
     assert torch.all(gain[scores == 1] > 0) and torch.all(gain[scores == 0] < 0)
     assert stats["grad_norm"] > 0 and stats["lr"] == pytest.approx(1e-3)
+    # Between updates only masters and AdamW's moments stay (what the preflight counts beside a waking vLLM).
+    assert all(p.grad is None for p in learner.policy.parameters())
 
 
 def test_ppo_critic_learns_and_checkpoint_round_trips(tiny_model_dir, tokens, tmp_path):
@@ -119,12 +121,36 @@ def test_sequence_logprobs_entropy_is_detached_unless_asked(tiny_model_dir, toke
     assert ent.requires_grad
 
 
+def _moved_by_update(learner: Learner, batch: TrainBatch) -> tuple[int, int]:
+    """(elements that got a non-zero gradient, how many of them the update changed)."""
+    before = {n: p.detach().clone() for n, p in learner.policy.named_parameters()}
+    touched: dict[str, torch.Tensor] = {}
+    step = learner.optimizer.step
+
+    def recording_step(*args, **kwargs):  # the gradients are freed right after the step: read them before it
+        touched.update({n: p.grad != 0 for n, p in learner.policy.named_parameters() if p.grad is not None})
+        return step(*args, **kwargs)
+
+    learner.optimizer.step = recording_step
+    learner.update(batch)
+    learner.optimizer.step = step
+    params = dict(learner.policy.named_parameters())
+    total = sum(int(mask.sum()) for mask in touched.values())
+    moved = sum(int((params[n].detach() != before[n])[mask].sum()) for n, mask in touched.items())
+    return total, moved
+
+
 def test_bf16_compute_keeps_fp32_masters_so_a_tiny_lr_still_moves_weights(tiny_model_dir, tokens):
     """At lr 1e-6 an Adam step (about lr per element) is far below half a bf16 ulp (2.4e-4 at 0.1, this model's
-    weight scale): bf16 master weights would not move at all. fp32 masters with bf16 compute must."""
+    weight scale): masters held in bf16 would not move at all. The weights start bf16-exact (as a bf16 checkpoint
+    loads): a first update from weights that are not would count the rounding to bf16 itself as movement. Both
+    the first and the second update must move nearly every weight that got a gradient."""
     learner = Learner(tiny_model_dir, AlgoConfig(), OptimConfig(lr=1e-6, micro_batch_size=6), compute_dtype="bfloat16")
     assert learner.compute_dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in learner.policy.parameters())
+    with torch.no_grad():
+        for p in learner.policy.parameters():
+            p.copy_(p.to(torch.bfloat16))
     fp32 = Learner(tiny_model_dir, AlgoConfig(), OptimConfig(), compute_dtype="float32")
     lp_bf16, lp_fp32 = learner.logprobs(tokens), fp32.logprobs(tokens)
     mask = tokens.response_mask > 0
@@ -133,19 +159,12 @@ def test_bf16_compute_keeps_fp32_masters_so_a_tiny_lr_still_moves_weights(tiny_m
     torch.testing.assert_close(lp_bf16[mask], lp_fp32[mask], atol=0.1, rtol=0.05)
     scores = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
     adv = algos.broadcast_sequence_advantages(algos.grpo_advantages(scores, 2), tokens.response_mask)
-    before = {n: p.detach().clone() for n, p in learner.policy.named_parameters()}
-    learner.update(TrainBatch(tokens=tokens, advantages=adv))
-    total = moved = 0
-    for name, p in learner.policy.named_parameters():
-        touched = p.grad != 0  # embedding rows of tokens absent from the batch get no gradient, and stay
-        total += int(touched.sum())
-        moved += int((p.detach() != before[name])[touched].sum())
-    assert total > 50_000 and moved / total > 0.99, (moved, total)
+    batch = TrainBatch(tokens=tokens, advantages=adv)
+    for update in (1, 2):
+        total, moved = _moved_by_update(learner, batch)
+        assert total > 50_000 and moved / total > 0.99, (update, moved, total)
     states = [s for state in learner.optimizer.state.values() for s in state.values() if torch.is_tensor(s)]
     assert states and all(s.dtype == torch.float32 for s in states if s.dim() > 0)
-    # What a pure-bf16 AdamW would have done with the same gradient sign: nothing at all.
-    bf16 = {n: v.to(torch.bfloat16) for n, v in before.items()}
-    assert all(torch.equal((v + 1e-6).to(torch.bfloat16), v) for v in bf16.values() if v.abs().min() > 0.01)
     # The rollout engine gets the weights in its own dtype (half the bytes), rounded from the fp32 masters.
     pushed = dict(learner.named_weights("bfloat16"))
     assert all(t.dtype == torch.bfloat16 for t in pushed.values())
@@ -174,6 +193,88 @@ def test_iter_weights_streams_what_named_weights_gathers(tiny_model_dir):
     gathered = learner.named_weights("bfloat16")
     assert [n for n, _ in streamed] == [n for n, _ in gathered]
     assert all(torch.equal(a, b) and a.dtype == torch.bfloat16 for (_, a), (_, b) in zip(streamed, gathered, strict=True))
+
+
+def test_a_tied_head_travels_once(tiny_model_dir, tiny_tied_model_dir):
+    """A tied model's lm_head.weight is its embedding: neither the Ray push (named_weights) nor the in-process one
+    (iter_weights) sends it (the worker puts it back: tests/test_rollout.py); an untied model's head goes."""
+    for path, tied in ((tiny_tied_model_dir, True), (tiny_model_dir, False)):
+        learner = Learner(path, AlgoConfig(), OptimConfig())
+        pushed = learner.named_weights("bfloat16")
+        names = [name for name, _ in pushed]
+        assert ("lm_head.weight" in names) is not tied and "model.embed_tokens.weight" in names
+        assert [name for name, _ in learner.iter_weights("bfloat16")] == names
+        # Every parameter's bytes travel once: what goes is exactly the model's distinct parameters.
+        assert sum(t.numel() for _, t in pushed) == sum(p.numel() for p in learner.policy.parameters())
+
+
+def test_host_copies_keep_a_tied_head_one_tensor(tiny_tied_model_dir, tmp_path, monkeypatch):
+    """Moved to the host name by name, the tied head became a second tensor and every checkpoint saved it again;
+    copied once per distinct tensor it stays an alias, which save_pretrained drops. A GPU's device-to-host copy is
+    played here by ``Tensor.cpu`` returning a new tensor (on a CPU it returns the same one)."""
+    from safetensors import safe_open
+
+    from tinyzero.engine.learner import host_copies
+
+    learner = Learner(tiny_tied_model_dir, AlgoConfig(), OptimConfig())
+    state = learner.policy.state_dict()
+    cast = host_copies(state, torch.bfloat16)
+    assert cast["lm_head.weight"] is cast["model.embed_tokens.weight"] and len(cast) == len(state)
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: self.clone())
+    learner.save(tmp_path)
+    with safe_open(str(tmp_path / "policy" / "model.safetensors"), "pt") as saved:
+        names = set(saved.keys())
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    restored = Learner(tiny_tied_model_dir, AlgoConfig(), OptimConfig())
+    restored.load(tmp_path)
+    assert restored.policy.lm_head.weight.data_ptr() == restored.policy.model.embed_tokens.weight.data_ptr()
+    torch.testing.assert_close(restored.policy.lm_head.weight, learner.policy.lm_head.weight)
+
+
+@pytest.mark.parametrize("term", ["kl_loss", "entropy_bonus"])
+def test_zero_advantage_rows_are_kept_where_they_still_pull(tiny_model_dir, tokens, term):
+    """A GRPO group whose samples all scored the same has zero advantage, but under a KL loss its rows still pull
+    the policy towards the reference, and under an entropy bonus they still push entropy up: skipping them would
+    change the gradient. The learner keeps them (its gradient equals the no-skip one) and a forced skip differs."""
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])  # the last group is uniform: zero advantage
+    adv = algos.broadcast_sequence_advantages(algos.grpo_advantages(scores, 2), tokens.response_mask)
+    algo = AlgoConfig(kl_coef=0.5) if term == "kl_loss" else AlgoConfig(entropy_coef=0.1)
+    learner = Learner(tiny_model_dir, algo, OptimConfig(micro_batch_size=6))
+    # A reference that differs from the policy, so the KL term has a gradient on every row.
+    ref = learner.logprobs(tokens) - 0.3 * tokens.response_mask if term == "kl_loss" else None
+    batch = TrainBatch(tokens=tokens, advantages=adv, ref_logprobs=ref)
+    kept = _grads(learner, batch)
+    forced = copy.copy(learner)
+    forced._can_skip_zero_rows = lambda b: True
+    skipped = _grads(forced, batch)
+    full = copy.copy(learner)
+    full._can_skip_zero_rows = lambda b: False
+    everything = _grads(full, batch)
+    assert kept.keys() == everything.keys() == skipped.keys() and kept
+    assert all(torch.equal(kept[name], everything[name]) for name in kept)
+    assert any(not torch.allclose(kept[name], skipped[name], atol=1e-7, rtol=1e-4) for name in kept)
+
+
+def test_zero_advantage_rows_still_train_the_critic(tiny_model_dir, tokens):
+    """With PPO's critic every row's return is a target for the value head, zero policy advantage or not: the
+    learner keeps every row (skipped_frac 0), and the critic's gradient changes when a zero-advantage row is
+    dropped. (The policy's own gradient from an all-zero-advantage row is exactly zero under the clipped loss
+    alone; the rule keeps such rows with a critic anyway, a saving left unused since whitened PPO advantages are
+    almost never exactly zero.)"""
+    algo = AlgoConfig(name="ppo")
+    learner = Learner(tiny_model_dir, algo, OptimConfig(micro_batch_size=6))
+    mask = tokens.response_mask
+    adv = torch.randn(mask.shape, generator=torch.Generator().manual_seed(0)) * mask
+    adv[-1] = 0.0  # one row with no advantage
+    values = learner.values(tokens)
+    returns = values + 1.0 * mask  # every row, the zero-advantage one too, has a return to fit
+    batch = TrainBatch(tokens=tokens, advantages=adv, old_logprobs=learner.logprobs(tokens), returns=returns,
+                       old_values=values)
+    assert not learner._can_skip_zero_rows(batch)
+    grads = _grads(learner, batch)
+    fewer = _grads(learner, batch.select(torch.arange(len(tokens) - 1)))
+    critic = [name for name in grads if name.startswith(("body.", "head."))]
+    assert critic and any(not torch.allclose(grads[n], fewer[n], atol=1e-7, rtol=1e-4) for n in critic)
 
 
 def _snapshot(learner: Learner) -> tuple[dict, dict]:

@@ -70,10 +70,33 @@ def test_split_start_order_lets_learners_load_beside_vllm():
     assert layout.describe() == "GPU 0: rollout 0, reference; GPU 1: learner"
 
 
+def test_vllm_beside_the_reference_is_capped_at_80_percent():
+    """Pinned: the reference's GPU keeps at least a fifth of its memory from vLLM (docs/engine.md)."""
+    split = ("placement.num_gpus=2", "placement.strategy=split", "algo.kl_coef=0.001")
+    assert plan(*split, "rollout.gpu_memory_utilization=0.8").reference.bundle == 0
+    with pytest.raises(TinyZeroError, match="rollout.gpu_memory_utilization=0.81 .* set it to 0.8 or less"):
+        plan(*split, "rollout.gpu_memory_utilization=0.81")
+    assert plan("placement.num_gpus=2", "placement.strategy=split", "rollout.gpu_memory_utilization=0.9").reference is None
+
+
 def test_colocate_one_gpu_waits_and_sleeps():
     layout = plan("placement.num_gpus=1", "algo.kl_coef=0.001")
     assert layout.rollout_sleeps and all(layout.waits_for_rollout(s) for s in layout.learners)
     assert layout.gpu_use() == {0: 1.0}
+
+
+@pytest.mark.parametrize("overrides,learners,reference", [
+    (("run.mode=local", "placement.num_gpus=1"), [True], True),  # one process: vLLM's sleep-mode pool is not PyTorch's cache
+    (("run.mode=ray", "placement.num_gpus=4"), [True] * 4, True),  # Ray colocate: each role is its own process
+    (("run.mode=ray", "placement.num_gpus=4", "rollout.tensor_parallel_size=2"), [True] * 4, True),
+    (("run.mode=ray", "placement.num_gpus=2", "placement.strategy=split", "rollout.gpu_memory_utilization=0.7"),
+     [False], False),  # vLLM never sleeps there: its memory was taken at start-up
+    (("placement.num_gpus=0",), [False], False),  # CPU
+])
+def test_roles_beside_a_sleeping_engine_return_their_cache(overrides, learners, reference):
+    layout = plan(*overrides, "algo.kl_coef=0.001")
+    assert [layout.returns_cache(slot) for slot in layout.learners] == learners
+    assert layout.returns_cache(layout.reference) is reference
 
 
 def test_cpu_layout():

@@ -3,6 +3,7 @@ overrides its header gives. Model shapes come from the published Qwen2.5 configs
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -73,3 +74,37 @@ def test_recipe_validates_and_fits_its_machine(path):
         ppo = load_config(path, ["algo.name=ppo", *extra])
         assert ppo.placement.num_gpus == ppo_gpus and all(e.split("=")[0] in text for e in extra)
         check_gpu_memory(ppo, plan_layout(ppo), shape(ppo.model.name), [ppo_gb * 1e9] * ppo_gpus)
+
+
+def test_the_readme_table_is_what_the_preflight_and_the_estimate_compute():
+    """README's GPU rows: the preflight's peak per GPU on the named machine, and the cost estimate on its card at
+    its price, as printed there (upper bounds: seconds, tenths of hours and cents rounded up)."""
+    from tinyzero.sizing.cost import estimate_run
+    from tinyzero.sizing.preflight import gpu_needs
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| `([\w.-]+)` \| (\d) × (\d+) GB \((.+?)\) \| .+? \| (.+?) GB \| ≤ (\d+) \| ≤ ([\d.]+) h, "
+                      r"≤ \$([\d.]+) at \$([\d.]+)", readme, flags=re.M)
+    assert {row[0] for row in rows} == {p.stem for p in RECIPES if machine(p)}
+    for name, gpus, gb, card, peaks, step, hours, usd, price in rows:
+        config = load_config(Path(__file__).parents[1] / "recipes" / f"{name}.yaml", [f"cost.usd_per_gpu_hour={price}"])
+        model = shape(config.model.name)
+        needs = gpu_needs(config, plan_layout(config), model, [float(gb) * 1e9] * int(gpus))
+        assert peaks == ", ".join(f"{need.peak / 1e9:.1f}" for need in needs), name
+        est = estimate_run(config, model.params, card, head_params=model.vocab * model.hidden)
+        bounds = (math.ceil(est.step_s), math.ceil(est.total_s / 360) / 10, math.ceil(est.usd * 100) / 100)
+        assert (int(step), float(hours), float(usd)) == bounds, name
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if machine(p)], ids=lambda p: p.stem)
+def test_the_header_peak_is_what_the_preflight_computes(path):
+    """Each GPU recipe's `# peak (preflight):` line: every GPU's figure and the usable share of its card."""
+    from tinyzero.sizing.preflight import HEADROOM, gpu_needs
+
+    line = next(x for x in path.read_text().splitlines() if x.startswith("# peak (preflight):"))
+    stated = [(int(g), gb) for g, gb in re.findall(r"GPU (\d) ([\d.]+) GB", line)]
+    gpus, gb = machine(path)
+    config = load_config(path)
+    needs = gpu_needs(config, plan_layout(config), shape(config.model.name), [gb * 1e9] * gpus)
+    assert stated == [(need.gpu, f"{need.peak / 1e9:.1f}") for need in needs]
+    assert line.endswith(f"of {gb * HEADROOM:.1f} usable")

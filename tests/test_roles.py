@@ -145,3 +145,50 @@ def test_local_mode_pushes_a_lazy_iterator_on_the_learners_device():
     roles = Roles(pool, LearnerGroup(backend, [learner]), None, plan_layout(load_config(None, [])), backend)
     roles.sync_weights()
     assert isinstance(seen[0], types.GeneratorType) and learner.reached == 1
+
+
+def test_roles_beside_a_sleeping_engine_are_built_to_return_their_cache(tiny_model_dir, monkeypatch):
+    """build_roles hands each role the layout's decision (stand-in roles record their arguments): on one colocated
+    GPU the learner and the reference share vLLM's GPU, so both return their cache."""
+    from tinyzero.engine import learner, reference, rollout
+    from tinyzero.engine.roles import build_roles
+
+    made: dict[str, dict] = {}
+
+    def stand_in(name):
+        class Role:
+            def __init__(self, *args, **kwargs):
+                made[name] = kwargs
+
+            def ready(self):
+                return True
+        return Role
+
+    for module, name in ((learner, "Learner"), (reference, "ReferenceModel"), (rollout, "RolloutWorker")):
+        monkeypatch.setattr(module, name, stand_in(name))
+    for gpus, expected in ((1, True), (0, False)):
+        config = load_config(None, [f"placement.num_gpus={gpus}", "algo.kl_coef=0.001"])
+        build_roles(config, tiny_model_dir, tiny_model_dir, plan_layout(config))
+        assert made["Learner"]["release_cache"] is expected and made["ReferenceModel"]["release_cache"] is expected
+
+
+def test_learner_and_reference_return_the_cache_only_when_told(tiny_model_dir, monkeypatch):
+    """torch.cuda.empty_cache is called once after an update and once after a reference pass, where the layout
+    asks for it, and never otherwise (on CPU it would be a no-op, so it is counted instead)."""
+    from tinyzero import algos
+    from tinyzero.config import AlgoConfig, OptimConfig
+    from tinyzero.engine.learner import Learner
+    from tinyzero.engine.messages import TrainBatch, build_tokens
+    from tinyzero.engine.reference import ReferenceModel
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(1))
+    tokens = build_tokens([[1, 2], [1, 2]], [[3, 4], [5]], pad_id=0)
+    adv = algos.broadcast_sequence_advantages(algos.grpo_advantages(torch.tensor([1.0, 0.0]), 2),
+                                              tokens.response_mask)
+    for release in (False, True):
+        calls.clear()
+        Learner(tiny_model_dir, AlgoConfig(), OptimConfig(), release_cache=release).update(
+            TrainBatch(tokens=tokens, advantages=adv))
+        ReferenceModel(tiny_model_dir, dtype="float32", device="cpu", release_cache=release).logprobs(tokens)
+        assert len(calls) == (2 if release else 0)

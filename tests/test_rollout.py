@@ -23,6 +23,7 @@ from tinyzero.engine.rollout import (
     _RopeReloadFilter,
     _with_tied_head,
     quiet_rope_reload_warning,
+    without_tied_head,
 )
 from tinyzero.errors import TinyZeroError
 
@@ -183,6 +184,25 @@ def test_vllm_logprobs_match_the_learners_on_the_pushed_weights(vllm_worker, mod
     assert vllm_worker.logprobs([], []) == []
 
 
+@pytest.mark.slow
+def test_closing_a_vllm_worker_frees_its_engine(tiny_tied_model_dir, tmp_path):
+    """A second sleep-mode engine in one process loads only once the first one's memory is all freed (vLLM's
+    CuMem allocator must be empty, tinyzero/smoke.py): after ``close`` nothing may keep the engine, its model
+    runner or its model alive. The path to the model is vLLM 0.32's in-process engine (V1, one worker)."""
+    import gc
+    import weakref
+
+    worker = RolloutWorker(tiny_tied_model_dir, backend="vllm", seed=0, max_model_len=256, kv_cache_gib=1,
+                           cache_dir=tmp_path)
+    llm = worker._engine.llm
+    runner = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+    refs = [weakref.ref(x) for x in (llm, runner, runner.model)]
+    del llm, runner
+    worker.close()
+    gc.collect()
+    assert [ref() is None for ref in refs] == [True, True, True]
+
+
 def test_hf_engine_logprobs_equal_an_unpadded_forward(tiny_tied_model_dir):
     worker = RolloutWorker(tiny_tied_model_dir, backend="hf", seed=0)
     prompts = (_prompts(tiny_tied_model_dir) * 2)[: len(RESPONSES)]
@@ -227,6 +247,18 @@ def test_tied_head_is_added_only_when_missing():
     assert added[1][1] is embed
     kept = list(_with_tied_head(iter([("model.embed_tokens.weight", embed), ("lm_head.weight", head)])))
     assert len(kept) == 2 and kept[1][1] is head
+
+
+def test_a_tied_head_stays_behind_and_is_put_back_as_the_embedding():
+    """What travels has no tied head; what vLLM's reload gets has it again, as the received embedding tensor (no
+    second copy). Untied heads always travel."""
+    embed, head = torch.ones(2), torch.zeros(2)
+    weights = [("model.embed_tokens.weight", embed), ("lm_head.weight", head)]
+    sent = list(without_tied_head(weights, ties=True))
+    assert [name for name, _ in sent] == ["model.embed_tokens.weight"]
+    loaded = list(_with_tied_head(iter(sent)))
+    assert [name for name, _ in loaded] == ["model.embed_tokens.weight", "lm_head.weight"] and loaded[1][1] is embed
+    assert list(without_tied_head(weights, ties=False)) == weights
 
 
 def test_user_errors_are_clear(tiny_model_dir, tmp_path):

@@ -23,3 +23,9 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
 def dtype_name(name: str, device: str) -> str:
     """``resolve_dtype`` as the plain name an engine takes, e.g. ``"bfloat16"``."""
     return str(resolve_dtype(name, device)).removeprefix("torch.")
+
+
+def release_cached_memory() -> None:
+    """Hand the CUDA caching allocator's free blocks back to the driver, so another process (a Ray actor) or
+    vLLM's own memory pool (sleep mode) can map them; a no-op where CUDA was never initialised (CPU)."""
+    torch.cuda.empty_cache()

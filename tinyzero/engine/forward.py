@@ -4,6 +4,12 @@ Shared by the learner, the reference model, the critic and the HF rollout engine
 savings live here:
 - the LM head and the log-softmax run on real response tokens only (never on prompt positions or padding),
   in chunks of ``HEAD_CHUNK`` tokens so the float32 ``[k, V]`` logits stay bounded;
+- with gradients on, each chunk is recomputed in the backward pass (``torch.utils.checkpoint``): the forward
+  keeps only the chunk's hidden states ([k, H]), not its [k, V] logits, log-softmax and exponential. Without it
+  every chunk's K x V float32 log-softmax (and, with an entropy bonus, its exponential too) stayed alive until
+  backward: 2 x 8,192 tokens x 151,936 x 4 bytes = 10 GB for Qwen2.5-3B at 8 x 1,024 response tokens. The
+  recompute runs the same ops on the same inputs, so values and gradients are bit-for-bit those of the plain
+  graph; it costs one more LM-head matmul and log-softmax per chunk (the backward's own work is unchanged);
 - rows that share a prompt (a GRPO group) share one forward pass of that prompt (``response_hidden``).
 The token layout is described in ``tinyzero/engine/messages.py``.
 """
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from tinyzero.engine.messages import TokenBatch
 
@@ -57,17 +64,25 @@ def sequence_logprobs(
     picked_hidden = hidden[mask]  # [K, H], K = real response tokens
     labels = tokens.response_ids.to(device)[mask]  # [K]
     head = model.get_output_embeddings()
+    recompute = torch.is_grad_enabled() and picked_hidden.requires_grad
     lp_parts, ent_parts = [], []
     for start in range(0, picked_hidden.shape[0], HEAD_CHUNK):
-        logits = head(picked_hidden[start : start + HEAD_CHUNK])  # [k, V]
-        lp, ent = token_logprobs_and_entropy(logits, labels[start : start + HEAD_CHUNK],
-                                             with_entropy=with_entropy, entropy_grad=entropy_grad)
+        chunk = (head, picked_hidden[start : start + HEAD_CHUNK], labels[start : start + HEAD_CHUNK],
+                 with_entropy, entropy_grad)
+        # use_reentrant=False: the chunk's autocast state is replayed, and the head's weight gets its gradient
+        # even though it is not an argument.
+        lp, ent = checkpoint(_head_chunk, *chunk, use_reentrant=False) if recompute else _head_chunk(*chunk)
         lp_parts.append(lp)
         if ent is not None:
             ent_parts.append(ent)
     logprobs = _scatter(mask, lp_parts)  # [N, T] float32, 0 off the mask
     entropy = _scatter(mask, ent_parts) if with_entropy else None
     return logprobs, entropy
+
+
+def _head_chunk(head, hidden: Tensor, labels: Tensor, with_entropy: bool, entropy_grad: bool):
+    """One chunk: hidden [k, H], labels [k] -> log-probs [k], entropy [k] or None."""
+    return token_logprobs_and_entropy(head(hidden), labels, with_entropy=with_entropy, entropy_grad=entropy_grad)
 
 
 def _scatter(mask: Tensor, parts: list[Tensor]) -> Tensor:

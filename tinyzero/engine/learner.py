@@ -27,10 +27,11 @@ from torch import nn
 
 from tinyzero import algos
 from tinyzero.config import AlgoConfig, OptimConfig
-from tinyzero.engine.devices import resolve_device, resolve_dtype
+from tinyzero.engine.devices import release_cached_memory, resolve_device, resolve_dtype
 from tinyzero.engine.forward import in_chunks, response_hidden, sequence_logprobs
 from tinyzero.engine.messages import TokenBatch, TrainBatch
 from tinyzero.engine.models import load_causal_lm
+from tinyzero.engine.rollout import without_tied_head
 from tinyzero.engine.sharding import to_local_float
 from tinyzero.errors import NonFiniteUpdate, TinyZeroError
 
@@ -72,10 +73,11 @@ class Learner:
     def __init__(
         self, model_path: str | Path, algo: AlgoConfig, optim: OptimConfig, *, compute_dtype: str = "auto",
         device: str = "auto", gradient_checkpointing: bool = False, seed: int = 0,
-        rank: int = 0, world_size: int = 1, init_method: str | None = None,
+        rank: int = 0, world_size: int = 1, init_method: str | None = None, release_cache: bool = False,
     ):
         """With ``world_size`` > 1 this is one of several learner processes sharding the model with FSDP2
-        (``init_method`` is the process group's rendezvous, e.g. ``tcp://host:port``)."""
+        (``init_method`` is the process group's rendezvous, e.g. ``tcp://host:port``). ``release_cache``: a
+        sleeping vLLM shares this GPU and wakes after the update (``Layout.returns_cache``)."""
         torch.manual_seed(seed)
         self.algo, self.optim_cfg = algo, optim
         self.needs = algo.needs  # critic? several updates per batch? (algos.needs)
@@ -88,6 +90,7 @@ class Learner:
             self.device = sharding.init_distributed(rank, world_size, init_method or "tcp://127.0.0.1:29511")
         self.compute_dtype = resolve_dtype(compute_dtype, self.device)
         self.policy = load_causal_lm(model_path, torch.float32, self.device)  # fp32 masters, whatever computes
+        self.ties_embeddings = bool(getattr(self.policy.config.get_text_config(), "tie_word_embeddings", False))
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
         self.policy.config.use_cache = False
@@ -106,6 +109,7 @@ class Learner:
             self.critic_optimizer = torch.optim.AdamW(
                 self.critic.parameters(), lr=optim.critic_lr, weight_decay=optim.weight_decay
             )
+        self.release_cache = release_cache
         self.updates = 0  # optimizer steps taken (drives the warm-up schedule)
         self._seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # see update()
         self._collecting = False
@@ -168,6 +172,8 @@ class Learner:
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
                 count += 1
+        if self.release_cache:
+            release_cached_memory()
         return {key: value / count for key, value in totals.items()} | self._mismatch_stats()
 
     def _mismatch_stats(self) -> dict[str, float]:
@@ -286,6 +292,9 @@ class Learner:
             raise NonFiniteUpdate(f"the learner refused update {self.updates + 1} because it was not finite ({which})",
                                   "lower optim.lr, or look for NaN or infinite rewards")
         optimizer.step()
+        # Gradients are dead after the step: freed now, the learner holds only masters and AdamW's moments (12
+        # bytes a parameter) until the next update, while a colocated vLLM wakes beside it.
+        optimizer.zero_grad(set_to_none=True)
         return norm
 
     def _on_any_process(self, flag: bool) -> bool:
@@ -321,8 +330,10 @@ class Learner:
     # ------------------------------------------------------------------------------ weights / state
     def named_weights(self, dtype: str | None = None) -> list[tuple[str, torch.Tensor]]:
         """The policy's weights for the rollout workers (CPU tensors, detached; gathered when sharded), cast to
-        ``dtype`` (the engine's own, e.g. "bfloat16": half the bytes to move) when given."""
-        return list(self._full_state(self.policy, getattr(torch, dtype) if dtype else None).items())
+        ``dtype`` (the engine's own, e.g. "bfloat16": half the bytes to move) when given; a tied head stays behind
+        (``rollout.without_tied_head``)."""
+        state = self._full_state(self.policy, getattr(torch, dtype) if dtype else None)
+        return list(without_tied_head(state.items(), self.ties_embeddings))
 
     def iter_weights(self, dtype: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """The policy's weights one tensor at a time, on the learner's device, each cast to ``dtype`` only when it
@@ -331,7 +342,7 @@ class Learner:
         if self.world_size > 1:
             raise RuntimeError("iter_weights is for an unsharded learner in the engine's process; use named_weights")
         target = getattr(torch, dtype) if dtype else None
-        for name, tensor in self.policy.state_dict().items():
+        for name, tensor in without_tied_head(self.policy.state_dict().items(), self.ties_embeddings):
             yield name, tensor.detach().to(target or tensor.dtype)
 
     def save(self, folder: str | Path) -> None:
@@ -365,7 +376,7 @@ class Learner:
             from tinyzero.engine import sharding
 
             return {k: v.to(dtype or v.dtype) for k, v in sharding.full_state_dict(module).items()}
-        return {k: v.detach().to(dtype or v.dtype).cpu() for k, v in module.state_dict().items()}
+        return host_copies(module.state_dict(), dtype)
 
     def _optimizers(self) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]:
         pairs = {"optimizer": (self.policy, self.optimizer)}
@@ -475,6 +486,22 @@ def _finite(tree, path: Path):
         raise TinyZeroError(f"{path} holds NaN or infinite values ({bad[:120]}), so it was not loaded: resume from an "
                             "earlier checkpoint")
     return tree
+
+
+def host_copies(state: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Each distinct tensor of ``state`` cast to ``dtype`` and copied to host memory once; names that are views of
+    one tensor (a tied LM head and its embedding) share that copy. Copied name by name, a tied head became a
+    second tensor that a checkpoint saves again (1.2 GB of fp32 for Qwen2.5-3B); shared, save_pretrained drops
+    the alias as it does for the model's own tied weights."""
+    copies: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for name, tensor in state.items():
+        view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(),
+                tensor.dtype, tensor.device)
+        if view not in copies:
+            copies[view] = tensor.detach().to(dtype or tensor.dtype).cpu()
+        out[name] = copies[view]
+    return out
 
 
 def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:

@@ -81,6 +81,12 @@ class Layout:
         every byte that disappears during its start-up profiling as its own."""
         return slot.bundle in self.vllm_bundles
 
+    def returns_cache(self, slot: Slot) -> bool:
+        """True when the role shares a GPU with a sleeping vLLM engine, which wakes after the role's work: the
+        role must hand its cached free blocks back to the driver (``torch.cuda.empty_cache``), or vLLM cannot map
+        its memory again (its sleep-mode pool is not PyTorch's cache; under Ray the role is another process)."""
+        return self.rollout_sleeps and bool(self.num_gpus) and slot.bundle in self.vllm_bundles
+
     def gpu_use(self) -> dict[int, float]:
         """Total GPU share asked of each bundle (vLLM's Ray workers included)."""
         use = {b: 0.0 for b in range(len(self.bundles))}

@@ -285,6 +285,8 @@ class Roles:
     def close(self) -> None:
         self.rollout.close()
         self.backend.close()
+        # Local mode: the roles are objects of this process; a closed Roles keeps none of them alive.
+        self.rollout.workers, self.learner.processes, self.reference = [], [], None
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -366,13 +368,14 @@ def build_roles(config: Config, model_path: Path, cache_dir: Path, layout: Layou
                           seed=config.run.seed)
     specs: list[tuple[Slot, Any]] = [
         (slot, lambda rank=rank, slot=slot: backend.spawn(
-            Learner, slot, {}, model_path, **learner_kwargs, rank=rank, world_size=n, init_method=init))
+            Learner, slot, {}, model_path, **learner_kwargs, rank=rank, world_size=n, init_method=init,
+            release_cache=layout.returns_cache(slot)))
         for rank, slot in enumerate(layout.learners)
     ]
     if layout.reference is not None:
         specs.append((layout.reference, lambda: backend.spawn(
             ReferenceModel, layout.reference, {}, model_path, dtype=dtype, device=device,
-            micro_batch_size=config.optim.micro_batch_size)))
+            micro_batch_size=config.optim.micro_batch_size, release_cache=layout.returns_cache(layout.reference))))
     made = {i: make() for i, (slot, make) in enumerate(specs) if not layout.waits_for_rollout(slot)}
     if len(made) < len(specs):
         backend.get([backend.submit(e, "ready") for e in engines])

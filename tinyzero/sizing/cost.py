@@ -5,7 +5,8 @@ included: the box is rented for all of it), carried across resumes through the c
 billed as one unit, so a laptop or a CPU box can be priced too.
 
 The estimate is arithmetic, not a measurement: FLOPs per step (2·N per generated token; 6·N per trained token,
-×4/3 with gradient checkpointing; 2·N per reference or old-log-prob token) divided by the card's bf16 peak times
+×4/3 with gradient checkpointing; 2·V·H more per response token for the LM head's chunks, which the backward
+recomputes; 2·N per reference or old-log-prob token) divided by the card's bf16 peak times
 an assumed utilisation (``ROLLOUT_MFU``, ``LEARNER_MFU``), with every response at ``rollout.max_new_tokens`` (an
 upper bound). On CPU it scales throughput measured on a 2-core EPYC with SmolLM2-135M. ``tinyzero smoke``
 replaces it with measured seconds. Simplifications: phases run one after another, as the driver runs them.
@@ -161,9 +162,10 @@ class Estimate:
     basis: str  # where the throughput figures come from
 
 
-def estimate_run(config: Config, params: float, card: str | None) -> Estimate:
+def estimate_run(config: Config, params: float, card: str | None, head_params: float = 0.0) -> Estimate:
     """Time and cost of the whole recipe from FLOPs (GPU) or measured CPU throughput; ``card`` is torch's
-    device name (None: no GPU here)."""
+    device name (None: no GPU here); ``head_params``: the LM head's vocabulary x hidden size, whose forward the
+    backward pass runs again on every response token (tinyzero/engine/forward.py)."""
     from tinyzero.engine.placement import plan_layout
 
     layout = plan_layout(config)
@@ -171,6 +173,8 @@ def estimate_run(config: Config, params: float, card: str | None) -> Estimate:
     passes = config.algo.epochs * (4 / 3 if config.model.gradient_checkpointing else 1.0)
     needs = config.algo.needs
     train_flops = 6 * params * train_tokens * passes * (2 if needs.critic else 1)
+    # the head's recompute runs on the trained responses only (dynamic sampling's dropped groups are not trained)
+    train_flops += 2 * head_params * gen_tokens / generation_factor(config) * config.algo.epochs
     # forward-only passes: the reference, the critic's values, the old log-probs
     extra_flops = 2 * params * train_tokens * (needs.reference + needs.critic + needs.old_logprobs)
     if layout.num_gpus == 0:
@@ -203,7 +207,8 @@ def estimate_line(config: Config, model_cfg) -> str:
 
     gpus = gpu_inventory() if config.placement.num_gpus else []
     card = gpus[0][0] if gpus else None
-    est = estimate_run(config, ModelShape.from_config(model_cfg).params, card)
+    shape = ModelShape.from_config(model_cfg)
+    est = estimate_run(config, shape.params, card, head_params=shape.vocab * shape.hidden)
     cost = f", ${est.usd:.2f}" if est.usd is not None else " (set cost.usd_per_gpu_hour to see dollars)"
     return (f"estimate: about {est.step_s:.0f} s a step, {est.total_s / 3600:.1f} h for {config.run.steps} "
             f"steps{cost} — {est.basis}; `tinyzero smoke` measures instead")

@@ -4,10 +4,13 @@ A run on a rented GPU box must fail in its first seconds, not after an hour of d
 crash. ``preflight(config, layout, model_config)`` checks, each failure one sentence with the fix:
 - GPU memory per GPU against an estimate of the recipe's peak (``gpu_needs``: the formula is in docs/engine.md);
 - a writable run folder, and free disk for ``checkpoint.keep_last`` + 1 checkpoints of this model;
-- host memory for the learner's weight gather and Ray's object store (``run.mode=ray``).
+- host memory for the learner's weight gather and Ray's object store (``run.mode=ray``), and for a checkpoint
+  save (weights and AdamW's moments on the host).
 The estimate is arithmetic from the model's config (no weights loaded). Simplifications: decoder-only
-transformers of the Llama/Qwen2 family; activations per layer ≈ 34·tokens·hidden bytes at 16-bit (Korthikanti
-et al. 2022, with fused attention, no attention-score matrix); vLLM takes exactly its ``gpu_memory_utilization``.
+transformers of the Llama/Qwen2 family; what a decoder layer saves for backward is the per-token byte count
+measured on CPU (``LAYER_BYTES``; ``tests/test_preflight.py`` re-measures it and holds a whole
+learner update's measured peak to this estimate); fused attention (no attention-score matrix); vLLM takes exactly
+its ``gpu_memory_utilization``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,20 @@ GB = 1e9
 HEADROOM = 0.92  # of a GPU's memory: the CUDA context, the allocator's fragmentation and NCCL buffers need the rest
 LM_HEAD_CHUNK = 2048  # tinyzero.engine.forward.HEAD_CHUNK (fp32 logits; a test keeps the two equal)
 PROMPT_TOKENS = 256  # a generous prompt length for activation estimates
+# Bytes one Llama/Qwen2 decoder layer saves for backward, per token, as multiples of (hidden size, MLP width,
+# key/value width), by compute dtype. Measured on CPU (tests/test_preflight.py, tests/memory_probe.py): under bf16
+# autocast the residual stream, the norms' inputs and outputs stay float32 while the matmul inputs and outputs
+# are bf16. Qwen2.5-3B under bf16: 30·2048 + 8·11008 + 4·256 = 150.5 kB a token a layer.
+LAYER_BYTES = {"bfloat16": (30, 8, 4), "float32": (32, 16, 8)}
+CHECKPOINT_BYTES = 4  # a token's saved layer input under gradient checkpointing, per hidden unit: fp32 residual
+OUTSIDE_LAYERS = 12.5  # per token and hidden unit: embedding output, final norm, the LM head's fp32 inputs
+# [chunk, V] float32 tensors alive at once in one LM-head chunk (measured): forward: logits, log-softmax, its
+# exponential and their product (the entropy); backward: four, and a fifth with an entropy bonus (the entropy's
+# own gradient), beside the head weight's [V, H] gradient before it is added to the others.
+HEAD_TENSORS, ENTROPY_TENSORS = 4, 1
+MLP_GRADIENTS = 3  # float32 [tokens, MLP width] gradients alive at once in a layer's backward, beside its activations
+REFERENCE_HEAD_TENSORS = 3  # [chunk, V] float32 tensors of a chunk without gradients: bf16 logits, fp32 copy, log-softmax
+RESIDENT_BYTES = 12  # a parameter's bytes a learner keeps between updates: fp32 master 4, AdamW m and v 8
 
 
 @dataclass(frozen=True)
@@ -34,6 +51,8 @@ class ModelShape:
     layers: int
     hidden: int
     vocab: int
+    intermediate: int  # the MLP's width
+    kv_width: int  # key/value heads x head size
 
     @classmethod
     def from_config(cls, cfg) -> ModelShape:
@@ -48,7 +67,7 @@ class ModelShape:
         attn += (heads + 2 * kv) * head_dim if bias else 0
         per_layer = attn + 3 * h * inter + 2 * h
         embed = vocab * h * (1 if getattr(cfg, "tie_word_embeddings", False) else 2)
-        return cls(float(layers * per_layer + embed + h), layers, h, vocab)
+        return cls(float(layers * per_layer + embed + h), layers, h, vocab, inter, kv * head_dim)
 
 
 @dataclass
@@ -66,36 +85,71 @@ class GpuNeed:
         return ", ".join(f"{name} {value / GB:.1f}" for name, value in self.parts.items() if value)
 
 
-def learner_bytes(config: Config, shape: ModelShape, world: int, gpu: bool) -> dict[str, float]:
-    """One learner process: float32 states (masters, grads, AdamW m and v: 16 bytes a parameter, sharded over
-    ``world``), the 16-bit copies autocast makes, activations of one micro-batch, and the LM-head chunk."""
-    nets = 2 if config.algo.needs.critic else 1  # a critic (PPO) is a second body of the same size
-    compute_bytes = 2 if gpu and config.model.compute_dtype in ("auto", "bfloat16") else 4
-    tokens = config.optim.micro_batch_size * (PROMPT_TOKENS + config.rollout.max_new_tokens)
-    layer_act = 34 * tokens * shape.hidden * compute_bytes / 2
-    stored = shape.layers if not config.model.gradient_checkpointing else 1
-    checkpoints = tokens * shape.hidden * compute_bytes * shape.layers if config.model.gradient_checkpointing else 0
-    copies = shape.params * compute_bytes if compute_bytes == 2 and world == 1 else 0.0
+def learner_bytes(config: Config, shape: ModelShape, world: int, compute: str) -> dict[str, float]:
+    """One learner process's peak for ``config``'s micro-batch (prompts at ``PROMPT_TOKENS``, responses at
+    ``max_new_tokens``), with ``compute`` the matmul dtype ("bfloat16" or "float32"); see ``learner_peak``."""
+    micro, response = config.optim.micro_batch_size, config.rollout.max_new_tokens
+    return learner_peak(shape, tokens=micro * (PROMPT_TOKENS + response), head_tokens=min(micro * response,
+                        LM_HEAD_CHUNK), compute=compute, checkpointing=config.model.gradient_checkpointing,
+                        entropy=config.algo.entropy_coef > 0, nets=2 if config.algo.needs.critic else 1, world=world)
+
+
+def learner_peak(shape: ModelShape, *, tokens: int, head_tokens: int, compute: str, checkpointing: bool,
+                 entropy: bool, nets: int = 1, world: int = 1) -> dict[str, float]:
+    """Bytes at the peak of an update of one micro-batch of ``tokens`` tokens (``head_tokens`` of them in one
+    LM-head chunk), by what holds them:
+    - float32 states: masters, gradients (alive across the micro-batches of a step), AdamW m and v: 16 bytes a
+      parameter, sharded over ``world``; ``nets`` = 2 with PPO's critic;
+    - kept activations: every layer's saved tensors (``LAYER_BYTES``), or with gradient checkpointing every
+      layer's fp32 input; and what lies outside the layers;
+    - the largest of three moments: the end of the forward (autocast's bf16 copy of every weight, alive until
+      autocast exits, beside one LM-head chunk's forward); one chunk's backward (forward.py recomputes chunks, so
+      none is kept between them; an entropy bonus (``entropy``) adds the entropy's gradient) with the head weight's
+      gradient; a layer's backward (recomputed under checkpointing) with its MLP-wide gradients. Without
+      checkpointing the bf16 copies are saved for backward, so they are in all three."""
+    h, per_h, per_i, per_kv = shape.hidden, *LAYER_BYTES[compute]
+    layer = tokens * (per_h * h + per_i * shape.intermediate + per_kv * shape.kv_width)
+    kept = tokens * CHECKPOINT_BYTES * h * shape.layers if checkpointing else layer * shape.layers
+    copies = 2 * shape.params if compute == "bfloat16" and world == 1 else 0.0  # sharded: FSDP gathers per layer
+    saved_copies = 0.0 if checkpointing else copies
+    chunk = head_tokens * shape.vocab * 4  # one [chunk, V] float32 tensor
+    moments = {
+        "bf16 weight copies + LM-head forward": copies + HEAD_TENSORS * chunk,
+        "LM-head backward": saved_copies + (HEAD_TENSORS + (ENTROPY_TENSORS if entropy else 0)) * chunk
+        + shape.vocab * h * 4,
+        "a layer's backward": saved_copies + (layer if checkpointing else 0.0)
+        + MLP_GRADIENTS * tokens * shape.intermediate * 4,
+    }
+    moment = max(moments, key=moments.get)
     return {
         "learner states": 16 * shape.params * nets / world,
-        "bf16 weight copies": copies * nets,
-        "activations": layer_act * stored + checkpoints,
-        "LM head chunk": 3 * LM_HEAD_CHUNK * shape.vocab * 4,
+        "activations": kept + tokens * OUTSIDE_LAYERS * h,
+        moment: moments[moment],
     }
+
+
+def gpu_compute(config: Config) -> str:
+    """The matmul dtype on a GPU: ``auto`` is bfloat16 there (tinyzero.engine.devices.resolve_dtype)."""
+    return "float32" if config.model.compute_dtype == "float32" else "bfloat16"
 
 
 def gpu_needs(config: Config, layout: Layout, shape: ModelShape, gpu_bytes: list[float]) -> list[GpuNeed]:
     """Estimated peak per GPU of ``layout``. Under colocate vLLM sleeps during the update, so a GPU's peak is
-    the larger of the rollout phase (vLLM + the learner's resident states) and the update phase."""
+    the larger of the rollout phase (vLLM awake + what the learner keeps between updates) and the update phase."""
     needs = [GpuNeed(g) for g in range(layout.num_gpus)]
-    learner = learner_bytes(config, shape, len(layout.learners), gpu=True)
-    ref = {"reference": shape.params * 2 + LM_HEAD_CHUNK * shape.vocab * 4} if layout.reference else {}
+    learner = learner_bytes(config, shape, len(layout.learners), gpu_compute(config))
+    # Between updates a learner keeps its fp32 masters and AdamW's moments; it frees its gradients after each step
+    # and, beside a sleeping vLLM, hands its cache back (Layout.returns_cache) before vLLM wakes.
+    resident = RESIDENT_BYTES * shape.params * (2 if config.algo.needs.critic else 1) / len(layout.learners)
+    head = REFERENCE_HEAD_TENSORS * min(LM_HEAD_CHUNK, config.optim.micro_batch_size * config.rollout.max_new_tokens)
+    weights = shape.params * (2 if gpu_compute(config) == "bfloat16" else 4)  # held in the compute dtype
+    ref = {"reference": weights + head * shape.vocab * 4} if layout.reference else {}
     for g, need in enumerate(needs):
         vllm = config.rollout.gpu_memory_utilization * gpu_bytes[g] if g in layout.vllm_bundles else 0.0
         here = any(s.bundle == g for s in layout.learners)
         if layout.rollout_sleeps:
             update = dict(learner) if here else {}
-            rollout = {"vLLM (awake)": vllm, **({"learner states": learner["learner states"]} if here else {})}
+            rollout = {"vLLM (awake)": vllm, **({"learner (resident)": resident} if here else {})}
             need.parts.update(rollout if sum(rollout.values()) >= sum(update.values()) else update)
         else:
             need.parts.update({"vLLM": vllm} if vllm else {})
@@ -153,16 +207,19 @@ def check_run_folder(config: Config, shape: ModelShape, free_bytes=None) -> None
 
 
 def check_host_memory(config: Config, layout: Layout, shape: ModelShape, available_bytes: float | None = None) -> None:
-    """The weight push gathers the full policy on the host (float32 when sharded) and, under Ray, puts a copy in
-    the object store in the engine's dtype."""
+    """Two moments hold the most host memory, one after the other: the weight push gathers the full policy on the
+    host (float32 when sharded) and, under Ray, puts a copy in the object store in the engine's dtype; a checkpoint
+    save brings the float32 weights and AdamW's moments to the host of the first learner process (12 bytes a
+    parameter, twice with PPO's critic: 37 GB for a 3B policy)."""
     sharded = len(layout.learners) > 1
     gather = 0.0 if config.run.mode == "local" else shape.params * (4 if sharded else 2)  # local: on the device
     store = shape.params * 2 if config.run.mode == "ray" else 0.0
-    need = gather + store
+    push, save = gather + store, checkpoint_bytes(config, shape)
     have = _available_ram() if available_bytes is None else available_bytes
-    if have is not None and need > have:
-        raise TinyZeroError(f"the weight push needs about {need / GB:.0f} GB of host memory but {have / GB:.0f} GB is "
-                            "available: use a machine with more RAM or a smaller model")
+    if have is not None and max(push, save) > have:
+        what = "the weight push" if push >= save else "a checkpoint save (float32 weights and AdamW's moments)"
+        raise TinyZeroError(f"{what} needs about {max(push, save) / GB:.0f} GB of host memory but {have / GB:.0f} GB "
+                            "is available: use a machine with more RAM or a smaller model")
 
 
 def _available_ram() -> float | None:
