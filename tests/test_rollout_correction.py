@@ -33,9 +33,18 @@ def gradient(model_dir, mode: str, advantage: list[float], shift: list[float]) -
     own = learner.logprobs(tokens)  # [N, T]: what the learner's forward will compute
     rollout = (own - torch.tensor(shift).unsqueeze(1)) * mask
     batch = TrainBatch(tokens=tokens, advantages=torch.tensor(advantage).unsqueeze(1) * mask, rollout_logprobs=rollout)
+    grads = []  # read at the optimizer step: the learner frees its gradients right after it
+    step = learner.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        grads.append(torch.cat([p.grad.flatten() for p in learner.policy.parameters() if p.grad is not None]))
+        return step(*args, **kwargs)
+
+    learner.optimizer.step = recording_step
     stats = learner.update(batch)
     assert stats["rollout/mismatch_ratio_max"] == pytest.approx(math.exp(max(shift)), rel=1e-4)
-    return torch.cat([p.grad.flatten() for p in learner.policy.parameters() if p.grad is not None])
+    assert len(grads) == 1  # one mini-batch: one optimizer step
+    return grads[0]
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> None:
