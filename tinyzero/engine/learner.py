@@ -8,6 +8,8 @@ Exact savings (the gradient is unchanged):
 - with no KL loss and no entropy bonus, rows whose advantages are all zero (GRPO groups whose samples all got
   the same reward) contribute exactly zero gradient, so they are skipped; the loss normaliser still counts
   them, so the result is identical.
+Micro-batches hold ``optim.micro_batch_size`` rows, or, with ``optim.max_tokens_per_micro_batch``, length-sorted rows
+packed within that token budget (``_packed_micro_batches``); the loss weighting is exact either way.
 With ``world_size`` > 1, several learner processes shard the policy (and critic) with FSDP2
 (``tinyzero/engine/sharding.py``), each training on its own slice of the rows.
 Precision: master weights, gradients and AdamW states are float32 always; ``compute_dtype`` (bfloat16 on GPU by
