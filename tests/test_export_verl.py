@@ -129,6 +129,9 @@ def test_only_non_default_options_without_equivalent_warn_one_line_each():
     keys = [line.split("=")[0] for line in translate(config, PATHS, 512).warnings]
     assert keys == ["run.budget_usd", "rollout.backend", "rollout.overlong", "rollout.overlong_buffer",
                     "placement.strategy", "eval.max_new_tokens", "eval.k", "aha.margin"]
+    budget = load_config(ROOT / "recipes/countdown-3b.yaml", ["optim.max_tokens_per_micro_batch=16384"])
+    (line,) = [w for w in translate(budget, PATHS, 512).warnings if w.startswith("optim.")]
+    assert "optim.max_tokens_per_micro_batch=16384 is not exported" in line and "use_dynamic_bsz" in line
 
 
 def test_a_control_run_is_refused_and_wandb_is_a_warning():

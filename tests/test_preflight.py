@@ -66,6 +66,27 @@ def test_countdown_3b_estimate_equals_the_hand_computation():
     assert rollout_gpu.peak / GB == pytest.approx(65.9, abs=0.05)
 
 
+@pytest.mark.parametrize("budget,tokens,head", [(4096, 4096, 2048), (16384, 16384, 2048), (1000, 1280, 1024)])
+def test_a_token_budget_sizes_the_learner_micro_batch(budget, tokens, head):
+    """With optim.max_tokens_per_micro_batch the micro-batch's tokens are the budget (micro_batch_size no longer
+    counts), or a lone 256 + 1,024-token row when the budget is smaller; the LM-head chunk holds at most the
+    budget's response tokens (a lone row's 1,024)."""
+    shape = ModelShape.from_config(qwen("3b"))
+    layout = plan_layout(load_config("recipes/countdown-3b.yaml"))
+    n, h, mlp, layers, kv, vocab = shape.params, 2048, 11008, 36, 256, 151_936
+    for micro in (1, 64):  # the row count is not what sizes a packed micro-batch
+        config = load_config("recipes/countdown-3b.yaml", [f"optim.max_tokens_per_micro_batch={budget}",
+                                                            f"optim.micro_batch_size={micro}"])
+        learner_gpu = gpu_needs(config, layout, shape, [80 * GB, 80 * GB])[1]
+        chunk = head * vocab * 4
+        kept = 4 * tokens * h * layers + 12.5 * tokens * h
+        moments = (2 * n + 4 * chunk, 5 * chunk + vocab * h * 4,
+                   tokens * (30 * h + 8 * mlp + 4 * kv) + 3 * tokens * mlp * 4)
+        assert learner_gpu.peak == pytest.approx(16 * n + kept + max(moments), rel=1e-12)
+    with pytest.raises(TinyZeroError, match="lower optim.max_tokens_per_micro_batch"):
+        check_gpu_memory(config, layout, shape, [80 * GB, 40 * GB])
+
+
 def test_countdown_3b_fits_two_80gb_gpus_and_not_two_24gb_ones():
     config = load_config("recipes/countdown-3b.yaml")
     layout, shape = plan_layout(config), ModelShape.from_config(qwen("3b"))

@@ -52,9 +52,10 @@ def capture_grads(learner: Learner) -> dict[str, torch.Tensor]:
     return captured
 
 
-def _worker(rank: int, model_dir: str, init: str, out: str, algo_name: str, compute: str) -> None:
+def _worker(rank: int, model_dir: str, init: str, out: str, algo_name: str, compute: str, budget: int = 0) -> None:
     torch.set_num_threads(1)
-    learner = Learner(model_dir, AlgoConfig(name=algo_name), OptimConfig(lr=1e-2, micro_batch_size=2),
+    optim = OptimConfig(lr=1e-2, micro_batch_size=2, max_tokens_per_micro_batch=budget)
+    learner = Learner(model_dir, AlgoConfig(name=algo_name), optim,
                       compute_dtype=compute, rank=rank, world_size=2, init_method=init)
     grads = capture_grads(learner)
     learner.update(batch_for(learner, algo_name))
@@ -76,11 +77,14 @@ def _free_port() -> int:
 TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2}
 
 
-@pytest.mark.parametrize("algo_name,compute", [("grpo", "float32"), ("ppo", "float32"), ("grpo", "bfloat16")])
-def test_two_sharded_learners_take_the_same_gradient_as_one(tiny_model_dir, tmp_path, algo_name, compute):
+# budget 9: token-budget micro-batches, packed per process; here the second process gets one micro-batch fewer
+# and pads it with an empty slot (tests/test_token_budget.py compares packing with fixed rows in one process).
+@pytest.mark.parametrize("algo_name,compute,budget", [("grpo", "float32", 0), ("ppo", "float32", 0),
+                                                      ("grpo", "bfloat16", 0), ("ppo", "float32", 9)])
+def test_two_sharded_learners_take_the_same_gradient_as_one(tiny_model_dir, tmp_path, algo_name, compute, budget):
     out = tmp_path / "sharded.pt"
     init = f"tcp://127.0.0.1:{_free_port()}"
-    mp.start_processes(_worker, args=(str(tiny_model_dir), init, str(out), algo_name, compute), nprocs=2,
+    mp.start_processes(_worker, args=(str(tiny_model_dir), init, str(out), algo_name, compute, budget), nprocs=2,
                        start_method="spawn", join=True)
     sharded = torch.load(out)
     single = Learner(tiny_model_dir, AlgoConfig(name=algo_name), OptimConfig(lr=1e-2, micro_batch_size=2),

@@ -176,6 +176,7 @@ class OptimConfig:
     grad_clip: clip the global gradient norm to this (0: off)
     warmup_steps: linear learning-rate warm-up, in optimizer steps
     micro_batch_size: sequences per forward/backward (gradients accumulate over micro-batches)
+    max_tokens_per_micro_batch: token budget of an update's micro-batch (0: off, micro_batch_size rows each): rows sorted by length, packed while rows x (longest prompt + longest response) stays within it; a longer row goes alone
     """
 
     lr: float = between(0, 1, 1e-6, low_open=True)
@@ -184,6 +185,7 @@ class OptimConfig:
     grad_clip: float = at_least(0, 1.0)
     warmup_steps: int = at_least(0, 0)
     micro_batch_size: int = at_least(1, 16)
+    max_tokens_per_micro_batch: int = at_least(0, 0)
 
 
 @dataclass(frozen=True)

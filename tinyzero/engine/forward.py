@@ -108,7 +108,8 @@ def response_hidden(body, tokens: TokenBatch, device) -> Tensor:
     unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
     # HF turns the cache off under gradient checkpointing in training, so sharing needs it off.
     checkpointing = getattr(body, "gradient_checkpointing", False) and body.training
-    if len(unique) == len(ids) or t < 2 or checkpointing:
+    share = len(unique) < len(ids) and t >= 2 and not checkpointing
+    if not _on_every_process(body, share):
         hidden = body(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
         return hidden[:, p - 1 : p - 1 + t]  # [N, T, H]
     first = torch.full((len(unique),), len(ids), dtype=torch.long, device=device)
@@ -122,3 +123,20 @@ def response_hidden(body, tokens: TokenBatch, device) -> Tensor:
         past_key_values=cache, use_cache=True,
     ).last_hidden_state  # [N, T-1, H]: predict response tokens 1..T-1
     return torch.cat([last_prompt.unsqueeze(1), rest], dim=1)  # [N, T, H]
+
+
+def _on_every_process(body, flag: bool) -> bool:
+    """``flag`` and-ed over the learner processes when ``body``'s layers are sharded (FSDP2), else ``flag``.
+
+    The shared prompt pass calls every layer twice, so under FSDP2 it gathers every layer's weights twice: the
+    processes must all take it or all skip it, or their collectives stop matching and the update hangs. Each
+    process decides from its own micro-batch (which rows share a prompt there), so they agree by one all-reduce."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not any(isinstance(module, FSDPModule) for module in body.modules()):
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([float(flag)], device=next(body.parameters()).device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())

@@ -8,6 +8,8 @@ Exact savings (the gradient is unchanged):
 - with no KL loss and no entropy bonus, rows whose advantages are all zero (GRPO groups whose samples all got
   the same reward) contribute exactly zero gradient, so they are skipped; the loss normaliser still counts
   them, so the result is identical.
+Micro-batches hold ``optim.micro_batch_size`` rows, or, with ``optim.max_tokens_per_micro_batch``, length-sorted rows
+packed within that token budget (``_packed_micro_batches``); the loss weighting is exact either way.
 With ``world_size`` > 1, several learner processes shard the policy (and critic) with FSDP2
 (``tinyzero/engine/sharding.py``), each training on its own slice of the rows.
 Precision: master weights, gradients and AdamW states are float32 always; ``compute_dtype`` (bfloat16 on GPU by
@@ -113,6 +115,7 @@ class Learner:
         self.updates = 0  # optimizer steps taken (drives the warm-up schedule)
         self._seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # see update()
         self._collecting = False
+        self._said_over_budget = False  # the note that a row exceeds the token budget, printed once
         self.rng = torch.Generator().manual_seed(seed)
 
     def _compute(self):
@@ -204,8 +207,8 @@ class Learner:
             # distinct prompts), so the shared prompt pass keeps most of its saving.
             lengths = batch.tokens.response_mask[keep].sum(dim=1)
             keep = keep[torch.argsort(lengths, descending=True, stable=True)]
-        for part, weight in self._weighted_parts(batch, keep, units_all):
-            stats = self._micro_step(part, weight * self.world_size)  # FSDP averages gradients over processes
+        for part, weight, scale in self._weighted_parts(batch, keep, units_all):
+            stats = self._micro_step(part, weight * self.world_size, scale)  # FSDP averages gradients over processes
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value * weight
             weight_seen += weight
@@ -221,25 +224,68 @@ class Learner:
         return out
 
     def _weighted_parts(self, batch: TrainBatch, rows: torch.Tensor, units_all: float):
-        """(micro-batch, its share of the loss normaliser) for this process's slice of ``rows``.
+        """(micro-batch, its share of the loss normaliser, its loss scale) for this process's slice of ``rows``.
 
+        Each micro-batch's loss is aggregated over its own rows, so multiplying it by its share of the mini-batch's
+        normaliser (``_units``) gives exactly the mini-batch's loss, however the rows are grouped. The one
+        aggregation that also depends on the width, Dr. GRPO's sum-norm (sum / padded width T), is trimmed only
+        with a token budget, and then scaled by (its width / T) so it still divides by the mini-batch's T.
         An empty slot (this process ran out of rows) still yields one row with weight 0: every forward of a
         sharded model is a collective, so all processes must run the same number of micro-batches."""
-        for micro in self._my_micro_batches(rows):
-            part = batch.select(micro if len(micro) else rows[:1], trim=self._can_trim)
-            yield part, (self._units(batch, micro) / units_all if len(micro) else 0.0)
+        packed = self.optim_cfg.max_tokens_per_micro_batch > 0
+        full_width = batch.tokens.response_mask.shape[1]
+        sum_norm = self.algo.loss_agg == "seq-mean-token-sum-norm"
+        for micro in self._my_micro_batches(batch, rows):
+            part = batch.select(micro if len(micro) else rows[:1], trim=packed or self._can_trim, trim_prompt=packed)
+            scale = part.tokens.response_mask.shape[1] / full_width if packed and sum_norm else 1.0
+            yield part, (self._units(batch, micro) / units_all if len(micro) else 0.0), scale
 
-    def _my_micro_batches(self, rows: torch.Tensor) -> list[torch.Tensor]:
+    def _my_micro_batches(self, batch: TrainBatch, rows: torch.Tensor) -> list[torch.Tensor]:
         """This process's micro-batches of ``rows``; the same count on every process (empty ones pad)."""
         if not len(rows):
             return []
+        if self.optim_cfg.max_tokens_per_micro_batch > 0:
+            return self._packed_micro_batches(batch, rows)
         size = self.optim_cfg.micro_batch_size
         per_process = -(-len(rows) // self.world_size)
         slots = -(-per_process // size)
         mine = list(rows[self.rank :: self.world_size].split(size)) if len(rows) > self.rank else []
         return mine + [rows[:0]] * (slots - len(mine))
 
-    def _micro_step(self, part: TrainBatch, weight: float) -> dict[str, float]:
+    def _packed_micro_batches(self, batch: TrainBatch, rows: torch.Tensor) -> list[torch.Tensor]:
+        """``optim.max_tokens_per_micro_batch``: ``rows`` sorted by length (prompt + response tokens used, longest
+        first), dealt to the processes in turn, and each process's share cut into runs of consecutive rows whose
+        padded size (rows x (longest prompt + longest response among them), what the trimmed micro-batch computes)
+        stays within the budget; a row longer than the budget goes alone. Every process has all the rows,
+        so each packs every share and pads its own to the largest count without a collective."""
+        tokens = batch.tokens
+        prompt = tokens.attention_mask[rows, : tokens.prompt_width].sum(dim=1)  # [R] prompt tokens used
+        response = tokens.response_mask[rows].sum(dim=1).long().clamp_min(1)  # [R] a trimmed width is >= 1
+        order = torch.argsort(prompt + response, descending=True, stable=True)
+        rows, prompt, response = rows[order], prompt[order].tolist(), response[order].tolist()
+        shares = [self._pack(rows[r :: self.world_size], prompt[r :: self.world_size], response[r :: self.world_size])
+                  for r in range(self.world_size)]
+        mine = shares[self.rank]
+        return mine + [rows[:0]] * (max(len(share) for share in shares) - len(mine))
+
+    def _pack(self, rows: torch.Tensor, prompt: list[int], response: list[int]) -> list[torch.Tensor]:
+        budget = self.optim_cfg.max_tokens_per_micro_batch
+        parts, start, top_p, top_r = [], 0, 0, 0
+        for i, (p, r) in enumerate(zip(prompt, response, strict=True)):
+            if i > start and (i - start + 1) * (max(top_p, p) + max(top_r, r)) > budget:
+                parts.append(rows[start:i])
+                start, top_p, top_r = i, 0, 0
+            top_p, top_r = max(top_p, p), max(top_r, r)
+            if p + r > budget and not self._said_over_budget and self.rank == 0:
+                self._said_over_budget = True
+                print(f"tinyzero: a row of {p + r} tokens is longer than optim.max_tokens_per_micro_batch={budget}, "
+                      "so it runs alone in its micro-batch (raise the budget to keep every micro-batch within it)",
+                      flush=True)
+        if start < len(rows):
+            parts.append(rows[start:])
+        return parts
+
+    def _micro_step(self, part: TrainBatch, weight: float, scale: float = 1.0) -> dict[str, float]:
         algo = self.algo
         mask = part.tokens.response_mask.to(self.device)
         with self._compute():
@@ -260,7 +306,10 @@ class Learner:
                 loss = loss + algo.kl_coef * kl
         if algo.entropy_coef > 0:
             loss = loss - algo.entropy_coef * algos.entropy_bonus(entropy, mask, algo.loss_agg)
-        (loss * weight).backward()
+        (loss * (weight * scale)).backward()
+        out["pg_loss"] *= scale  # sum-norm over a trimmed micro-batch: back to the mini-batch's width
+        if "kl" in out:
+            out["kl"] *= scale
         return out
 
     def _rollout_corrected(self, adv, old, rollout, mask, weight: float) -> torch.Tensor:
@@ -313,7 +362,7 @@ class Learner:
         self.critic_optimizer.zero_grad(set_to_none=True)
         units_all = max(self._units(batch, rows), 1.0)
         vf_loss_total, clip_total = 0.0, 0.0
-        for part, weight in self._weighted_parts(batch, rows, units_all):
+        for part, weight, scale in self._weighted_parts(batch, rows, units_all):
             with self._compute():
                 values = self.critic(part.tokens)
             mask = part.tokens.response_mask.to(values.device)
@@ -321,8 +370,8 @@ class Learner:
                 values, part.old_values.to(values.device), part.returns.to(values.device), mask,
                 self.algo.vf_clip, self.algo.loss_agg,
             )
-            (loss * weight * self.world_size).backward()
-            vf_loss_total += float(loss.detach()) * weight
+            (loss * (weight * scale * self.world_size)).backward()
+            vf_loss_total += float(loss.detach()) * scale * weight
             clip_total += float(stats["vf_clip_frac"]) * weight
         norm = self._clip_and_step(self.critic, self.critic_optimizer, {"value loss": vf_loss_total})
         return {"vf_loss": vf_loss_total, "vf_clip_frac": clip_total, "critic_grad_norm": norm}

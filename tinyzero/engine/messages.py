@@ -91,6 +91,15 @@ class TokenBatch:
         lengths = self.response_mask.sum(dim=1)
         return max(1, int(lengths.max())) if len(lengths) else 1
 
+    def without_prompt_padding(self) -> TokenBatch:
+        """Drop the prompt columns that are left padding for every row (keeps at least one column). Exact: padding
+        is masked out of attention and positions count from each row's first real token."""
+        used = max(1, int(self.attention_mask[:, : self.prompt_width].sum(dim=1).max())) if len(self) else 1
+        start = self.prompt_width - min(used, self.prompt_width)
+        return TokenBatch(input_ids=self.input_ids[:, start:], attention_mask=self.attention_mask[:, start:],
+                          position_ids=self.position_ids[:, start:], response_mask=self.response_mask,
+                          prompt_width=self.prompt_width - start)
+
     def crop(self, width: int) -> TokenBatch:
         """Drop response columns past ``width`` (padding only when width >= trim_width())."""
         end = self.prompt_width + width
@@ -111,14 +120,16 @@ class TrainBatch:
     old_values: Tensor | None = None  # [N, T]; the critic's values at rollout time
     rollout_logprobs: Tensor | None = None  # [N, T]; the rollout engine's log-probs of the sampled tokens, 0 off mask
 
-    def select(self, index: Tensor, trim: bool = False) -> TrainBatch:
+    def select(self, index: Tensor, trim: bool = False, trim_prompt: bool = False) -> TrainBatch:
         """Rows ``index``; with ``trim``, also drop the response columns that are padding for all of them
-        (exact: those columns are masked out of every loss, so only the compute spent on them changes)."""
+        (exact: those columns are masked out of every loss, so only the compute spent on them changes); with
+        ``trim_prompt``, the prompt columns that are left padding for all of them too."""
         tokens = self.tokens.select(index)
         width = tokens.trim_width() if trim else tokens.response_mask.shape[1]
         pick = lambda t: None if t is None else t[index][:, :width]  # noqa: E731
+        tokens = tokens.crop(width)
         return TrainBatch(
-            tokens=tokens.crop(width), advantages=self.advantages[index][:, :width],
+            tokens=tokens.without_prompt_padding() if trim_prompt else tokens, advantages=self.advantages[index][:, :width],
             old_logprobs=pick(self.old_logprobs), ref_logprobs=pick(self.ref_logprobs), returns=pick(self.returns),
             old_values=pick(self.old_values), rollout_logprobs=pick(self.rollout_logprobs),
         )

@@ -308,6 +308,12 @@ def unmapped_warnings(config) -> list[str]:
                 default = config.rollout.max_new_tokens  # verl's one length is the training one
             if value != default:
                 lines.append(f"{name}={_short(value)} has no verl equivalent and is not exported: {why}")
+    if config.optim.max_tokens_per_micro_batch:
+        lines.append(f"optim.max_tokens_per_micro_batch={config.optim.max_tokens_per_micro_batch} is not exported "
+                     f"(verl trains in micro-batches of optim.micro_batch_size={config.optim.micro_batch_size} rows): "
+                     "verl's own token budget is actor_rollout_ref.actor.use_dynamic_bsz=true with "
+                     "actor_rollout_ref.actor.ppo_max_token_len_per_gpu, which counts unpadded tokens; add them to "
+                     "the launch command by hand")
     return lines
 
 

@@ -86,12 +86,17 @@ class GpuNeed:
 
 
 def learner_bytes(config: Config, shape: ModelShape, world: int, compute: str) -> dict[str, float]:
-    """One learner process's peak for ``config``'s micro-batch (prompts at ``PROMPT_TOKENS``, responses at
-    ``max_new_tokens``), with ``compute`` the matmul dtype ("bfloat16" or "float32"); see ``learner_peak``."""
+    """One learner process's peak for ``config``'s micro-batch, with ``compute`` the matmul dtype ("bfloat16" or
+    "float32"); see ``learner_peak``. Fixed micro-batches: ``micro_batch_size`` rows of a ``PROMPT_TOKENS`` prompt
+    and a ``max_new_tokens`` response. With ``optim.max_tokens_per_micro_batch`` the budget is the micro-batch's
+    padded size, unless one such row is longer (it then runs alone), and bounds its response tokens too."""
     micro, response = config.optim.micro_batch_size, config.rollout.max_new_tokens
-    return learner_peak(shape, tokens=micro * (PROMPT_TOKENS + response), head_tokens=min(micro * response,
-                        LM_HEAD_CHUNK), compute=compute, checkpointing=config.model.gradient_checkpointing,
-                        entropy=config.algo.entropy_coef > 0, nets=2 if config.algo.needs.critic else 1, world=world)
+    tokens, head = micro * (PROMPT_TOKENS + response), micro * response
+    if budget := config.optim.max_tokens_per_micro_batch:
+        tokens, head = max(budget, PROMPT_TOKENS + response), max(budget, response)
+    return learner_peak(shape, tokens=tokens, head_tokens=min(head, LM_HEAD_CHUNK), compute=compute,
+                        checkpointing=config.model.gradient_checkpointing, entropy=config.algo.entropy_coef > 0,
+                        nets=2 if config.algo.needs.critic else 1, world=world)
 
 
 def learner_peak(shape: ModelShape, *, tokens: int, head_tokens: int, compute: str, checkpointing: bool,
@@ -176,7 +181,8 @@ def _memory_fix(config: Config, layout: Layout, shape: ModelShape) -> str:
         fixes.append("lower rollout.gpu_memory_utilization")
     if not config.model.gradient_checkpointing:
         fixes.append("set model.gradient_checkpointing=true")
-    fixes.append("lower optim.micro_batch_size")
+    fixes.append("lower optim.max_tokens_per_micro_batch" if config.optim.max_tokens_per_micro_batch
+                 else "lower optim.micro_batch_size")
     if shape.params > 1e9:
         fixes.append("use a smaller model (recipes/countdown-0.5b.yaml) or more GPUs")
     return ", ".join(fixes)
