@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import one_tiny_step
 
 from tinyzero.config import load_config
 from tinyzero.engine.messages import RolloutBatch, ScoredBatch, build_tokens
 from tinyzero.errors import TinyZeroError
 from tinyzero.overlong import check_overlong, mask_truncated, metrics, shape_scores
-from tinyzero.trainer import Trainer
 
 
 def settings(*overrides: str):
@@ -58,15 +58,7 @@ def test_a_buffer_longer_than_the_limit_is_one_sentence():
 
 def one_step(model_dir, tmp_path, name: str, *extra: str) -> dict:
     # A tiny random model almost never emits its end token: at 6 new tokens every response is cut at the limit.
-    args = [f"model.name={model_dir}", f"run.out_dir={tmp_path}", f"run.name={name}", "run.steps=1",
-            "rollout.backend=hf", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=4",
-            "rollout.max_new_tokens=6", "eval.size=2", "eval.max_new_tokens=2", "eval.every=0",
-            "checkpoint.every=0", "env.name=toy_tasks:Letters", "env.options={}", "optim.lr=1e-2", *extra]
-    trainer = Trainer(load_config(None, args))
-    try:
-        return trainer.train_step()
-    finally:
-        trainer.close()
+    return one_tiny_step(model_dir, tmp_path, name, *extra, prompts=2, new_tokens=6, eval_new_tokens=2)
 
 
 def test_truncated_responses_in_a_real_step(tiny_model_dir, tmp_path):

@@ -11,12 +11,12 @@ import math
 
 import pytest
 import torch
+from tiny_models import one_tiny_step
 
-from tinyzero.config import AlgoConfig, OptimConfig, load_config
+from tinyzero.config import AlgoConfig, OptimConfig
 from tinyzero.engine import rollout as rollout_module
 from tinyzero.engine.learner import Learner
 from tinyzero.engine.messages import TrainBatch, build_tokens
-from tinyzero.trainer import Trainer
 
 PROMPTS = [[1, 2, 3], [1, 2, 3], [4, 5], [4, 5]]
 RESPONSES = [[70, 71, 72], [100, 101], [40, 200, 90, 91], [7]]
@@ -68,15 +68,7 @@ def test_the_correction_weights_the_policy_gradient_as_computed_by_hand(tiny_mod
 
 
 def one_step(model_dir, tmp_path, name: str, *extra: str) -> dict:
-    args = [f"model.name={model_dir}", f"run.out_dir={tmp_path}", f"run.name={name}", "run.steps=1",
-            "rollout.backend=hf", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
-            "rollout.max_new_tokens=8", "eval.size=2", "eval.max_new_tokens=4", "eval.every=0",
-            "checkpoint.every=0", "env.name=toy_tasks:Letters", "env.options={}", "optim.lr=1e-2", *extra]
-    trainer = Trainer(load_config(None, args))
-    try:
-        return trainer.train_step()
-    finally:
-        trainer.close()
+    return one_tiny_step(model_dir, tmp_path, name, *extra, prompts=4, new_tokens=8, eval_new_tokens=4)
 
 
 def test_an_engine_with_perturbed_log_probs_shows_in_the_metrics_and_the_correction(tiny_model_dir, tmp_path,

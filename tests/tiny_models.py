@@ -86,3 +86,22 @@ def build_tiny_tokenizer():
         chat_template=CHATML_TEMPLATE,
         model_max_length=1024,
     )
+
+
+def one_tiny_step(model_dir, out_dir, name: str, *extra: str, prompts: int, new_tokens: int,
+                  eval_new_tokens: int) -> dict:
+    """The metrics of one real training step of the tiny model on the HF engine (toy letters task, 4 samples a
+    prompt, lr 1e-2, no evaluation or checkpoint), with ``extra`` overrides on top."""
+    from tinyzero.config import load_config
+    from tinyzero.trainer import Trainer
+
+    args = [f"model.name={model_dir}", f"run.out_dir={out_dir}", f"run.name={name}", "run.steps=1",
+            "rollout.backend=hf", f"rollout.prompts_per_step={prompts}", "rollout.samples_per_prompt=4",
+            f"rollout.max_new_tokens={new_tokens}", "eval.size=2", f"eval.max_new_tokens={eval_new_tokens}",
+            "eval.every=0", "checkpoint.every=0", "env.name=toy_tasks:Letters", "env.options={}", "optim.lr=1e-2",
+            *extra]
+    trainer = Trainer(load_config(None, args))
+    try:
+        return trainer.train_step()
+    finally:
+        trainer.close()
