@@ -45,6 +45,7 @@ class RunConfig:
     mode: local (roles as plain objects in one process) or ray (roles as Ray actors on placement groups)
     threads: torch CPU threads (0: all cores)
     budget_usd: stop cleanly, with a checkpoint, before the cost meter would pass this many dollars (0: no budget)
+    off_policy_steps: 0 (strictly on-policy: generate, then update) or 1 (generate the next batch beside the update, with the weights from before it; run.mode=ray, and placement.strategy=split on GPUs; needs algo.rollout_correction tis or mis)
     """
 
     name: str = plain_name("run")
@@ -54,6 +55,7 @@ class RunConfig:
     mode: Literal["local", "ray"] = "local"
     threads: int = between(0, 4096, 0)
     budget_usd: float = at_least(0, 0.0)
+    off_policy_steps: int = between(0, 1, 0)
 
 
 @dataclass(frozen=True)

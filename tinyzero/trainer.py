@@ -31,6 +31,7 @@ from tinyzero.dynamic_sampling import Collected, check_filter, collect
 from tinyzero.engine.messages import RolloutBatch, ScoredBatch, TrainBatch, build_tokens, pad_logprobs
 from tinyzero.envs import make_env
 from tinyzero.errors import StopRun, TinyZeroError
+from tinyzero.overlap import Overlap, Pending, check_overlap, overlaps, staleness
 from tinyzero.overlong import check_overlong, mask_truncated, shape_scores
 from tinyzero.overlong import metrics as overlong_metrics
 from tinyzero.runlog import RunLog, Timer, claim_run_dir
@@ -57,6 +58,7 @@ class Trainer:
         check_budget(config)
         check_filter(config)
         check_overlong(config)
+        check_overlap(config)
         layout = check_gpus(config)  # before anything loads: a layout this machine cannot serve fails at once
         from tinyzero.engine.models import model_config
 
@@ -83,6 +85,11 @@ class Trainer:
         self.cursor = 0  # training problems drawn so far
         self.history: list[dict] = []  # eval results
         self.stopped = ""  # why the run ended early ("budget"), if it did
+        # run.off_policy_steps=1 (tinyzero/overlap.py): the batch generated ahead for the next step, the weights'
+        # version the engines hold (steps whose update they have seen), and the thread the update runs in.
+        self._pending: Pending | None = None
+        self._engine_version = 0
+        self._overlap = Overlap() if config.run.off_policy_steps else None
         self.log = RunLog(self.run_dir, config.run.steps, tensorboard=config.log.tensorboard,
                           samples=config.log.samples, stream=stream, mirror=open_wandb(config, self.run_dir))
         cache = self.run_dir / "cache"
@@ -128,6 +135,7 @@ class Trainer:
             raise TinyZeroError(f"checkpoint {ckpt} does not load ({type(cause).__name__}: {first}): move it aside "
                                 "(it stays on disk) to resume from the one before, or restore it from a copy") from None
         self.roles.sync_weights()
+        self._engine_version = self.step
         self.log.truncate_after(self.step)  # a resumed run's logs read like an uninterrupted one's
         self.log.say(f"resumed {self.run_dir} at step {self.step} from {ckpt.name}")
 
@@ -145,7 +153,10 @@ class Trainer:
             while self.step < config.run.steps:
                 start = time.monotonic()
                 self._step_start = (self.cursor, copy.deepcopy(self.aha.state()))
-                self.train_step()
+                if config.run.off_policy_steps:
+                    self.overlapped_step()
+                else:
+                    self.train_step()
                 self._step_start = None
                 last = self.step == config.run.steps
                 if (config.eval.every and self.step % config.eval.every == 0) or last:
@@ -157,6 +168,7 @@ class Trainer:
                 self.meter.record_iteration(time.monotonic() - start)
                 if not last and not self.meter.can_afford_next_step(config.run.budget_usd):
                     if not saved:
+                        self._drop_pending()
                         self.save()
                     self.stopped = "budget"
                     self.log.say(self.meter.budget_stop_message(config.run.budget_usd, self.step, config.run.steps,
@@ -173,6 +185,7 @@ class Trainer:
         good state as a checkpoint, unless one of this step already exists, and say so in one sentence. A stop in
         the middle of a step rolls back what the step drew, so a resume draws it again."""
         failed = self.step + 1 if self._step_start is not None else self.step
+        self._drop_pending()
         if self._step_start is not None:
             self.cursor, aha_state = self._step_start
             self.aha.load(aha_state)
@@ -186,17 +199,19 @@ class Trainer:
         self.cursor += len(problems)
         return problems
 
-    def rollout(self, problems: list[dict], offset: int = 0) -> RolloutBatch:
-        """G completions for each problem; ``offset``: prompts this step generated before these (their seeds)."""
+    def rollout(self, problems: list[dict], offset: int = 0, step: int | None = None) -> RolloutBatch:
+        """G completions for each problem; ``offset``: prompts this step generated before these (their seeds);
+        ``step``: steps done before the batch's own (default ``self.step``; one more for a batch generated ahead)."""
         settings = self.config.rollout
+        step = self.step if step is None else step
         encoded = [self.encode(problem) for problem in problems]
         # A step's samples depend on (seed, step) only, so a resumed run repeats them: the engines' global
         # generators are reseeded (CPU), and each request carries its own seed where the platform takes one (GPU).
-        self.roles.rollout.reseed(step_seed(self.config.run.seed, self.step))
+        self.roles.rollout.reseed(step_seed(self.config.run.seed, step))
         groups = self.roles.rollout.generate(
             [ids for _, ids in encoded], n=settings.samples_per_prompt, max_new_tokens=settings.max_new_tokens,
             temperature=settings.temperature, top_p=settings.top_p,
-            seeds=request_seeds(self.config.run.seed, self.step, offset + len(encoded),
+            seeds=request_seeds(self.config.run.seed, step, offset + len(encoded),
                                 settings.samples_per_prompt)[offset:])
         rows = [(text, ids, problem, completion)
                 for (text, ids), problem, group in zip(encoded, problems, groups, strict=True) for completion in group]
@@ -288,14 +303,14 @@ class Trainer:
         self.log.progress(self.step, metrics, seconds, usd_per_s=self.meter.usd_for(1.0))
         return metrics
 
-    def _generate_groups(self, timer: Timer) -> Collected:
+    def _generate_groups(self, timer: Timer, step: int | None = None) -> Collected:
         """Draw, generate and score this step's prompts: one round, or with ``rollout.filter_groups`` rounds until
-        enough groups teach (tinyzero/dynamic_sampling.py)."""
+        enough groups teach (tinyzero/dynamic_sampling.py). ``step``: as in ``rollout``."""
         settings = self.config.rollout
 
         def generate(problems: list[dict], offset: int) -> ScoredBatch:
             with timer("rollout"):
-                batch = self.rollout(problems, offset)
+                batch = self.rollout(problems, offset, step)
             with timer("reward"):
                 return shape_scores(self.score(batch), settings)  # rollout.overlong=penalty acts here
 
@@ -307,6 +322,15 @@ class Trainer:
         when dynamic sampling ran out of rounds before any group taught)."""
         if not len(scored.scores):
             return {}
+        stats = self._learn(scored, timer)
+        with timer("sync"):
+            self.roles.sync_weights()
+        return stats
+
+    def _learn(self, scored: ScoredBatch, timer: Timer) -> dict:
+        """Advantages and the learner's update, without the push ({} when no group is trained on)."""
+        if not len(scored.scores):
+            return {}
         config = self.config
         batch = scored.rollout
         width = config.rollout.max_new_tokens if config.algo.loss_agg == "seq-mean-token-sum-norm" else None
@@ -314,10 +338,73 @@ class Trainer:
         tokens = mask_truncated(tokens, batch.finished, config.rollout)  # rollout.overlong=mask acts here
         train_batch = self.advantages(scored, tokens, timer)
         with timer("learner"):
-            stats = self.roles.learner.update(train_batch)
-        with timer("sync"):
-            self.roles.sync_weights()
-        return stats
+            return self.roles.learner.update(train_batch)
+
+    # ------------------------------------------------------------------- one-step-off-policy overlap
+    def overlapped_step(self) -> dict:
+        """``run.off_policy_steps=1`` (tinyzero/overlap.py): train on the batch generated ahead (or, after a checkpoint
+        step, at the start, or on resume, generate it now), generating the next one beside the update; then push."""
+        config, timer = self.config, Timer()
+        start = time.perf_counter()
+        pending = self._pending or self._generate_ahead(self.step)  # generated now: from the weights the engine has
+        self._pending = None
+        self._step_start = (pending.cursor_before, self._step_start[1])  # a failed step draws this batch again
+        timer.seconds.update(pending.seconds)  # its generation, spent beside the previous update if it ran ahead
+        collected = pending.collected
+        scored, batch = collected.scored, collected.scored.rollout
+        if batch.rollout_logprobs is None:  # the behaviour policy's log-probs are what makes the ratio right
+            raise TinyZeroError(f"rollout.backend={config.rollout.backend} returned no log-probs of its samples, which "
+                                "run.off_policy_steps=1 needs for the behaviour policy: use run.off_policy_steps=0")
+        with timer("aha"):
+            analyses = self.aha.analyse(batch.texts, batch.prompts, batch.problems)
+            aha_metrics = self.aha.rollout_metrics(self.step + 1, analyses, scored.correct.tolist())
+        train = self._controlled(collected.train_batch())
+        stale = staleness(self.step, pending)
+        learn_timer = Timer()  # written by the update's thread only
+        ahead = overlaps(config, self.step + 1)
+
+        def push() -> None:
+            with timer("sync"):
+                self.roles.sync_weights()
+            self._engine_version = self.step + 1
+
+        stats, self._pending = self._overlap.step(
+            lambda: self._learn(train, learn_timer), (lambda: self._generate_ahead(self.step + 1)) if ahead else None,
+            push)
+        timer.seconds.update(learn_timer.seconds)
+        self.step += 1
+        seconds = time.perf_counter() - start
+        metrics = self._step_metrics(scored, stats, timer, seconds)
+        if self._pending is not None:  # its prompts are drawn, but they belong to the next step
+            metrics["data/cursor"] = float(self._pending.cursor_before)
+        metrics["rollout/staleness"] = float(stale)
+        metrics.update(collected.metrics(config.rollout.filter_groups != "none"))
+        metrics.update(overlong_metrics(scored))
+        metrics.update(aha_metrics)
+        rows = self._rows(scored, collected.row_kept(), train)
+        if train.verifier_scores is not None and len(train.scores):
+            metrics["reward/control_mean"] = float(train.scores.mean())
+        self.log.scalars(self.step, metrics)
+        self.log.rollouts(self.step, rows)
+        self.log.text("samples/train", self.step, rows[: config.log.samples])
+        self._log_transcripts(analyses, rows)
+        self.log.progress(self.step, metrics, seconds, usd_per_s=self.meter.usd_for(1.0))
+        return metrics
+
+    def _generate_ahead(self, step: int) -> Pending:
+        """The batch of step ``step`` + 1, from the weights the engines hold now."""
+        timer, before, version = Timer(), self.cursor, self._engine_version
+        collected = self._generate_groups(timer, step)
+        return Pending(collected, version, before, timer.seconds)
+
+    def _drop_pending(self) -> None:
+        """A stop between steps: the batch generated for the next step is dropped and its prompts handed back to the
+        data stream's cursor, so the resumed run draws and generates them again (from the checkpoint's weights)."""
+        if self._pending is None:
+            return
+        self.cursor = self._pending.cursor_before  # the run ends here: the stream itself is not rewound
+        self._pending = None
+        self.log.say(f"the batch generated ahead for step {self.step + 1} is dropped: a resumed run generates it again")
 
     def _log_transcripts(self, analyses: list, rows: list[dict], kind: str = "rollout") -> None:
         for tag, blocks in pick_transcripts(self.aha, self.config.aha, self.step, analyses, rows, kind, self.run_dir):
@@ -422,6 +509,8 @@ class Trainer:
                 "gpu_hours": self.meter.gpu_hours, "usd": self.meter.usd if self.meter.price else None}
 
     def close(self) -> None:
+        if self._overlap is not None:
+            self._overlap.close()
         self.log.close()
         self.scorer.close()
         self.roles.close()
