@@ -100,3 +100,46 @@ def test_dynamic_sampling_multiplies_the_generation_estimate_by_its_expected_rou
     base, filtered = estimate_run(off, 134.5e6, None), estimate_run(three, 134.5e6, None)
     assert "dynamic sampling: x1.75" in filtered.basis and "dynamic sampling" not in base.basis
     assert filtered.step_s > base.step_s
+
+
+def test_overlap_costs_the_longer_phase_plus_the_push_on_separate_gpus():
+    """countdown-3b (split: vLLM on GPU 0, learner on GPU 1): R + U + P a step without overlap; with
+    run.off_policy_steps=1, max(R, U) + P, except the on-policy steps of the schedule (every checkpoint step and the
+    last: U + P, and the batch after each is generated alone). 300 steps, a checkpoint every 50: 6 such steps."""
+    from tinyzero.sizing.cost import PUSH_BYTES_S
+
+    sync = estimate_run(load_config("recipes/countdown-3b.yaml"), 3.09e9, "NVIDIA H100 80GB HBM3")
+    over = estimate_run(load_config("recipes/countdown-3b.yaml", ["run.off_policy_steps=1"]), 3.09e9,
+                        "NVIDIA H100 80GB HBM3")
+    r, u, p = sync.rollout_s, sync.update_s, sync.push_s
+    assert p == pytest.approx(2 * 3.09e9 / PUSH_BYTES_S) and (over.rollout_s, over.update_s) == (r, u)
+    assert sync.step_s == pytest.approx(r + u + p) and sync.total_s == pytest.approx(300 * (r + u + p))
+    assert over.step_s == pytest.approx(max(r, u) + p)
+    # 294 overlapped steps, 6 on-policy updates; batches generated alone: step 1 and the 5 after a checkpoint < 300
+    assert over.total_s == pytest.approx(294 * max(r, u) + 6 * u + 6 * r + 300 * p)
+    assert "off_policy_steps=1" in over.basis and "off_policy_steps" not in sync.basis
+
+
+def test_on_cpu_and_in_one_process_the_phases_still_add_up():
+    """The CPU roles share the cores: no max(); in one process the engine reads the weights in place: no push."""
+    demo = load_config("recipes/demo-cpu.yaml")
+    plain = estimate_run(demo, 134.5e6, None)
+    ray = estimate_run(load_config("recipes/demo-cpu.yaml", ["run.mode=ray", "run.off_policy_steps=1",
+                                                             "algo.rollout_correction=tis"]), 134.5e6, None)
+    assert plain.push_s == ray.push_s == 0
+    assert ray.step_s == pytest.approx(plain.step_s) == pytest.approx(plain.rollout_s + plain.update_s)
+    one_gpu = estimate_run(load_config("recipes/countdown-1.5b.yaml"), 1.54e9, "NVIDIA H100 80GB HBM3")
+    assert one_gpu.push_s == 0
+
+
+def test_a_typical_response_length_scales_generation_and_training_tokens():
+    from tinyzero.sizing.cost import PROMPT_TOKENS, generated_tokens, trained_tokens
+
+    config = load_config("recipes/countdown-3b.yaml")
+    assert generated_tokens(config, 256) == pytest.approx(generated_tokens(config) / 4)
+    assert trained_tokens(config, 256) == pytest.approx(128 * 8 * (PROMPT_TOKENS + 256))
+    assert generated_tokens(config, 5000) == generated_tokens(config)  # never past the bound
+    bound = estimate_run(config, 3.09e9, "NVIDIA H100 80GB HBM3")
+    typical = estimate_run(config, 3.09e9, "NVIDIA H100 80GB HBM3", response_tokens=256)
+    assert typical.rollout_s == pytest.approx(bound.rollout_s / 4)
+    assert "responses of 256 tokens" in typical.basis and "max_new_tokens" in bound.basis

@@ -16,7 +16,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tinyzero"
 KERNEL = {"algo_names", "algos", "checkpoint", "config", "console", "data", "errors", "fields", "jsonl", "runlog",
-          "scoring", "trackers"}
+          "scoring", "trackers", "overlap"}
 JOBS = {"engine", "analysis"}
 COMMANDS = {"trainer", "smoke", "eval_command", "verl_reward", "dynamic_sampling", "overlong"}  # verl_reward: the old name, kept for old exports
 

