@@ -238,6 +238,45 @@ def test_the_run_still_learns_with_overlap(tiny_model_dir, tmp_path):
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.3, [round(r, 3) for r in rewards]
 
 
+def test_a_budget_stop_drops_the_batch_in_flight_and_resume_draws_it_again(tiny_model_dir, tmp_path, capsys):
+    """$1 a second against a $0.001 budget: the run stops after step 1, whose update ran beside step 2's generation.
+    The checkpoint's cursor is step 1's (4 prompts), not 8: the resumed run draws step 2's prompts again (the same
+    ones, in the same order), so no prompt is lost or trained on twice."""
+    import json
+
+    from test_train import read_rollouts
+
+    args = overrides(tiny_model_dir, tmp_path, "budget", "run.mode=ray", "rollout.backend=hf", *LEARNABLE, *OVERLAP,
+                     "eval.every=0", "checkpoint.every=0", "cost.usd_per_gpu_hour=3600", "run.budget_usd=0.001")
+    config = load_config(None, args)
+    trainer = Trainer(config, roles=local_roles(config, tiny_model_dir, tmp_path / "cache"))
+    try:
+        summary = trainer.run()
+    finally:
+        trainer.close()
+    assert summary["stopped"] == "budget" and summary["steps"] == 1
+    assert "the batch generated ahead for step 2 is dropped" in capsys.readouterr().out
+    run_dir = tmp_path / "budget"
+    assert json.loads((run_dir / "checkpoints/step_000001/state.json").read_text())["cursor"] == 4
+    resumed = load_config(run_dir / "config.yaml", ["run.budget_usd=1000000"])
+    trainer = Trainer(resumed, resume=True, roles=local_roles(resumed, tiny_model_dir, tmp_path / "cache"))
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    metrics = read_metrics(run_dir)
+    assert [m["step"] for m in metrics] == [1, 2, 3] and [m["data/cursor"] for m in metrics] == [4.0, 8.0, 12.0]
+    assert [m["rollout/staleness"] for m in metrics] == [0.0, 0.0, 1.0]  # step 2's batch: from the checkpoint
+    from tinyzero.data import iter_train
+    from tinyzero.envs import make_env
+
+    env = make_env(resumed.env.name, resumed.env.options)
+    problems = [next(stream) for stream in [iter_train(env, resumed.run.seed, trainer._eval_keys)] for _ in range(12)]
+    keys = [env.key(problem) for problem in problems]
+    drawn = [env.key(row["problem"]) for row in read_rollouts(run_dir)][::4]  # one row per sample, 4 a prompt
+    assert drawn == keys
+
+
 # ------------------------------------------------------------------------------------------- under Ray
 def test_resume_under_ray_with_overlap_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
     """Real Ray actors. Stopped after the checkpoint of step 2 and resumed, the run generates step 3's batch from
