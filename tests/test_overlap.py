@@ -277,6 +277,27 @@ def test_a_budget_stop_drops_the_batch_in_flight_and_resume_draws_it_again(tiny_
     assert drawn == keys
 
 
+def test_dynamic_sampling_and_overlong_penalty_with_overlap(tiny_model_dir, tmp_path):
+    """The filter's rounds run inside the generation ahead, from one set of weights: every drawn prompt moves the
+    cursor once (at its own step), only mixed groups are trained on; the overlong penalty shapes the scores."""
+    from test_train import FILTERED, check_filtered_run
+
+    args = overrides(tiny_model_dir, tmp_path, "filtered", "run.mode=ray", "rollout.backend=hf", *OVERLAP, *FILTERED, "env.options={}",
+                     "run.steps=4", "checkpoint.every=0", "eval.every=0", "rollout.overlong=penalty",
+                     "rollout.overlong_buffer=4")
+    config = load_config(None, args)
+    trainer = Trainer(config, roles=local_roles(config, tiny_model_dir, tmp_path / "cache"))
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    check_filtered_run(tmp_path / "filtered", prompts=4)
+    metrics = read_metrics(tmp_path / "filtered")
+    assert [m["rollout/staleness"] for m in metrics] == [0.0, 1.0, 1.0, 1.0]
+    penalties = [m["reward/overlong_penalty"] for m in metrics]  # every step charged it (tinyzero/overlong.py)
+    assert min(penalties) < 0, penalties
+
+
 # ------------------------------------------------------------------------------------------- under Ray
 def test_resume_under_ray_with_overlap_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
     """Real Ray actors. Stopped after the checkpoint of step 2 and resumed, the run generates step 3's batch from
