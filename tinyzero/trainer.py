@@ -410,7 +410,8 @@ class Trainer:
                  "config": dataclasses.asdict(self.config), "wall_s": self.meter.seconds, "aha": self.aha.state()}
         def write(folder: Path) -> None:
             self.roles.learner.save(str(folder))
-            self.tokenizer.save_pretrained(folder / "policy")  # a checkpoint's policy/ loads on its own (HF, vLLM)
+            # A checkpoint's policy/ loads on its own (HF, vLLM); LoRA's adapter/ needs the base, and the tokenizer.
+            self.tokenizer.save_pretrained(folder / ("adapter" if self.config.model.lora.rank else "policy"))
 
         path = save_checkpoint(self.run_dir, self.step, state, write, self.config.checkpoint.keep_last)
         return path
