@@ -32,7 +32,7 @@ CHECK_GPU_DRIVER = out=$$($(NVIDIA_SMI) --query-gpu=driver_version --format=csv,
 
 # Training recipes with a target of their own (recipes/NAME.yaml); ARGS passes overrides, e.g.
 #   make countdown-3b ARGS="cost.usd_per_gpu_hour=2.5 run.budget_usd=30"
-GPU_RECIPES := countdown-3b countdown-1.5b countdown-0.5b arithmetic-0.5b
+GPU_RECIPES := countdown-3b countdown-3b-lora countdown-1.5b countdown-0.5b arithmetic-0.5b
 RECIPE ?= recipes/demo-cpu.yaml
 ARGS   ?=
 
@@ -125,6 +125,7 @@ bench: setup ## benchmarks: reward throughput, aha-analysis cost, per-phase step
 	$(PY) bench/step_time.py
 
 countdown-3b: setup ## TinyZero countdown, Qwen2.5-3B, 2 x 80 GB GPUs
+countdown-3b-lora: setup ## countdown, Qwen2.5-3B with LoRA, 1 x 24 GB GPU (no reference copy)
 countdown-1.5b: setup ## countdown, Qwen2.5-1.5B, 1 x 80 GB GPU
 countdown-0.5b: setup ## countdown, Qwen2.5-0.5B, 1 x 24 GB GPU
 arithmetic-0.5b: setup ## 3-digit arithmetic, Qwen2.5-0.5B, 1 x 24 GB GPU

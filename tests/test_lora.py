@@ -122,3 +122,79 @@ def test_lora_layouts(tiny_model_dir):
         plan_layout(load_config(None, ["model.lora.rank=8", "placement.num_gpus=2", "run.mode=ray"]))
     with pytest.raises(TinyZeroError, match="target_modules"):
         lora_learner(tiny_model_dir, lora=LoraConfig(rank=2, target_modules="nothing_here"))
+
+
+# ------------------------------------------------------------------------------ a LoRA run, end to end (HF engine)
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir, tmp_path_factory):
+    """Two LoRA steps on the toy task (a tiny random model is right about half the time there), with a KL term."""
+    from tinyzero.trainer import train
+
+    out = tmp_path_factory.mktemp("lora-run")
+    train(None, [f"model.name={tiny_model_dir}", f"run.out_dir={out}", "run.name=lora", "run.steps=2",
+                 "env.name=toy_tasks:FirstByte", "env.options={}", "rollout.backend=hf", "rollout.prompts_per_step=4",
+                 "rollout.samples_per_prompt=4", "rollout.max_new_tokens=6", "eval.size=8", "eval.max_new_tokens=6",
+                 "model.lora.rank=4", "model.lora.alpha=8", "optim.lr=5e-2", "algo.kl_coef=0.01",
+                 "log.tensorboard=false"])
+    return out / "lora"
+
+
+def test_a_lora_checkpoint_is_adapters_and_their_state(lora_run, tiny_model_dir):
+    ckpt = lora_run / "checkpoints" / "step_000002"
+    assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["adapter"]
+    assert {"adapter_model.safetensors", "adapter_config.json", "base.json", "tokenizer_config.json"} <= {
+        p.name for p in (ckpt / "adapter").iterdir()}
+    weights = sum(p.stat().st_size for p in tiny_model_dir.glob("*.safetensors"))
+    assert (ckpt / "adapter" / "adapter_model.safetensors").stat().st_size < weights / 4
+
+
+def test_eval_merge_and_report_work_on_a_lora_run(lora_run, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """`tinyzero eval` on the run reproduces the trainer's last evaluation (merged weights, same greedy replies);
+    `tinyzero merge` writes a plain HF folder that scores the same; `tinyzero report` renders the run."""
+    import json
+
+    from tinyzero.cli import main
+
+    monkeypatch.setattr("tinyzero.cli._vllm_quiet", lambda: None)
+    flags = ["--backend", "hf", "--no-progress", "--max-new-tokens", "6", "--k", "1"]
+    assert main(["eval", str(lora_run), *flags]) == 0, capsys.readouterr().err
+    saved = json.loads((lora_run / "eval" / "step_000002.json").read_text())
+    state = json.loads((lora_run / "checkpoints" / "step_000002" / "state.json").read_text())
+    assert saved["metrics"]["accuracy"] == state["history"][-1]["eval/accuracy"]
+    assert saved["metrics"]["response_length"] == state["history"][-1]["eval/response_length"]
+
+    merged = tmp_path / "merged"
+    assert main(["merge", str(lora_run), "--out", str(merged), "--dtype", "float32"]) == 0, capsys.readouterr().err
+    assert (merged / "config.json").is_file() and (merged / "tokenizer_config.json").is_file()
+    assert not (merged / "adapter_config.json").exists()  # a plain model, no peft needed to load it
+    capsys.readouterr()
+    assert main(["eval", str(merged), *flags, "--env", "toy_tasks:FirstByte", "--size", "8", "--no-save"]) == 0
+    # the same greedy accuracy as the run's own checkpoint, on the same problems
+    assert f"{saved['metrics']['accuracy']:.1%}" in capsys.readouterr().out
+    from safetensors.torch import load_file
+
+    base, after = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(merged / "model.safetensors"))
+    moved = {k for k in base if not torch.equal(base[k], after[k])}
+    assert moved and all(k.rsplit(".", 2)[-2].endswith("_proj") for k in moved)  # only adapted layers changed
+
+    assert main(["report", str(lora_run), "--out", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").stat().st_size > 1000
+
+
+def test_merge_refuses_a_full_run_and_another_base(lora_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    from tinyzero.cli import main
+
+    assert main(["merge", "smollm2-135m", "--out", str(tmp_path / "x")]) == 2
+    assert "takes a LoRA run" in capsys.readouterr().err
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(lora_run / "checkpoints" / "step_000002", ckpt)
+    (ckpt / "adapter" / "base.json").write_text(json.dumps({"name": "other", "digest": "0" * 64}))
+    from tinyzero.engine.lora import write_merged
+    from tinyzero.engine.models import resolve_model
+
+    config_name = json.loads((ckpt / "state.json").read_text())["config"]["model"]["name"]
+    with pytest.raises(TinyZeroError, match="trained on base 'other'"):
+        write_merged(resolve_model(config_name), ckpt / "adapter", tmp_path / "y", config_name)

@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tinyzero.checkpoint import ADAPTER_DIR  # noqa: F401 - the learner writes there
 from tinyzero.config import LoraConfig
 from tinyzero.errors import TinyZeroError
 
 ADAPTER = "default"  # peft's name for the one adapter
-ADAPTER_DIR = "adapter"  # a checkpoint's adapters, where a full run has policy/
 BASE_FILE = "base.json"
 # vLLM loads these projections into one fused layer each (QKVParallelLinear, MergedColumnParallelLinear).
 FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -130,3 +130,22 @@ def check_base(saved: dict, current: dict, folder: Path) -> None:
         raise TinyZeroError(f"{folder} holds LoRA adapters trained on base {saved.get('name')!r}, but this run's "
                             f"base {current['name']!r} has other weights: resume with model.name set to the base "
                             "the adapters were trained on")
+
+
+def write_merged(base_path: str | Path, adapter_dir: Path, out: Path, base_name: str,
+                 dtype: torch.dtype = torch.float32) -> Path:
+    """A plain HF folder at ``out``: the base with the adapters of ``adapter_dir`` merged in (computed in float32,
+    saved in ``dtype``), with the tokenizer saved beside the adapters (else the base's). Refuses another base."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from tinyzero.engine.models import load_causal_lm
+
+    check_base(read_base(adapter_dir), base_identity(base_name, base_path), adapter_dir)
+    model = PeftModel.from_pretrained(load_causal_lm(base_path, torch.float32, "cpu"), str(adapter_dir))
+    merged = model.merge_and_unload().to(dtype)
+    merged.config.use_cache = True
+    merged.save_pretrained(out, safe_serialization=True)
+    has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
+    AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else base_path).save_pretrained(out)
+    return out
