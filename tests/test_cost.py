@@ -100,3 +100,17 @@ def test_dynamic_sampling_multiplies_the_generation_estimate_by_its_expected_rou
     base, filtered = estimate_run(off, 134.5e6, None), estimate_run(three, 134.5e6, None)
     assert "dynamic sampling: x1.75" in filtered.basis and "dynamic sampling" not in base.basis
     assert filtered.step_s > base.step_s
+
+
+@pytest.mark.parametrize("checkpointing,ratio", [("false", 4 / 6), ("true", 6 / 8)])
+def test_lora_trains_at_4n_a_token(checkpointing, ratio):
+    """A frozen weight takes no gradient of its own: 4·N a trained token instead of 6·N (checkpointing recomputes
+    the forward's 2·N in both). No reference, old log-probs or LM-head term here, so the ratio is exact."""
+    args = ["placement.num_gpus=1", "run.mode=ray", f"model.gradient_checkpointing={checkpointing}"]
+    full = estimate_run(load_config(None, args), 3.09e9, "NVIDIA H100 80GB HBM3")
+    lora = estimate_run(load_config(None, [*args, "model.lora.rank=8"]), 3.09e9, "NVIDIA H100 80GB HBM3")
+    from tinyzero.sizing.cost import ROLLOUT_MFU, generated_tokens
+
+    # the generation part is the same in both (H100: 989 TFLOP/s): what is left is the learner's
+    gen = 2 * 3.09e9 * generated_tokens(load_config(None, args)) / (989e12 * ROLLOUT_MFU)
+    assert (lora.step_s - gen) / (full.step_s - gen) == pytest.approx(ratio, rel=1e-9)
