@@ -139,6 +139,15 @@ def lora_run(tiny_model_dir, tmp_path_factory):
     return out / "lora"
 
 
+def test_a_lora_run_has_a_kl_to_the_base(lora_run):
+    """The reference is the base (adapters off), not the policy itself: once step 1 moved the adapters, step 2's
+    KL is above zero (a reference that were the policy would give exactly 0)."""
+    import json
+
+    metrics = [json.loads(line) for line in (lora_run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[1]["train/kl"] > 1e-6
+
+
 def test_a_lora_checkpoint_is_adapters_and_their_state(lora_run, tiny_model_dir):
     ckpt = lora_run / "checkpoints" / "step_000002"
     assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["adapter"]
