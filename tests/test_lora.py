@@ -108,6 +108,11 @@ def test_resume_onto_another_base_is_refused(tiny_model_dir, tiny_tied_model_dir
     with pytest.raises(TinyZeroError, match="trained on base") as err:
         other.load(tmp_path / "ckpt")
     assert "\n" not in str(err.value)
+    with pytest.raises(TinyZeroError, match="holds LoRA adapters, not a full policy"):
+        lora_learner(tiny_model_dir, lora=LoraConfig()).load(tmp_path / "ckpt")
+    lora_learner(tiny_model_dir, lora=LoraConfig()).save(tmp_path / "full")
+    with pytest.raises(TinyZeroError, match="holds no LoRA adapters"):
+        lora_learner(tiny_model_dir).load(tmp_path / "full")
 
 
 def test_lora_layouts(tiny_model_dir):

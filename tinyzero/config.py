@@ -77,7 +77,7 @@ class ModelConfig:
     """Model.
 
     name: smollm2-135m (bundled), an HF hub id, or a local HF folder
-    compute_dtype: dtype of the matmuls, the rollout engine and the reference model: float32, bfloat16, or auto (bfloat16 on GPU, float32 on CPU); the learner's master weights and AdamW states are always float32
+    compute_dtype: dtype of the matmuls, the rollout engine and the reference model: float32, bfloat16, or auto (bfloat16 on GPU, float32 on CPU); the learner's master weights and AdamW states are always float32 (with model.lora the frozen base is held in it)
     gradient_checkpointing: recompute activations in the backward pass to save memory
     lora: LoRA adapters (model.lora.rank > 0), see the keys below
     """

@@ -529,8 +529,11 @@ class Learner:
         folder = Path(folder)
         if self.peft is not None:
             self._load_adapters(folder)
+        elif (folder / lora_module.ADAPTER_DIR).is_dir() and not (folder / "policy").is_dir():
+            raise TinyZeroError(f"{folder} holds LoRA adapters, not a full policy: resume it with the model.lora "
+                                "settings it was trained with (its run's config.yaml)")
         else:
-                self._load_weights(self.policy, _finite(_read_safetensors(folder / "policy"), folder / "policy"))
+            self._load_weights(self.policy, _finite(_read_safetensors(folder / "policy"), folder / "policy"))
         if self.critic is not None:
             critic = {f"body.{k}": v for k, v in _read_safetensors(folder / "critic").items()}
             critic.update(read_tensors(folder / "critic" / "value_head.pt"))
