@@ -46,7 +46,7 @@ VERL_PY      ?= $(VERL_VENV)/bin/python
 VERL_PIP      = $(VERL_PY) -m pip --disable-pip-version-check
 VERL_STAMP   := $(VERL_VENV)/.tinyzero-verl-installed
 
-.PHONY: help setup verl-setup verl-check test lint format demo gym-demo-cpu smoke bench $(GPU_RECIPES) clean-venv countdown-data check-python check-gpu-driver
+.PHONY: help setup verl-setup verl-check test lint format demo gym-demo-cpu demo-cpu-lora smoke bench $(GPU_RECIPES) clean-venv countdown-data check-python check-gpu-driver
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_. -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -115,6 +115,9 @@ demo: setup ## train the bundled SmolLM2-135M on this machine's CPU (about 15 mi
 
 gym-demo-cpu: setup ## train the bundled model on reasoning-gym's chain_sum on this CPU (docs/gym.md)
 	$(VENV)/bin/tinyzero train recipes/gym-demo-cpu.yaml $(ARGS)
+
+demo-cpu-lora: setup ## the CPU demo with LoRA adapters on the frozen model (docs/demo.md)
+	$(VENV)/bin/tinyzero train recipes/demo-cpu-lora.yaml $(ARGS)
 
 smoke: setup ## 2 real steps of RECIPE (default the demo) in minutes, then its projected time and cost
 	$(VENV)/bin/tinyzero smoke $(RECIPE) $(ARGS)
