@@ -32,7 +32,7 @@ CHECK_GPU_DRIVER = out=$$($(NVIDIA_SMI) --query-gpu=driver_version --format=csv,
 
 # Training recipes with a target of their own (recipes/NAME.yaml); ARGS passes overrides, e.g.
 #   make countdown-3b ARGS="cost.usd_per_gpu_hour=2.5 run.budget_usd=30"
-GPU_RECIPES := countdown-3b countdown-1.5b countdown-0.5b arithmetic-0.5b
+GPU_RECIPES := countdown-3b countdown-3b-lora countdown-1.5b countdown-0.5b arithmetic-0.5b
 RECIPE ?= recipes/demo-cpu.yaml
 ARGS   ?=
 
@@ -46,7 +46,7 @@ VERL_PY      ?= $(VERL_VENV)/bin/python
 VERL_PIP      = $(VERL_PY) -m pip --disable-pip-version-check
 VERL_STAMP   := $(VERL_VENV)/.tinyzero-verl-installed
 
-.PHONY: help setup verl-setup verl-check test lint format demo gym-demo-cpu smoke bench $(GPU_RECIPES) clean-venv countdown-data check-python check-gpu-driver
+.PHONY: help setup verl-setup verl-check test lint format demo gym-demo-cpu demo-cpu-lora smoke bench $(GPU_RECIPES) clean-venv countdown-data check-python check-gpu-driver
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_. -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -116,6 +116,9 @@ demo: setup ## train the bundled SmolLM2-135M on this machine's CPU (about 15 mi
 gym-demo-cpu: setup ## train the bundled model on reasoning-gym's chain_sum on this CPU (docs/gym.md)
 	$(VENV)/bin/tinyzero train recipes/gym-demo-cpu.yaml $(ARGS)
 
+demo-cpu-lora: setup ## the CPU demo with LoRA adapters on the frozen model (docs/demo.md)
+	$(VENV)/bin/tinyzero train recipes/demo-cpu-lora.yaml $(ARGS)
+
 smoke: setup ## 2 real steps of RECIPE (default the demo) in minutes, then its projected time and cost
 	$(VENV)/bin/tinyzero smoke $(RECIPE) $(ARGS)
 
@@ -125,6 +128,7 @@ bench: setup ## benchmarks: reward throughput, aha-analysis cost, per-phase step
 	$(PY) bench/step_time.py
 
 countdown-3b: setup ## TinyZero countdown, Qwen2.5-3B, 2 x 80 GB GPUs
+countdown-3b-lora: setup ## countdown, Qwen2.5-3B with LoRA, 1 x 24 GB GPU (no reference copy)
 countdown-1.5b: setup ## countdown, Qwen2.5-1.5B, 1 x 80 GB GPU
 countdown-0.5b: setup ## countdown, Qwen2.5-0.5B, 1 x 24 GB GPU
 arithmetic-0.5b: setup ## 3-digit arithmetic, Qwen2.5-0.5B, 1 x 24 GB GPU

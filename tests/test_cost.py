@@ -143,3 +143,19 @@ def test_a_typical_response_length_scales_generation_and_training_tokens():
     typical = estimate_run(config, 3.09e9, "NVIDIA H100 80GB HBM3", response_tokens=256)
     assert typical.rollout_s == pytest.approx(bound.rollout_s / 4)
     assert "responses of 256 tokens" in typical.basis and "max_new_tokens" in bound.basis
+
+
+@pytest.mark.parametrize("checkpointing,ratio", [("false", 4 / 6), ("true", 6 / 8)])
+def test_lora_trains_at_4n_a_token(checkpointing, ratio):
+    """A frozen weight takes no gradient of its own: 4·N a trained token instead of 6·N (checkpointing recomputes
+    the forward's 2·N in both). No reference, old log-probs or LM-head term here, so the ratio is exact."""
+    args = ["placement.num_gpus=1", "run.mode=ray", f"model.gradient_checkpointing={checkpointing}"]
+    full = estimate_run(load_config(None, args), 3.09e9, "NVIDIA H100 80GB HBM3")
+    lora = estimate_run(load_config(None, [*args, "model.lora.rank=8"]), 3.09e9, "NVIDIA H100 80GB HBM3")
+    from tinyzero.sizing.cost import ROLLOUT_MFU, generated_tokens
+
+    # the generation part is the same in both (H100: 989 TFLOP/s), and so is the push; the update is the learner's
+    gen = 2 * 3.09e9 * generated_tokens(load_config(None, args)) / (989e12 * ROLLOUT_MFU)
+    assert lora.rollout_s == pytest.approx(gen) and full.rollout_s == pytest.approx(gen)
+    assert lora.push_s == full.push_s
+    assert lora.update_s / full.update_s == pytest.approx(ratio, rel=1e-9)

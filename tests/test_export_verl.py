@@ -98,6 +98,16 @@ def test_rloo_maps_to_verls_rloo_and_an_estimator_verl_lacks_is_refused(monkeypa
         translate(load_config(ROOT / "recipes/countdown-3b.yaml", ["algo.name=mine"]), PATHS, 512)
 
 
+def test_lora_maps_to_verls_lora_keys():
+    o = overrides("countdown-3b-lora.yaml")
+    assert (o["actor_rollout_ref.model.lora_rank"], o["actor_rollout_ref.model.lora_alpha"]) == (64, 32.0)
+    assert o["actor_rollout_ref.model.target_modules"] == "all-linear"
+    assert o["actor_rollout_ref.actor.optim.lr"] == 1e-5
+    listed = overrides("countdown-3b-lora.yaml", "model.lora.target_modules=q_proj,v_proj")
+    assert listed["actor_rollout_ref.model.target_modules"] == ["q_proj", "v_proj"]
+    assert "actor_rollout_ref.model.lora_rank" not in overrides("countdown-3b.yaml")  # full training stays full
+
+
 def test_chat_template_recipes_keep_the_model_template_and_no_kl_means_no_reference():
     o = overrides("demo-cpu.yaml", "model.name=HuggingFaceTB/SmolLM2-135M-Instruct")
     assert "actor_rollout_ref.model.custom_chat_template" not in o

@@ -13,6 +13,7 @@ from transformers import Qwen2Config
 from tinyzero.config import load_config
 from tinyzero.dynamic_sampling import check_filter
 from tinyzero.engine.placement import plan_layout
+from tinyzero.errors import TinyZeroError
 from tinyzero.overlong import check_overlong
 from tinyzero.sizing.preflight import ModelShape, check_gpu_memory
 
@@ -54,10 +55,20 @@ def test_recipe_validates_and_fits_its_machine(path):
         key = line.split("#")[0].strip()
         if key and not key.endswith(":") and not line.startswith(" " * 4):  # a value line must say why
             assert "#" in line, f"{path.name}: no why-comment on {line!r}"
-    for header in ("# machine:", "# launch:", "# first:", "# PPO instead of GRPO: append algo.name=ppo"):
-        assert header in text, f"{path.name} lacks {header!r}"
     config = load_config(path)
+    lora = config.model.lora.rank > 0
+    ppo_header = "# PPO instead of GRPO: refused with LoRA" if lora else "# PPO instead of GRPO: append algo.name=ppo"
+    for header in ("# machine:", "# launch:", "# first:", ppo_header):
+        assert header in text, f"{path.name} lacks {header!r}"
     layout = plan_layout(config)
+    if lora:  # the header's word: PPO stops before anything loads
+        with pytest.raises(TinyZeroError, match="algo.name=grpo or algo.name=rloo"):
+            plan_layout(load_config(path, ["algo.name=ppo"]))
+        check_overlong(config)
+        found = machine(path)
+        if found is not None:
+            check_gpu_memory(config, layout, shape(config.model.name), [found[1] * 1e9] * found[0])
+        return
     assert load_config(path, ["algo.name=ppo"]).algo.name == "ppo"  # PPO is one override away
     # ... and the run starts with the overrides the header names (e.g. no dynamic sampling under PPO).
     header = next(x for x in text.splitlines() if x.startswith("# PPO instead of GRPO: append"))

@@ -53,10 +53,12 @@ def test_projection_from_measured_lengths_and_with_overlap():
 
 
 @pytest.mark.slow
-def test_smoke_run_of_the_demo_recipe(tmp_path, tiny_tied_model_dir):
+@pytest.mark.parametrize("recipe,name", [("demo-cpu", "demo"), ("demo-cpu-lora", "demo-lora")])
+def test_smoke_run_of_the_demo_recipe(tmp_path, tiny_tied_model_dir, recipe, name):
     """The demo recipe's layout, algorithm and vLLM engine, with a price so the projection shows dollars. The tiny
-    tied model stands in for SmolLM2 to keep the suite fast (the bundled model's smoke: docs/demo.md)."""
-    args = ["smoke", "recipes/demo-cpu.yaml", f"run.out_dir={tmp_path}", "cost.usd_per_gpu_hour=1.0",
+    tied model stands in for SmolLM2 to keep the suite fast (the bundled model's smoke: docs/demo.md). The LoRA
+    demo's smoke pushes merged adapters, checkpoints them and resumes from them."""
+    args = ["smoke", f"recipes/{recipe}.yaml", f"run.out_dir={tmp_path}", "cost.usd_per_gpu_hour=1.0",
             f"model.name={tiny_tied_model_dir}"]
     result = subprocess.run([sys.executable, "-m", "tinyzero.cli", *args], capture_output=True, text=True,
                             timeout=900)
@@ -64,7 +66,7 @@ def test_smoke_run_of_the_demo_recipe(tmp_path, tiny_tied_model_dir):
     assert result.returncode == 0, (out + result.stderr)[-3000:]
     assert "smoke passed" in out and "the engine holds the learner's weights" in out
     assert "projected full run:" in out and "$" in out.split("projected full run:")[1]
-    run_dir = tmp_path / "demo-smoke"
+    run_dir = tmp_path / f"{name}-smoke"
     assert (run_dir / MARKER).is_file()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
 

@@ -24,6 +24,9 @@ from tinyzero.trainer import Trainer, train
 STEPS = 3
 # A task whose reward a tiny model raises within a few steps (tests/toy_tasks.py), at a learning rate that moves it.
 LEARNABLE = ("env.name=toy_tasks:Letters", "env.options={}", "optim.lr=1e-2")
+# LoRA on every linear layer of the blocks, with a KL term so the reference (the adapters switched off) runs too;
+# adapters start as a zero update, so their learning rate is raised (about tenfold, as LoRA RL reports do).
+LORA = ("model.lora.rank=8", "model.lora.alpha=16", "algo.kl_coef=0.01", "optim.lr=5e-2")
 
 
 def overrides(model: Path, out: Path, name: str, *extra: str) -> list[str]:
@@ -44,7 +47,7 @@ def read_rollouts(run_dir: Path) -> list[dict]:
         return [json.loads(line) for line in fh]
 
 
-def check_run_folder(run_dir: Path, steps: int = STEPS) -> None:
+def check_run_folder(run_dir: Path, steps: int = STEPS, lora: bool = False) -> None:
     assert (run_dir / "config.yaml").is_file()
     metrics = read_metrics(run_dir)
     assert [m["step"] for m in metrics] == list(range(1, steps + 1))
@@ -59,6 +62,8 @@ def check_run_folder(run_dir: Path, steps: int = STEPS) -> None:
     assert list(run_dir.glob("tensorboard/events.out.tfevents.*"))
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["step_000002", "step_000003"]
+    held = "adapter/adapter_model.safetensors" if lora else "policy/model.safetensors"
+    assert all((run_dir / "checkpoints" / name / held).is_file() for name in ckpts)
 
 
 # Fixed token sequences (ids of the tiny models' 320-entry vocabulary), scored by the rollout engine and by the
@@ -142,6 +147,19 @@ def test_ray_mode_with_vllm(tiny_tied_model_dir, tmp_path):
     check_push(moved, gap)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["local", "ray"])
+def test_lora_weight_push_reaches_vllm(tiny_tied_model_dir, tmp_path, mode):
+    """LoRA: the merged weights of the adapted layers reach vLLM, in this process and through Ray (host memory);
+    the engine then scores like the learner."""
+    summary, moved, gap = run_checking_the_push(
+        overrides(tiny_tied_model_dir, tmp_path, mode, f"run.mode={mode}", *LEARNABLE, *LORA))
+    assert summary["steps"] == STEPS
+    check_run_folder(tmp_path / mode, lora=True)
+    assert "train/kl" in read_metrics(tmp_path / mode)[-1]  # the reference ran, from the learner itself
+    check_push(moved, gap)
+
+
 def test_ppo_with_kl_runs(tiny_model_dir, tmp_path):
     summary = train(None, overrides(tiny_model_dir, tmp_path, "ppo", "rollout.backend=hf", "algo.name=ppo",
                                     "algo.kl_coef=0.05", "algo.kl_applied_as=reward", "algo.mini_batches=2"))
@@ -189,7 +207,8 @@ def test_training_raises_the_reward_of_a_learnable_task(tiny_model_dir, tmp_path
     assert [m["reward/mean"] for m in read_metrics(tmp_path / "again")] == rewards  # deterministic
 
 
-def check_resume(straight: Path, resumed: Path, steps: int, initial: Path, *, critic: bool = False) -> None:
+def check_resume(straight: Path, resumed: Path, steps: int, initial: Path, *, critic: bool = False,
+                 lora: bool = False) -> None:
     """Same samples, rewards and data cursor every step, and the same weights at the end (policy, critic)."""
     a, b = read_rollouts(straight), read_rollouts(resumed)
     assert [(r["step"], r["prompt"], r["completion"]) for r in a] == [
@@ -202,7 +221,8 @@ def check_resume(straight: Path, resumed: Path, steps: int, initial: Path, *, cr
         # The aha baselines and series come back with the checkpoint: deltas and the aha step match too.
         assert {k: v for k, v in x.items() if k.startswith("aha/")} == {k: v for k, v in y.items() if k.startswith("aha/")}
     last = f"checkpoints/step_{steps:06d}"
-    files = ["policy/model.safetensors"] + (["critic/model.safetensors"] if critic else [])
+    files = ["adapter/adapter_model.safetensors" if lora else "policy/model.safetensors"]
+    files += ["critic/model.safetensors"] if critic else []
     for file in files:
         wa, wb = load_file(str(straight / last / file)), load_file(str(resumed / last / file))
         assert wa.keys() == wb.keys()
@@ -214,8 +234,11 @@ def check_resume(straight: Path, resumed: Path, steps: int, initial: Path, *, cr
         for name in ha:
             torch.testing.assert_close(ha[name], hb[name], atol=1e-6, rtol=1e-5)
     # Training moved the policy far more than the tolerance, so the comparison above can tell runs apart.
-    start = load_file(str(initial / "model.safetensors"))
     end = load_file(str(straight / last / files[0]))
+    if lora:  # the adapters' B starts at zero
+        assert max(float(v.abs().max()) for k, v in end.items() if "lora_B" in k) > 1e-3
+        return
+    start = load_file(str(initial / "model.safetensors"))
     assert max(float((end[k] - start[k]).abs().max()) for k in start) > 1e-3
 
 
@@ -230,14 +253,16 @@ FILTERED = ("env.name=toy_tasks:FirstByte", "rollout.samples_per_prompt=2", "rol
     # PPO: the critic, both optimizers and the mini-batch shuffling generator must come back.
     ("algo.name=ppo", "algo.kl_coef=0.05", "algo.kl_applied_as=reward", "algo.mini_batches=2"),
     ("algo.kl_coef=0.01", *FILTERED),
-], ids=["grpo", "ppo", "grpo-filter"])
+    LORA,
+], ids=["grpo", "ppo", "grpo-filter", "grpo-lora"])
 def test_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path, algo):
     extra = ("rollout.backend=hf", "checkpoint.every=1", "checkpoint.keep_last=4", "run.steps=4", *LEARNABLE, *algo)
     train(None, overrides(tiny_model_dir, tmp_path, "straight", *extra))
     # The same run, interrupted after step 2 (its recipe said 2 steps), then resumed to 4.
     train(None, overrides(tiny_model_dir, tmp_path, "interrupted", *extra, "run.steps=2"))
     train(None, ["run.steps=4"], resume_dir=str(tmp_path / "interrupted"))
-    check_resume(tmp_path / "straight", tmp_path / "interrupted", 4, tiny_model_dir, critic="algo.name=ppo" in algo)
+    check_resume(tmp_path / "straight", tmp_path / "interrupted", 4, tiny_model_dir, critic="algo.name=ppo" in algo,
+                 lora=LORA[0] in algo)
     if FILTERED[-1] in algo:
         check_filtered_run(tmp_path / "straight", prompts=4)
 

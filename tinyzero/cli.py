@@ -1,4 +1,4 @@
-"""The ``tinyzero`` command line: ``data``, ``reward``, ``envs``, ``export``, ``train``, ``resume``, ``smoke``,
+"""The ``tinyzero`` command line: ``data``, ``reward``, ``envs``, ``export``, ``merge``, ``train``, ``resume``, ``smoke``,
 ``eval``, ``aha`` and ``report``.
 
 User-fixable errors (TinyZeroError) print one sentence and exit non-zero, never a traceback.
@@ -116,6 +116,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {manifest['train_size']:,} train and {manifest['test_size']:,} test problems, reward.py and "
           f"run_verl.sh (verl {manifest['verl_version']}) to {out}")
     print(f"next, on the GPU box with verl installed (docs/verl.md): bash {out / 'run_verl.sh'}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from tinyzero.eval_command import merge
+
+    out = merge(args.run, Path(args.out).expanduser(), args.dtype)
+    print(f"wrote {args.run}'s LoRA adapters merged into its base to {out.resolve()} ({args.dtype}): a plain Hugging "
+          "Face folder for vLLM serve, verl or the hub")
     return 0
 
 
@@ -314,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where to write the HTML (default: RUN_DIR/report.html; for several runs "
                                  "FIRST_RUN_DIR/compare.html)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("merge", help="a LoRA run's adapters merged into its base, written as a plain HF folder")
+    p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a LoRA run folder (its latest checkpoint) or a checkpoint")
+    p.add_argument("--out", required=True, help="a new or empty folder")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                   help="the saved weights' dtype (merged in float32 either way; default bfloat16, as vLLM serves)")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("resume", help="continue a run from its latest complete checkpoint")
     p.add_argument("run_dir", help="the run folder, e.g. runs/demo")

@@ -59,17 +59,35 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters (peft) on a frozen base held in the compute dtype; the adapters are float32 masters.
+
+    rank: adapter rank (0: off, every weight is trained)
+    alpha: the adapters' scale is alpha / rank
+    dropout: dropout on the adapters' input during updates
+    target_modules: all-linear (every linear layer in the blocks, not the LM head) or comma-separated layer names, e.g. q_proj,v_proj
+    """
+
+    rank: int = between(0, 4096, 0)
+    alpha: float = between(0, 1e6, 16.0, low_open=True)
+    dropout: float = between(0, 0.9, 0.0)
+    target_modules: str = "all-linear"
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Model.
 
     name: smollm2-135m (bundled), an HF hub id, or a local HF folder
-    compute_dtype: dtype of the matmuls, the rollout engine and the reference model: float32, bfloat16, or auto (bfloat16 on GPU, float32 on CPU); the learner's master weights and AdamW states are always float32
+    compute_dtype: dtype of the matmuls, the rollout engine and the reference model: float32, bfloat16, or auto (bfloat16 on GPU, float32 on CPU); the learner's master weights and AdamW states are always float32 (with model.lora the frozen base is held in it)
     gradient_checkpointing: recompute activations in the backward pass to save memory
+    lora: LoRA adapters (model.lora.rank > 0), see the keys below
     """
 
     name: str = "smollm2-135m"
     compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass(frozen=True)
@@ -457,9 +475,21 @@ def describe() -> str:
         cls = section.type if isinstance(section.type, type) else typing.get_type_hints(Config)[section.name]
         helps = field_helps(cls)
         lines.append(f"{section.name}:")
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            bounds = [f.metadata.get(key) for key in ("min", "max", "min_open")]
-            where = f" [{range_words(bounds[0], bounds[1], bool(bounds[2]))}]" if bounds[0] is not None else ""
-            lines.append(f"  {f.name}: {default!r}  # {helps.get(f.name, '')}{where}")
+        lines.extend(_describe_fields(cls, helps, "  "))
     return "\n".join(lines)
+
+
+def _describe_fields(cls: type, helps: dict, indent: str) -> list[str]:
+    """One line per field of ``cls``; a nested section (model.lora) lists its own keys, indented."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines.append(f"{indent}{f.name}:  # {helps.get(f.name, '')}")
+            lines.extend(_describe_fields(hints[f.name], field_helps(hints[f.name]), indent + "  "))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        bounds = [f.metadata.get(key) for key in ("min", "max", "min_open")]
+        where = f" [{range_words(bounds[0], bounds[1], bool(bounds[2]))}]" if bounds[0] is not None else ""
+        lines.append(f"{indent}{f.name}: {default!r}  # {helps.get(f.name, '')}{where}")
+    return lines

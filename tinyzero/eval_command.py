@@ -3,6 +3,7 @@
 What a MODEL_OR_RUN can be:
 - a run folder (it holds ``config.yaml``): its latest complete checkpoint's ``policy/``;
 - a checkpoint folder (``runs/X/checkpoints/step_N``): its ``policy/``; the run's config is two folders up;
+- for a LoRA run, its ``adapter/`` merged into the run's base in a temporary folder (``merge`` writes one to keep);
 - anything ``model.name`` takes: the bundled ``smollm2-135m``, a Hugging Face folder, a hub id.
 
 The problems, environment, template, seed and defaults come from the first run among the models given (the same
@@ -29,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tinyzero.checkpoint import ADAPTER_DIR as ADAPTER
 from tinyzero.checkpoint import MARKER, latest_checkpoint, read_state, verify_checkpoint
 from tinyzero.config import MAX_EVAL_SIZE, Config, load_config
 from tinyzero.errors import TinyZeroError
@@ -49,6 +51,7 @@ class Target:
     step: int | None = None
     config: Config | None = None  # the run's config, for runs and checkpoints
     tokenizer_from: str | None = None  # where the tokenizer lives when the folder has none (checkpoints)
+    lora_base: str | None = None  # a LoRA checkpoint: ``model`` is its adapter folder, merged into this base
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def resolve_target(spec: str) -> Target:
             raise TinyZeroError(f"run {spec} has no complete checkpoint yet: wait for its first one "
                                 "(checkpoint.every), or give a model")
         return _checkpoint_target(spec, ckpt, path)
-    if path.is_dir() and (path / "state.json").is_file() and (path / "policy").is_dir():
+    if path.is_dir() and (path / "state.json").is_file() and ((path / "policy").is_dir() or (path / ADAPTER).is_dir()):
         if not (path / MARKER).is_file():
             raise TinyZeroError(f"checkpoint {spec} is incomplete (no {MARKER} marker): give a finished one")
         run_dir = path.parent.parent
@@ -99,12 +102,16 @@ def resolve_target(spec: str) -> Target:
 def _checkpoint_target(spec: str, ckpt: Path, run_dir: Path) -> Target:
     """A checkpoint to evaluate: the files eval reads (``policy/``, ``state.json``) checked against its checksums."""
     config = load_config(run_dir / "config.yaml")
-    if not verify_checkpoint(ckpt, only=("policy/", "state.json")):
+    lora = (ckpt / ADAPTER).is_dir()
+    if not verify_checkpoint(ckpt, only=(f"{ADAPTER}/" if lora else "policy/", "state.json")):
         import sys
 
         print(f"tinyzero: note: {ckpt} was written before checkpoints carried checksums: its files are not checked",
               file=sys.stderr)
     step = int(read_state(ckpt)["step"])
+    if lora:
+        return Target(spec, f"{run_dir.name} step {step}", str(ckpt / ADAPTER), run_dir, step, config,
+                      lora_base=config.model.name)
     return Target(spec, f"{run_dir.name} step {step}", str(ckpt / "policy"), run_dir, step, config,
                   tokenizer_from=config.model.name)
 
@@ -273,6 +280,12 @@ def _model_folder(target: Target):
     ``policy/`` has no tokenizer, a temporary folder of links to its files plus the run's model's tokenizer files."""
     from tinyzero.engine.models import resolve_model
 
+    if target.lora_base is not None:  # LoRA: base + adapters merged into a temporary folder (float32: exact)
+        from tinyzero.engine.lora import write_merged
+
+        with tempfile.TemporaryDirectory(prefix="tinyzero-eval-") as tmp:
+            yield write_merged(resolve_model(target.lora_base), Path(target.model), Path(tmp), target.lora_base)
+        return
     folder = resolve_model(target.model)
     if target.tokenizer_from is None or (folder / "tokenizer_config.json").is_file():
         yield folder
@@ -287,6 +300,26 @@ def _model_folder(target: Target):
                     and not item.name.endswith(_WEIGHT_SUFFIXES):
                 os.symlink(item.resolve(), view / item.name)
         yield view
+
+
+def merge(spec: str, out: Path, dtype: str = "bfloat16") -> Path:
+    """``tinyzero merge``: a LoRA run's (or checkpoint's) adapters merged into its base, written to ``out`` as a
+    plain HF folder (vLLM serve, verl, the hub); ``dtype`` is the saved weights' dtype."""
+    import torch
+
+    from tinyzero.engine.lora import write_merged
+    from tinyzero.engine.models import resolve_model
+
+    target = resolve_target(spec)
+    if target.lora_base is None:
+        where = f"{target.model} is already a plain HF folder" if target.config is not None else \
+            f"{spec} is not a run or checkpoint folder"
+        raise TinyZeroError(f"tinyzero merge takes a LoRA run or checkpoint, and {where}: give a run trained with "
+                            "model.lora.rank > 0")
+    if out.exists() and any(out.iterdir()):
+        raise TinyZeroError(f"--out {out} is not empty: give a new or empty folder")
+    return write_merged(resolve_model(target.lora_base), Path(target.model), out, target.lora_base,
+                        getattr(torch, dtype))
 
 
 def _save(target: Target, settings: Settings, metrics: dict) -> Path:

@@ -23,7 +23,7 @@ from tinyzero import algos
 from tinyzero.analysis.aha import Tracker
 from tinyzero.analysis.evaluation import Sampling, encode_prompt, evaluate
 from tinyzero.analysis.transcripts import pick_transcripts
-from tinyzero.checkpoint import latest_checkpoint, read_state, resume_point, save_checkpoint
+from tinyzero.checkpoint import ADAPTER_DIR, latest_checkpoint, read_state, resume_point, save_checkpoint
 from tinyzero.config import Config, load_config, to_yaml
 from tinyzero.console import quiet_libraries
 from tinyzero.data import iter_train, sample_test
@@ -497,7 +497,8 @@ class Trainer:
                  "config": dataclasses.asdict(self.config), "wall_s": self.meter.seconds, "aha": self.aha.state()}
         def write(folder: Path) -> None:
             self.roles.learner.save(str(folder))
-            self.tokenizer.save_pretrained(folder / "policy")  # a checkpoint's policy/ loads on its own (HF, vLLM)
+            # A checkpoint's policy/ loads on its own (HF, vLLM); LoRA's adapter/ needs the base, and the tokenizer.
+            self.tokenizer.save_pretrained(folder / (ADAPTER_DIR if self.config.model.lora.rank else "policy"))
 
         path = save_checkpoint(self.run_dir, self.step, state, write, self.config.checkpoint.keep_last)
         return path

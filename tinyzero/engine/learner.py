@@ -15,11 +15,15 @@ With ``world_size`` > 1, several learner processes shard the policy (and critic)
 Precision: master weights, gradients and AdamW states are float32 always; ``compute_dtype`` (bfloat16 on GPU by
 default) is used for the matmuls only, through autocast (and FSDP2's MixedPrecisionPolicy when sharded). A pure
 bf16 AdamW at lr 1e-6 would leave almost every weight unchanged: the step is below half a bf16 ulp.
+With ``model.lora`` (``lora`` here, rank > 0) the base is frozen in the compute dtype and only the float32
+adapters train (``tinyzero/engine/lora.py``): the reference log-probs are the policy's with its adapters off
+(``ref_logprobs``), the push sends merged weights of the adapted layers, and a checkpoint holds the adapters.
 Simplifications: linear warm-up then constant learning rate.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +32,8 @@ import torch
 from torch import nn
 
 from tinyzero import algos
-from tinyzero.config import AlgoConfig, OptimConfig
+from tinyzero.config import AlgoConfig, LoraConfig, OptimConfig
+from tinyzero.engine import lora as lora_module
 from tinyzero.engine.devices import release_cached_memory, resolve_device, resolve_dtype
 from tinyzero.engine.forward import in_chunks, response_hidden, sequence_logprobs
 from tinyzero.engine.messages import TokenBatch, TrainBatch
@@ -76,6 +81,7 @@ class Learner:
         self, model_path: str | Path, algo: AlgoConfig, optim: OptimConfig, *, compute_dtype: str = "auto",
         device: str = "auto", gradient_checkpointing: bool = False, seed: int = 0,
         rank: int = 0, world_size: int = 1, init_method: str | None = None, release_cache: bool = False,
+        lora: LoraConfig | None = None, model_name: str = "",
     ):
         """With ``world_size`` > 1 this is one of several learner processes sharding the model with FSDP2
         (``init_method`` is the process group's rendezvous, e.g. ``tcp://host:port``). ``release_cache``: a
@@ -91,17 +97,26 @@ class Learner:
 
             self.device = sharding.init_distributed(rank, world_size, init_method or "tcp://127.0.0.1:29511")
         self.compute_dtype = resolve_dtype(compute_dtype, self.device)
-        self.policy = load_causal_lm(model_path, torch.float32, self.device)  # fp32 masters, whatever computes
+        self.lora = lora if lora is not None and lora.rank > 0 else None
+        self.peft = None  # the peft wrapper, with LoRA; self.policy is then the HF model inside it
+        if self.lora is not None:
+            self.base = lora_module.base_identity(model_name or str(model_path), model_path)
+            # Frozen base in the compute dtype (never updated: no master copy needed); fp32 adapters.
+            self.peft = lora_module.wrap(load_causal_lm(model_path, self.compute_dtype, self.device), self.lora)
+            self.policy = self.peft.get_base_model()
+        else:
+            self.policy = load_causal_lm(model_path, torch.float32, self.device)  # fp32 masters, whatever computes
         self.ties_embeddings = bool(getattr(self.policy.config.get_text_config(), "tie_word_embeddings", False))
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
+            if self.peft is not None:  # a frozen embedding output has no grad: checkpointed blocks need one
+                self.policy.enable_input_require_grads()
         self.policy.config.use_cache = False
         self.scorer = PolicyScorer(self.policy)
         if world_size > 1:
             sharding.shard(self.scorer, self.policy.base_model.layers, self.compute_dtype)
-        self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, foreach=True
-        )
+        trained = [p for p in self.policy.parameters() if p.requires_grad]  # all, or the adapters with LoRA
+        self.optimizer = torch.optim.AdamW(trained, lr=optim.lr, weight_decay=optim.weight_decay, foreach=True)
         self.critic = None
         self.critic_optimizer = None
         if self.needs.critic:
@@ -130,6 +145,16 @@ class Learner:
         self.policy.eval()
         with self._compute():
             return in_chunks(lambda part: self.scorer(part)[0], tokens, self.optim_cfg.micro_batch_size)
+
+    @torch.no_grad()
+    def ref_logprobs(self, tokens: TokenBatch) -> torch.Tensor:
+        """LoRA: the reference log-probs, [N, T]: the policy with its adapters switched off is the base model."""
+        assert self.peft is not None, "ref_logprobs() is the reference of a LoRA learner (model.lora.rank > 0)"
+        with self.peft.disable_adapter():
+            out = self.logprobs(tokens)
+        if self.release_cache:
+            release_cached_memory()
+        return out
 
     @torch.no_grad()
     def values(self, tokens: TokenBatch) -> torch.Tensor:
@@ -380,7 +405,9 @@ class Learner:
     def named_weights(self, dtype: str | None = None) -> list[tuple[str, torch.Tensor]]:
         """The policy's weights for the rollout workers (CPU tensors, detached; gathered when sharded), cast to
         ``dtype`` (the engine's own, e.g. "bfloat16": half the bytes to move) when given; a tied head stays behind
-        (``rollout.without_tied_head``)."""
+        (``rollout.without_tied_head``). With LoRA: the merged weights of the adapted layers only."""
+        if self.peft is not None:
+            return list(host_copies(dict(self.iter_weights(dtype))).items())
         state = self._full_state(self.policy, getattr(torch, dtype) if dtype else None)
         return list(without_tied_head(state.items(), self.ties_embeddings))
 
@@ -391,6 +418,9 @@ class Learner:
         if self.world_size > 1:
             raise RuntimeError("iter_weights is for an unsharded learner in the engine's process; use named_weights")
         target = getattr(torch, dtype) if dtype else None
+        if self.peft is not None:
+            yield from lora_module.merged_weights(self.policy, target)
+            return
         for name, tensor in without_tied_head(self.policy.state_dict().items(), self.ties_embeddings):
             yield name, tensor.detach().to(target or tensor.dtype)
 
@@ -401,6 +431,9 @@ class Learner:
         Sharded: every process gathers (collectives: weights and AdamW moments) and the first writes. The AdamW
         states are full tensors keyed by parameter name, so a checkpoint resumes with any number of processes."""
         folder = Path(folder)
+        if self.peft is not None:
+            self._save_adapters(folder)
+            return
         weights = self._full_state(self.policy)
         critic = self._full_state(self.critic) if self.critic is not None else None
         optimizers = self._optimizer_states()
@@ -418,6 +451,41 @@ class Learner:
             self.critic.body.save_pretrained(folder / "critic", state_dict=body, safe_serialization=True)
             torch.save({k: v for k, v in critic.items() if k.startswith("head.")}, folder / "critic" / "value_head.pt")
         torch.save(state, folder / "learner.pt")
+
+    def _learner_state(self) -> dict:
+        return {"updates": self.updates, "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(),
+                **self._optimizer_states()}
+
+    def _save_adapters(self, folder: Path) -> None:
+        """LoRA: ``adapter/`` (peft's adapter files and ``base.json``, the base's identity) and ``learner.pt``
+        (the adapters' AdamW states, RNG states, update count); the frozen base is not saved again."""
+        from peft import get_peft_model_state_dict
+
+        adapters = host_copies(get_peft_model_state_dict(self.peft))
+        state = self._learner_state()
+        bad = _first_non_finite(adapters.items()) or _first_non_finite(_state_tensors(state))
+        if bad is not None:  # a backstop, as for full weights
+            raise TinyZeroError(f"the learner's {bad[:120]} holds NaN or infinite values, so this checkpoint was not "
+                                "written: the previous one stays the latest; resume from it with a lower optim.lr")
+        self.peft.save_pretrained(folder / lora_module.ADAPTER_DIR, state_dict=adapters)
+        (folder / lora_module.ADAPTER_DIR / lora_module.BASE_FILE).write_text(json.dumps(self.base, indent=1) + "\n")
+        torch.save(state, folder / "learner.pt")
+
+    def _load_adapters(self, folder: Path) -> None:
+        from peft import set_peft_model_state_dict
+
+        where = folder / lora_module.ADAPTER_DIR
+        if not where.is_dir():
+            raise TinyZeroError(f"{folder} holds no LoRA adapters ({lora_module.ADAPTER_DIR}/): it was written by a "
+                                "run without model.lora; resume it with model.lora.rank=0")
+        lora_module.check_base(lora_module.read_base(where), self.base, folder)
+        weights = _finite(_read_safetensors(where), where)
+        result = set_peft_model_state_dict(self.peft, weights)
+        expected = {k for k in self.peft.state_dict() if "lora_" in k}
+        if result.unexpected_keys or len(weights) != len(expected):
+            raise TinyZeroError(f"the LoRA adapters in {where} do not match this run's model.lora ({len(weights)} "
+                                f"tensors for {len(expected)} adapter tensors): resume with the run's own "
+                                "model.lora settings (its config.yaml)")
 
     def _full_state(self, module: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Full weights on CPU; with ``dtype``, cast (unsharded: before leaving the device, half the copy for bf16)."""
@@ -459,7 +527,13 @@ class Learner:
 
     def load(self, folder: str | Path) -> None:
         folder = Path(folder)
-        self._load_weights(self.policy, _finite(_read_safetensors(folder / "policy"), folder / "policy"))
+        if self.peft is not None:
+            self._load_adapters(folder)
+        elif (folder / lora_module.ADAPTER_DIR).is_dir() and not (folder / "policy").is_dir():
+            raise TinyZeroError(f"{folder} holds LoRA adapters, not a full policy: resume it with the model.lora "
+                                "settings it was trained with (its run's config.yaml)")
+        else:
+            self._load_weights(self.policy, _finite(_read_safetensors(folder / "policy"), folder / "policy"))
         if self.critic is not None:
             critic = {f"body.{k}": v for k, v in _read_safetensors(folder / "critic").items()}
             critic.update(read_tensors(folder / "critic" / "value_head.pt"))

@@ -118,8 +118,9 @@ class Layout:
 def plan_layout(config: Config) -> Layout:
     """The layout for ``config``'s placement; raises TinyZeroError (naming the keys) if it is impossible."""
     p, tp = config.placement, config.rollout.tensor_parallel_size
-    need_ref = config.algo.needs.reference
+    need_ref = config.algo.needs.reference and config.model.lora.rank == 0  # LoRA: the learner is the reference
     _check_common(config)
+    _check_lora(config)
     if p.num_gpus == 0:
         return _cpu_layout(p.learner_workers or 1, need_ref)
     if p.strategy == "split":
@@ -141,6 +142,21 @@ def _check_common(config: Config) -> None:
             raise TinyZeroError(
                 "run.mode=local runs every role in one process on at most one device: set run.mode=ray to use "
                 "several GPUs, placement.strategy=split, rollout.tensor_parallel_size or placement.learner_workers")
+
+
+def _check_lora(config: Config) -> None:
+    """LoRA trains adapters in one learner process, and the policy only."""
+    if config.model.lora.rank == 0:
+        return
+    if config.algo.needs.critic:
+        raise TinyZeroError(f"model.lora trains the policy's adapters only and algo.name={config.algo.name} needs a "
+                            "critic: use algo.name=grpo or algo.name=rloo with LoRA, or set model.lora.rank=0")
+    p = config.placement
+    workers = p.learner_workers or (p.num_gpus - (p.rollout_gpus if p.strategy == "split" else 0) or 1)
+    if workers > 1:
+        raise TinyZeroError(f"model.lora runs one learner process, and this layout gives it {workers} (FSDP2): set "
+                            "placement.learner_workers=1 (the frozen base and small adapters fit one GPU), or "
+                            "model.lora.rank=0")
 
 
 def _cpu_layout(n_learners: int, need_ref: bool) -> Layout:

@@ -255,11 +255,14 @@ class LearnerGroup:
 
 
 class ReferenceHandle:
-    def __init__(self, backend, model):
-        self.backend, self.model = backend, model
+    """The reference log-probs: a ReferenceModel's ``logprobs``, or with LoRA the learner's ``ref_logprobs`` (the
+    policy with its adapters off: no second copy of the model is loaded)."""
+
+    def __init__(self, backend, model, method: str = "logprobs"):
+        self.backend, self.model, self.method = backend, model, method
 
     def logprobs(self, tokens):
-        return self.backend.get([self.backend.submit(self.model, "logprobs", tokens)])[0]
+        return self.backend.get([self.backend.submit(self.model, self.method, tokens)])[0]
 
 
 @dataclass
@@ -365,7 +368,7 @@ def build_roles(config: Config, model_path: Path, cache_dir: Path, layout: Layou
         init = backend.rendezvous(layout.learners[0]) if config.run.mode == "ray" else f"tcp://127.0.0.1:{_free_port()}"
     learner_kwargs = dict(algo=config.algo, optim=config.optim, compute_dtype=config.model.compute_dtype,
                           device=device, gradient_checkpointing=config.model.gradient_checkpointing,
-                          seed=config.run.seed)
+                          seed=config.run.seed, lora=config.model.lora, model_name=config.model.name)
     specs: list[tuple[Slot, Any]] = [
         (slot, lambda rank=rank, slot=slot: backend.spawn(
             Learner, slot, {}, model_path, **learner_kwargs, rank=rank, world_size=n, init_method=init,
@@ -383,6 +386,8 @@ def build_roles(config: Config, model_path: Path, cache_dir: Path, layout: Layou
     objects = [made[i] for i in range(len(specs))]
     learner = LearnerGroup(backend, objects[:n])
     reference = ReferenceHandle(backend, objects[n]) if layout.reference is not None else None
+    if config.model.lora.rank > 0 and config.algo.needs.reference:
+        reference = ReferenceHandle(backend, objects[0], "ref_logprobs")  # one learner process with LoRA
     return Roles(RolloutPool(backend, engines, sleeps=layout.rollout_sleeps, dtype=dtype), learner, reference,
                  layout, backend)
 

@@ -161,6 +161,8 @@ def translate(config, paths: dict[str, str], max_prompt_length: int, train_size:
     ]
     if config.env.template == "base":
         o.append(("actor_rollout_ref.model.custom_chat_template", BASE_CHAT_TEMPLATE))
+    if config.model.lora.rank:
+        o += _lora(config.model.lora, warnings)
     o += _actor(config)
     o += _rollout(config)
     o += _kl(algo)
@@ -291,6 +293,17 @@ def _trainer(config, epochs: int) -> list[tuple[str, Any]]:
     if config.algo.needs.critic:
         out.append((t + "max_critic_ckpt_to_keep", ckpt.keep_last))
     return out
+
+
+def _lora(lora, warnings: list[str]) -> list[tuple[str, Any]]:
+    """``model.lora`` as verl 0.9.1's own LoRA keys (its model config: lora_rank, lora_alpha, target_modules)."""
+    targets = lora.target_modules.strip()
+    modules = targets if targets == "all-linear" else [n.strip() for n in targets.split(",") if n.strip()]
+    if lora.dropout:
+        warnings.append(f"model.lora.dropout={lora.dropout:g} has no verl equivalent and is not exported: verl's "
+                        "FSDP LoRA has no dropout key")
+    return [("actor_rollout_ref.model.lora_rank", lora.rank), ("actor_rollout_ref.model.lora_alpha", lora.alpha),
+            ("actor_rollout_ref.model.target_modules", modules)]
 
 
 def unmapped_warnings(config) -> list[str]:

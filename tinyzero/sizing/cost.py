@@ -5,8 +5,8 @@ included: the box is rented for all of it), carried across resumes through the c
 billed as one unit, so a laptop or a CPU box can be priced too.
 
 The estimate is arithmetic, not a measurement: FLOPs per step (2·N per generated token; 6·N per trained token,
-×4/3 with gradient checkpointing; 2·V·H more per response token for the LM head's chunks, which the backward
-recomputes; 2·N per reference or old-log-prob token) divided by the card's bf16 peak times
+×4/3 with gradient checkpointing — with LoRA 4·N, ×3/2, as the frozen weights take no gradient; 2·V·H more per
+response token for the LM head's chunks, which the backward recomputes; 2·N per reference or old-log-prob token) divided by the card's bf16 peak times
 an assumed utilisation (``ROLLOUT_MFU``, ``LEARNER_MFU``), with every response at ``rollout.max_new_tokens`` (an
 upper bound), or at a typical response length where the caller has one (``response_tokens``: the README's typical
 figure, the smoke run's measured lengths). On CPU it scales throughput measured on a 2-core EPYC with SmolLM2-135M.
@@ -230,9 +230,12 @@ def estimate_run(config: Config, params: float, card: str | None, head_params: f
 
     layout = plan_layout(config)
     gen_tokens, train_tokens = generated_tokens(config, response_tokens), trained_tokens(config, response_tokens)
-    passes = config.algo.epochs * (4 / 3 if config.model.gradient_checkpointing else 1.0)
+    # LoRA: a frozen weight needs no gradient of its own (2·N of the 6·N), only the input's; adapters are negligible
+    per_token = 4 if config.model.lora.rank else 6
+    recompute = (per_token + 2) / per_token if config.model.gradient_checkpointing else 1.0
+    passes = config.algo.epochs * recompute
     needs = config.algo.needs
-    train_flops = 6 * params * train_tokens * passes * (2 if needs.critic else 1)
+    train_flops = per_token * params * train_tokens * passes * (2 if needs.critic else 1)
     # the head's recompute runs on the trained responses only (dynamic sampling's dropped groups are not trained)
     train_flops += 2 * head_params * gen_tokens / generation_factor(config) * config.algo.epochs
     # forward-only passes: the reference, the critic's values, the old log-probs

@@ -53,6 +53,16 @@ class ModelShape:
     vocab: int
     intermediate: int  # the MLP's width
     kv_width: int  # key/value heads x head size
+    q_width: int = 0  # query heads x head size (0: the hidden size)
+
+    def adapter_params(self, rank: int, targets: str = "all-linear") -> float:
+        """LoRA's trained parameters: rank x (inputs + outputs) of every adapted projection of every block
+        (``all-linear``: the seven of a Llama/Qwen2 block; otherwise the listed names among them)."""
+        h, q, kv, inter = self.hidden, self.q_width or self.hidden, self.kv_width, self.intermediate
+        sizes = {"q_proj": h + q, "k_proj": h + kv, "v_proj": h + kv, "o_proj": q + h,
+                 "gate_proj": h + inter, "up_proj": h + inter, "down_proj": inter + h}
+        names = sizes if targets.strip() == "all-linear" else [n.strip() for n in targets.split(",")]
+        return float(rank * self.layers * sum(sizes.get(n, 0) for n in names))
 
     @classmethod
     def from_config(cls, cfg) -> ModelShape:
@@ -67,7 +77,7 @@ class ModelShape:
         attn += (heads + 2 * kv) * head_dim if bias else 0
         per_layer = attn + 3 * h * inter + 2 * h
         embed = vocab * h * (1 if getattr(cfg, "tie_word_embeddings", False) else 2)
-        return cls(float(layers * per_layer + embed + h), layers, h, vocab, inter, kv * head_dim)
+        return cls(float(layers * per_layer + embed + h), layers, h, vocab, inter, kv * head_dim, heads * head_dim)
 
 
 @dataclass
@@ -96,11 +106,22 @@ def learner_bytes(config: Config, shape: ModelShape, world: int, compute: str) -
         tokens, head = max(budget, PROMPT_TOKENS + response), max(budget, response)
     return learner_peak(shape, tokens=tokens, head_tokens=min(head, LM_HEAD_CHUNK), compute=compute,
                         checkpointing=config.model.gradient_checkpointing, entropy=config.algo.entropy_coef > 0,
-                        nets=2 if config.algo.needs.critic else 1, world=world)
+                        nets=2 if config.algo.needs.critic else 1, world=world, adapters=_adapters(config, shape))
+
+
+def _adapters(config: Config, shape: ModelShape) -> float:
+    """LoRA's trained parameters (0: full training)."""
+    lora = config.model.lora
+    return shape.adapter_params(lora.rank, lora.target_modules) if lora.rank else 0.0
+
+
+def weight_bytes(compute: str) -> int:
+    """Bytes a parameter of a frozen network held in the compute dtype (reference model, LoRA's base)."""
+    return 2 if compute == "bfloat16" else 4
 
 
 def learner_peak(shape: ModelShape, *, tokens: int, head_tokens: int, compute: str, checkpointing: bool,
-                 entropy: bool, nets: int = 1, world: int = 1) -> dict[str, float]:
+                 entropy: bool, nets: int = 1, world: int = 1, adapters: float = 0.0) -> dict[str, float]:
     """Bytes at the peak of an update of one micro-batch of ``tokens`` tokens (``head_tokens`` of them in one
     LM-head chunk), by what holds them:
     - float32 states: masters, gradients (alive across the micro-batches of a step), AdamW m and v: 16 bytes a
@@ -111,23 +132,32 @@ def learner_peak(shape: ModelShape, *, tokens: int, head_tokens: int, compute: s
       autocast exits, beside one LM-head chunk's forward); one chunk's backward (forward.py recomputes chunks, so
       none is kept between them; an entropy bonus (``entropy``) adds the entropy's gradient) with the head weight's
       gradient; a layer's backward (recomputed under checkpointing) with its MLP-wide gradients. Without
-      checkpointing the bf16 copies are saved for backward, so they are in all three."""
+      checkpointing the bf16 copies are saved for backward, so they are in all three.
+    With LoRA (``adapters`` > 0 trained parameters): the frozen base sits in the compute dtype and the 16 bytes a
+    parameter are the adapters' only; autocast copies only the (fp32) adapters; the frozen head has no weight
+    gradient; activations and the LM-head chunks are as in full training (each adapted layer still keeps its
+    input for the adapter's gradient)."""
     h, per_h, per_i, per_kv = shape.hidden, *LAYER_BYTES[compute]
     layer = tokens * (per_h * h + per_i * shape.intermediate + per_kv * shape.kv_width)
     kept = tokens * CHECKPOINT_BYTES * h * shape.layers if checkpointing else layer * shape.layers
-    copies = 2 * shape.params if compute == "bfloat16" and world == 1 else 0.0  # sharded: FSDP gathers per layer
+    trained = adapters or shape.params
+    copies = 2 * trained if compute == "bfloat16" and world == 1 else 0.0  # sharded: FSDP gathers per layer
     saved_copies = 0.0 if checkpointing else copies
     chunk = head_tokens * shape.vocab * 4  # one [chunk, V] float32 tensor
     moments = {
         "bf16 weight copies + LM-head forward": copies + HEAD_TENSORS * chunk,
         "LM-head backward": saved_copies + (HEAD_TENSORS + (ENTROPY_TENSORS if entropy else 0)) * chunk
-        + shape.vocab * h * 4,
+        + (0.0 if adapters else shape.vocab * h * 4),
         "a layer's backward": saved_copies + (layer if checkpointing else 0.0)
         + MLP_GRADIENTS * tokens * shape.intermediate * 4,
     }
     moment = max(moments, key=moments.get)
+    if adapters:
+        states = {"frozen base": weight_bytes(compute) * shape.params, "learner states": 16 * adapters}
+    else:
+        states = {"learner states": 16 * shape.params * nets / world}
     return {
-        "learner states": 16 * shape.params * nets / world,
+        **states,
         "activations": kept + tokens * OUTSIDE_LAYERS * h,
         moment: moments[moment],
     }
@@ -146,8 +176,10 @@ def gpu_needs(config: Config, layout: Layout, shape: ModelShape, gpu_bytes: list
     # Between updates a learner keeps its fp32 masters and AdamW's moments; it frees its gradients after each step
     # and, beside a sleeping vLLM, hands its cache back (Layout.returns_cache) before vLLM wakes.
     resident = RESIDENT_BYTES * shape.params * (2 if config.algo.needs.critic else 1) / len(layout.learners)
+    if adapters := _adapters(config, shape):  # LoRA: the frozen base, and the adapters' masters and moments
+        resident = weight_bytes(gpu_compute(config)) * shape.params + RESIDENT_BYTES * adapters
     head = REFERENCE_HEAD_TENSORS * min(LM_HEAD_CHUNK, config.optim.micro_batch_size * config.rollout.max_new_tokens)
-    weights = shape.params * (2 if gpu_compute(config) == "bfloat16" else 4)  # held in the compute dtype
+    weights = shape.params * weight_bytes(gpu_compute(config))  # held in the compute dtype
     ref = {"reference": weights + head * shape.vocab * 4} if layout.reference else {}
     for g, need in enumerate(needs):
         vllm = config.rollout.gpu_memory_utilization * gpu_bytes[g] if g in layout.vllm_bundles else 0.0
@@ -189,7 +221,10 @@ def _memory_fix(config: Config, layout: Layout, shape: ModelShape) -> str:
 
 
 def checkpoint_bytes(config: Config, shape: ModelShape) -> float:
-    """One checkpoint: the float32 policy (4 bytes a parameter) and its AdamW moments (8), twice for PPO."""
+    """One checkpoint: the float32 policy (4 bytes a parameter) and its AdamW moments (8), twice for PPO; with LoRA
+    the float32 adapters and their moments only (the base is not saved again)."""
+    if adapters := _adapters(config, shape):
+        return 12 * adapters
     return 12 * shape.params * (2 if config.algo.needs.critic else 1)
 
 
