@@ -276,7 +276,7 @@ class Trainer:
                           rollout_logprobs=pad_logprobs(scored.rollout.rollout_logprobs, mask.shape[1]))
 
     def train_step(self) -> dict:
-        config, timer = self.config, Timer()
+        timer = Timer()
         start = time.perf_counter()
         collected = self._generate_groups(timer)
         scored, batch = collected.scored, collected.scored.rollout  # every group generated, kept or not
@@ -289,7 +289,15 @@ class Trainer:
         stats = self._update(train, timer)
         self.step += 1
         seconds = time.perf_counter() - start
+        return self._log_step(collected, train, stats, timer, seconds, analyses, aha_metrics)
+
+    def _log_step(self, collected: Collected, train: ScoredBatch, stats: dict, timer: Timer, seconds: float,
+                  analyses: list, aha_metrics: dict, extra: dict | None = None) -> dict:
+        """The finished step's metrics (``extra``: the overlap's own, after the common ones), its rows, samples,
+        transcripts and progress line, written to the run log; returns the metrics."""
+        config, scored = self.config, collected.scored
         metrics = self._step_metrics(scored, stats, timer, seconds)
+        metrics.update(extra or {})
         metrics.update(collected.metrics(config.rollout.filter_groups != "none"))
         metrics.update(overlong_metrics(scored))
         metrics.update(aha_metrics)
@@ -374,22 +382,10 @@ class Trainer:
         timer.seconds.update(learn_timer.seconds)
         self.step += 1
         seconds = time.perf_counter() - start
-        metrics = self._step_metrics(scored, stats, timer, seconds)
+        extra = {"rollout/staleness": float(stale)}
         if self._pending is not None:  # its prompts are drawn, but they belong to the next step
-            metrics["data/cursor"] = float(self._pending.cursor_before)
-        metrics["rollout/staleness"] = float(stale)
-        metrics.update(collected.metrics(config.rollout.filter_groups != "none"))
-        metrics.update(overlong_metrics(scored))
-        metrics.update(aha_metrics)
-        rows = self._rows(scored, collected.row_kept(), train)
-        if train.verifier_scores is not None and len(train.scores):
-            metrics["reward/control_mean"] = float(train.scores.mean())
-        self.log.scalars(self.step, metrics)
-        self.log.rollouts(self.step, rows)
-        self.log.text("samples/train", self.step, rows[: config.log.samples])
-        self._log_transcripts(analyses, rows)
-        self.log.progress(self.step, metrics, seconds, usd_per_s=self.meter.usd_for(1.0))
-        return metrics
+            extra["data/cursor"] = float(self._pending.cursor_before)
+        return self._log_step(collected, train, stats, timer, seconds, analyses, aha_metrics, extra)
 
     def _generate_ahead(self, step: int) -> Pending:
         """The batch of step ``step`` + 1, from the weights the engines hold now."""
