@@ -20,24 +20,12 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
+from machine import cpu_line  # bench/machine.py: run as a script, bench/ is on sys.path
+
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo-cpu.yaml"
-
-
-def cpu_line() -> str:
-    """The CPU model and its avx512 / amx flags, from lscpu."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as err:
-        return f"CPU: lscpu unavailable ({type(err).__name__})"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    marks = sorted({flag for flag in flags if flag.startswith(("avx512", "amx"))})
-    return f"CPU: {fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} cores; " \
-           f"{' '.join(marks) or 'no avx512/amx flags'}"
 
 
 def run_once(out: Path, off_policy: int, args) -> dict:
@@ -69,7 +57,7 @@ def main() -> None:
     parser.add_argument("override", nargs="*", help="more a.b.c=value overrides, for both runs")
     args = parser.parse_args()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="tinyzero-overlap-"))
-    print(cpu_line(), flush=True)
+    print(f"CPU: {cpu_line()}", flush=True)
     try:
         results = {k: run_once(out, k, args) for k in (0, 1)}
     finally:

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
+from machine import cpu_line  # bench/machine.py: run as a script, bench/ is on sys.path
 
 
 def countdown_like(scale: int, prompts: int = 8, samples: int = 4, seed: int = 0):
@@ -50,17 +49,6 @@ def padded_tokens(learner, batch) -> int:
     for part, _, _ in learner._weighted_parts(batch, torch.arange(len(batch.tokens)), 1.0):
         total += part.tokens.input_ids.numel()
     return total
-
-
-def cpu_line() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as err:
-        return f"lscpu unavailable ({type(err).__name__}); {platform.processor()}"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    wide = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
-    return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs; flags: {' '.join(wide)}"
 
 
 def main() -> None:
