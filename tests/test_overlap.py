@@ -122,6 +122,15 @@ def local_roles(config, model_dir, cache):
     return build_roles(local, model_dir, cache)
 
 
+def run_trainer(config, model_dir, tmp_path, *, roles=None) -> dict:
+    """A Trainer on ``roles`` (default: real tiny roles built in this process), run to its end and closed."""
+    trainer = Trainer(config, roles=roles or local_roles(config, model_dir, tmp_path / "cache"))
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
 class Recorder:
     """Wraps the roles' generate, update and push: when each starts and ends, and the weights' version (pushes so
     far) every generation samples from. An update waits (up to 2 s) for a generation to run beside it, so an
@@ -165,11 +174,7 @@ def recorded_run(model_dir, tmp_path, name, *extra):
     config = load_config(None, args)
     roles = local_roles(config, model_dir, tmp_path / "cache")
     recorder = Recorder(roles)
-    trainer = Trainer(config, roles=roles)
-    try:
-        trainer.run()
-    finally:
-        trainer.close()
+    run_trainer(config, model_dir, tmp_path, roles=roles)
     return recorder, read_metrics(tmp_path / name)
 
 
@@ -227,11 +232,7 @@ def test_the_run_still_learns_with_overlap(tiny_model_dir, tmp_path):
                      "run.steps=10", "rollout.samples_per_prompt=8", "rollout.max_new_tokens=8", "eval.size=4",
                      "eval.every=0", "checkpoint.every=0")
     config = load_config(None, args)
-    trainer = Trainer(config, roles=local_roles(config, tiny_model_dir, tmp_path / "cache"))
-    try:
-        trainer.run()
-    finally:
-        trainer.close()
+    run_trainer(config, tiny_model_dir, tmp_path)
     metrics = read_metrics(tmp_path / "learn")
     assert [m["rollout/staleness"] for m in metrics] == [0.0] + [1.0] * 9
     rewards = [m["reward/mean"] for m in metrics]
@@ -249,11 +250,7 @@ def test_a_budget_stop_drops_the_batch_in_flight_and_resume_draws_it_again(tiny_
     args = overrides(tiny_model_dir, tmp_path, "budget", "run.mode=ray", "rollout.backend=hf", *LEARNABLE, *OVERLAP,
                      "eval.every=0", "checkpoint.every=0", "cost.usd_per_gpu_hour=3600", "run.budget_usd=0.001")
     config = load_config(None, args)
-    trainer = Trainer(config, roles=local_roles(config, tiny_model_dir, tmp_path / "cache"))
-    try:
-        summary = trainer.run()
-    finally:
-        trainer.close()
+    summary = run_trainer(config, tiny_model_dir, tmp_path)
     assert summary["stopped"] == "budget" and summary["steps"] == 1
     assert "the batch generated ahead for step 2 is dropped" in capsys.readouterr().out
     run_dir = tmp_path / "budget"
@@ -263,7 +260,7 @@ def test_a_budget_stop_drops_the_batch_in_flight_and_resume_draws_it_again(tiny_
     try:
         trainer.run()
     finally:
-        trainer.close()
+        trainer.close()  # its held-out keys are read below
     metrics = read_metrics(run_dir)
     assert [m["step"] for m in metrics] == [1, 2, 3] and [m["data/cursor"] for m in metrics] == [4.0, 8.0, 12.0]
     assert [m["rollout/staleness"] for m in metrics] == [0.0, 0.0, 1.0]  # step 2's batch: from the checkpoint
@@ -286,11 +283,7 @@ def test_dynamic_sampling_and_overlong_penalty_with_overlap(tiny_model_dir, tmp_
                      "run.steps=4", "checkpoint.every=0", "eval.every=0", "rollout.overlong=penalty",
                      "rollout.overlong_buffer=4")
     config = load_config(None, args)
-    trainer = Trainer(config, roles=local_roles(config, tiny_model_dir, tmp_path / "cache"))
-    try:
-        trainer.run()
-    finally:
-        trainer.close()
+    run_trainer(config, tiny_model_dir, tmp_path)
     check_filtered_run(tmp_path / "filtered", prompts=4)
     metrics = read_metrics(tmp_path / "filtered")
     assert [m["rollout/staleness"] for m in metrics] == [0.0, 1.0, 1.0, 1.0]
