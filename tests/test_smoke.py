@@ -10,7 +10,8 @@ import torch
 
 from tinyzero.config import load_config
 from tinyzero.errors import TinyZeroError
-from tinyzero.smoke import MARKER, _clear_previous, project_phases, project_step, smoke_config
+from tinyzero.sizing.cost import overlaps_on_devices, step_seconds
+from tinyzero.smoke import MARKER, _clear_previous, project_phases, smoke_config
 
 
 def test_smoke_config_keeps_the_layout_and_cuts_the_work():
@@ -29,7 +30,7 @@ def test_projection_scales_each_phase_by_its_tokens():
     small = smoke_config(full)
     gen_ratio = (128 * 8 * 1024) / (4 * 8 * 64)
     train_ratio = (128 * 8 * (150 + 1024)) / (4 * 8 * (150 + 64))
-    step = project_step({"rollout": 2.0, "learner": 3.0, "sync": 1.5}, small, full)
+    step = step_seconds(*project_phases({"rollout": 2.0, "learner": 3.0, "sync": 1.5}, small, full), False)
     assert step == pytest.approx(2.0 * gen_ratio + 3.0 * train_ratio + 1.5)
 
 
@@ -47,9 +48,11 @@ def test_projection_from_measured_lengths_and_with_overlap():
     assert (r, u, p) == pytest.approx((2.0 * to_bound + 0.5 * train_bound, 4.0 * train_bound, 1.5))
     r32, u32, _ = project_phases(phases, small, full, measured=32, response_tokens=32)
     assert r32 == pytest.approx(2.0 * 32 + 0.5 * 32) and u32 == pytest.approx(4.0 * 32)  # 32x the prompts
-    assert project_step(phases, small, full, measured=32) == pytest.approx(r + u + p)
+    assert not overlaps_on_devices(full) and step_seconds(r, u, p, False) == pytest.approx(r + u + p)
     over = load_config("recipes/countdown-3b.yaml", ["run.off_policy_steps=1"])
-    assert project_step(phases, smoke_config(over), over, measured=32) == pytest.approx(max(r, u) + p)
+    assert overlaps_on_devices(over)  # the smoke's own step figure: step_seconds(R, U, P, overlaps_on_devices(full))
+    assert step_seconds(*project_phases(phases, smoke_config(over), over, measured=32), True) == pytest.approx(
+        max(r, u) + p)
 
 
 @pytest.mark.slow

@@ -24,9 +24,8 @@ from tinyzero.errors import TinyZeroError
 
 MARKER = "COMPLETE"
 CHECKSUMS = "checksums.json"  # {"sha256": {relative path: hex digest}}, written just before the marker
-
-
 ADAPTER_DIR = "adapter"  # a LoRA run's checkpoint holds its adapters here, where a full run has policy/
+
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"

@@ -192,12 +192,6 @@ def project_phases(phases: dict[str, float], small: Config, full: Config, measur
     return rollout, update, push
 
 
-def project_step(phases: dict[str, float], small: Config, full: Config, measured: float | None = None,
-                 response_tokens: float | None = None) -> float:
-    """Seconds a full step would take (see the module docstring and ``project_phases``)."""
-    return step_seconds(*project_phases(phases, small, full, measured, response_tokens), overlaps_on_devices(full))
-
-
 def report(result: SmokeResult, full: Config) -> str:
     ok = "passed" if result.passed else "FAILED"
     lines = [f"smoke {ok} in {result.wall_s / 60:.1f} min: 2 steps of {full.run.name}'s layout, a checkpoint and a "
