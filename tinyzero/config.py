@@ -73,6 +73,12 @@ class LoraConfig:
     dropout: float = between(0, 0.9, 0.0)
     target_modules: str = "all-linear"
 
+    def targets(self) -> str | list[str]:
+        """``target_modules`` as peft, verl and the preflight take it: the shorthand ``all-linear``, or the listed
+        layer names (empty when none is listed)."""
+        text = self.target_modules.strip()
+        return text if text == "all-linear" else [name.strip() for name in text.split(",") if name.strip()]
+
 
 @dataclass(frozen=True)
 class ModelConfig:

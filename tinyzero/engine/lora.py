@@ -39,10 +39,8 @@ _DIGEST_BYTES = 1 << 20
 
 
 def target_modules(cfg: LoraConfig) -> str | list[str]:
-    """peft's ``target_modules``: the shorthand ``all-linear``, or the listed module names."""
-    if cfg.target_modules.strip() == "all-linear":
-        return "all-linear"
-    names = [name.strip() for name in cfg.target_modules.split(",") if name.strip()]
+    """peft's ``target_modules``: the shorthand ``all-linear``, or the listed module names; none is one sentence."""
+    names = cfg.targets()
     if not names:
         raise TinyZeroError("model.lora.target_modules is empty: write all-linear, or module names such as "
                             "q_proj,v_proj")

@@ -297,13 +297,11 @@ def _trainer(config, epochs: int) -> list[tuple[str, Any]]:
 
 def _lora(lora, warnings: list[str]) -> list[tuple[str, Any]]:
     """``model.lora`` as verl 0.9.1's own LoRA keys (its model config: lora_rank, lora_alpha, target_modules)."""
-    targets = lora.target_modules.strip()
-    modules = targets if targets == "all-linear" else [n.strip() for n in targets.split(",") if n.strip()]
     if lora.dropout:
         warnings.append(f"model.lora.dropout={lora.dropout:g} has no verl equivalent and is not exported: verl's "
                         "FSDP LoRA has no dropout key")
     return [("actor_rollout_ref.model.lora_rank", lora.rank), ("actor_rollout_ref.model.lora_alpha", lora.alpha),
-            ("actor_rollout_ref.model.target_modules", modules)]
+            ("actor_rollout_ref.model.target_modules", lora.targets())]
 
 
 def unmapped_warnings(config) -> list[str]:

@@ -55,13 +55,13 @@ class ModelShape:
     kv_width: int  # key/value heads x head size
     q_width: int = 0  # query heads x head size (0: the hidden size)
 
-    def adapter_params(self, rank: int, targets: str = "all-linear") -> float:
+    def adapter_params(self, rank: int, targets: str | list[str] = "all-linear") -> float:
         """LoRA's trained parameters: rank x (inputs + outputs) of every adapted projection of every block
-        (``all-linear``: the seven of a Llama/Qwen2 block; otherwise the listed names among them)."""
+        (``all-linear``: the seven of a Llama/Qwen2 block; otherwise the listed names among them: LoraConfig.targets)."""
         h, q, kv, inter = self.hidden, self.q_width or self.hidden, self.kv_width, self.intermediate
         sizes = {"q_proj": h + q, "k_proj": h + kv, "v_proj": h + kv, "o_proj": q + h,
                  "gate_proj": h + inter, "up_proj": h + inter, "down_proj": inter + h}
-        names = sizes if targets.strip() == "all-linear" else [n.strip() for n in targets.split(",")]
+        names = sizes if targets == "all-linear" else targets
         return float(rank * self.layers * sum(sizes.get(n, 0) for n in names))
 
     @classmethod
@@ -112,7 +112,7 @@ def learner_bytes(config: Config, shape: ModelShape, world: int, compute: str) -
 def _adapters(config: Config, shape: ModelShape) -> float:
     """LoRA's trained parameters (0: full training)."""
     lora = config.model.lora
-    return shape.adapter_params(lora.rank, lora.target_modules) if lora.rank else 0.0
+    return shape.adapter_params(lora.rank, lora.targets()) if lora.rank else 0.0
 
 
 def weight_bytes(compute: str) -> int:
