@@ -213,6 +213,25 @@ def test_staleness_is_logged_per_step(overlapped):
     assert [m["data/cursor"] for m in metrics] == [4.0, 8.0, 12.0, 16.0, 20.0]
 
 
+def test_a_step_that_trains_nothing_pushes_nothing_and_leaves_the_next_batch_fresh(tiny_model_dir, tmp_path,
+                                                                                    monkeypatch):
+    """Staleness counts the updates the learner took, not steps or pushes. Four overlapped steps, the second trains
+    nothing (as when dynamic sampling keeps no group): its weights did not change, so nothing is pushed after it, and
+    step 3's batch, generated beside it from step 1's weights, is as fresh as the learner that trains on it. Counted
+    in pushes (or steps), step 3 would read 1 and the engines would be pushed weights they already hold."""
+    learn = Trainer._learn
+
+    def second_trains_nothing(self, scored, timer):
+        return {} if self.step == 1 else learn(self, scored, timer)
+
+    monkeypatch.setattr(Trainer, "_learn", second_trains_nothing)
+    recorder, metrics = recorded_run(tiny_model_dir, tmp_path, "idle", "run.steps=4", "checkpoint.every=0")
+    assert [m["rollout/staleness"] for m in metrics] == [0.0, 1.0, 0.0, 1.0]
+    assert [kind for kind, _ in recorder.events].count("updated") == 3  # steps 1, 3 and 4
+    assert recorder.pushes == 3  # after each of them, none after step 2
+    assert recorder.generation_versions == [0, 0, 1, 1]  # batches 3 and 4: both from step 1's weights
+
+
 def test_the_ratio_corrects_from_the_behaviour_policy(overlapped):
     """The learner's proximal pass against the engine's own log-probs: equal (to float rounding, fp32 on both
     sides) for a batch the current weights sampled, one update apart for a stale one. A driver that took the

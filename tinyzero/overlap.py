@@ -3,7 +3,9 @@
 With ``off_policy_steps=0`` a step is generate → update → push, each phase waiting for the one before. With ``1``,
 step t's update runs in a driver thread while the caller generates batch t+1 on the rollout engines, which still
 hold the weights from before update t; when both are done the new weights are pushed. Every batch is then at most
-one update stale: the learner at version t-1 (t-1 updates done) trains on a batch sampled by version t-2.
+one update stale: the learner at version t-1 (t-1 updates done) trains on a batch sampled by version t-2. Versions
+count the updates the learner took, not steps: a step that trains nothing (dynamic sampling kept no group) changes
+no weight, pushes nothing and leaves the next batch fresh (staleness 0).
 
 The objective (decoupled PPO; Hilton et al. 2021, arXiv:2110.00641, as used for asynchronous RL by AReaL, Fu et
 al. 2025, arXiv:2505.24298): the clip acts on pi_theta / pi_prox, where the proximal policy pi_prox is the learner
@@ -73,7 +75,7 @@ class Pending:
     """A batch generated ahead of its step: what it holds and where it came from."""
 
     collected: Any  # dynamic_sampling.Collected
-    version: int  # updates the weights that generated it had seen (the learner's version at that time)
+    version: int  # updates the weights that generated it had seen (the engines' version: updates pushed to them)
     cursor_before: int  # the data cursor before its prompts were drawn (where a dropped batch rolls back to)
     seconds: dict[str, float]  # its generation's phase times (rollout, reward)
 

@@ -85,9 +85,12 @@ class Trainer:
         self.cursor = 0  # training problems drawn so far
         self.history: list[dict] = []  # eval results
         self.stopped = ""  # why the run ended early ("budget"), if it did
-        # run.off_policy_steps=1 (tinyzero/overlap.py): the batch generated ahead for the next step, the weights'
-        # version the engines hold (steps whose update they have seen), and the thread the update runs in.
+        # run.off_policy_steps=1 (tinyzero/overlap.py): the batch generated ahead for the next step, the learner's
+        # version (updates it took) and the engines' (those updates they have been pushed), and the thread the update
+        # runs in. Counted from this process's start, not the run's: on resume the engines are pushed the
+        # checkpoint's weights before any generation, so both start equal at 0 and only their difference is read.
         self._pending: Pending | None = None
+        self._updates = 0
         self._engine_version = 0
         self._overlap = Overlap() if config.run.off_policy_steps else None
         self.log = RunLog(self.run_dir, config.run.steps, tensorboard=config.log.tensorboard,
@@ -134,8 +137,7 @@ class Trainer:
             first = (str(cause).strip().splitlines() or [""])[0][:160]
             raise TinyZeroError(f"checkpoint {ckpt} does not load ({type(cause).__name__}: {first}): move it aside "
                                 "(it stays on disk) to resume from the one before, or restore it from a copy") from None
-        self.roles.sync_weights()
-        self._engine_version = self.step
+        self.roles.sync_weights()  # the engines now hold the learner's weights: _updates == _engine_version == 0
         self.log.truncate_after(self.step)  # a resumed run's logs read like an uninterrupted one's
         self.log.say(f"resumed {self.run_dir} at step {self.step} from {ckpt.name}")
 
@@ -328,12 +330,18 @@ class Trainer:
     def _update(self, scored: ScoredBatch, timer: Timer) -> dict:
         """Advantages, the learner's update and the weight push for the groups the step trains on (none: no update,
         when dynamic sampling ran out of rounds before any group taught)."""
-        if not len(scored.scores):
-            return {}
         stats = self._learn(scored, timer)
+        self._push(timer)
+        return stats
+
+    def _push(self, timer: Timer) -> None:
+        """The learner's weights into the rollout engines, unless they hold them already: a step that trained nothing
+        (dynamic sampling kept no group) changed no weight, so a push would only cost its time."""
+        if self._engine_version == self._updates:
+            return
         with timer("sync"):
             self.roles.sync_weights()
-        return stats
+        self._engine_version = self._updates
 
     def _learn(self, scored: ScoredBatch, timer: Timer) -> dict:
         """Advantages and the learner's update, without the push ({} when no group is trained on)."""
@@ -346,7 +354,9 @@ class Trainer:
         tokens = mask_truncated(tokens, batch.finished, config.rollout)  # rollout.overlong=mask acts here
         train_batch = self.advantages(scored, tokens, timer)
         with timer("learner"):
-            return self.roles.learner.update(train_batch)
+            stats = self.roles.learner.update(train_batch)
+        self._updates += 1  # in the overlap's thread: the push that reads it runs after the update has returned
+        return stats
 
     # ------------------------------------------------------------------- one-step-off-policy overlap
     def overlapped_step(self) -> dict:
@@ -367,18 +377,12 @@ class Trainer:
             analyses = self.aha.analyse(batch.texts, batch.prompts, batch.problems)
             aha_metrics = self.aha.rollout_metrics(self.step + 1, analyses, scored.correct.tolist())
         train = self._controlled(collected.train_batch())
-        stale = staleness(self.step, pending)
+        stale = staleness(self._updates, pending)
         learn_timer = Timer()  # written by the update's thread only
         ahead = overlaps(config, self.step + 1)
-
-        def push() -> None:
-            with timer("sync"):
-                self.roles.sync_weights()
-            self._engine_version = self.step + 1
-
         stats, self._pending = self._overlap.step(
             lambda: self._learn(train, learn_timer), (lambda: self._generate_ahead(self.step + 1)) if ahead else None,
-            push)
+            lambda: self._push(timer))
         timer.seconds.update(learn_timer.seconds)
         self.step += 1
         seconds = time.perf_counter() - start
