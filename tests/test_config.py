@@ -241,3 +241,23 @@ def test_eval_size_beyond_the_tasks_problems_fails_at_once_with_the_count():
         sample_test(env, 50_000, 0)
     assert time.monotonic() - start < 1.0  # it drew 2.5 million problems before giving up
     assert len(sample_test(env, 100, 0)) == 100  # exactly as many as there are still works
+
+
+@pytest.mark.parametrize(("listed", "layer"), [
+    ("q_proj,lm_head", "lm_head"),
+    (" embed_tokens ", "embed_tokens"),  # spaces kept: a quoted YAML value, as a recipe may hold it
+    ("q_proj, model.embed_tokens", "model.embed_tokens"),  # peft matches the end of a module's path
+])
+def test_lora_on_the_lm_head_or_the_embedding_is_refused_at_load(tmp_path, listed, layer):
+    """vLLM ties the LM head to the embedding and an adapted embedding is never pushed: the engine would sample from
+    weights the learner does not have, so the recipe stops at load with the key, the layer and the fix."""
+    recipe = tmp_path / "lora.yaml"
+    recipe.write_text(f"model:\n  lora:\n    rank: 8\n    target_modules: '{listed}'\n")
+    with pytest.raises(TinyZeroError) as err:
+        load_config(recipe)
+    message = str(err.value)
+    assert message.startswith("model.lora.target_modules must be all-linear or the blocks' layer names without "
+                              f"{layer} (vLLM ties")
+    assert "\n" not in message and ". " not in message  # one sentence
+    for accepted in ("all-linear", "q_proj, v_proj", "o_proj,gate_proj"):
+        assert load_config(None, [f"model.lora.target_modules={accepted}"]).model.lora.target_modules == accepted

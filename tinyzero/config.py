@@ -58,6 +58,27 @@ class RunConfig:
     off_policy_steps: int = between(0, 1, 0)
 
 
+def _targets(text: str) -> str | list[str]:
+    text = text.strip()
+    return text if text == "all-linear" else [name.strip() for name in text.split(",") if name.strip()]
+
+
+# Layers an adapter must not sit on: vLLM ties the LM head to the embedding, and the push never sends an adapted
+# embedding, so the engine would sample from weights the learner does not have. peft's all-linear skips both.
+_NOT_ADAPTED = ("lm_head", "embed_tokens")
+
+
+def _untargetable(text: str) -> str | None:
+    """The fix, when ``target_modules`` lists the LM head or the embedding (peft matches a listed name against the
+    end of a module's dotted path, so ``model.embed_tokens`` counts too); None when it does not."""
+    names = _targets(text)
+    listed = [name for name in names if name.rsplit(".", 1)[-1] in _NOT_ADAPTED] if isinstance(names, list) else []
+    if not listed:
+        return None
+    return (f"all-linear or the blocks' layer names without {listed[0]} (vLLM ties the LM head to the embedding, and "
+            "an adapted embedding is never pushed to the rollout engine)")
+
+
 @dataclass(frozen=True)
 class LoraConfig:
     """LoRA adapters (peft) on a frozen base held in the compute dtype; the adapters are float32 masters.
@@ -65,19 +86,18 @@ class LoraConfig:
     rank: adapter rank (0: off, every weight is trained)
     alpha: the adapters' scale is alpha / rank
     dropout: dropout on the adapters' input during updates
-    target_modules: all-linear (every linear layer in the blocks, not the LM head) or comma-separated layer names, e.g. q_proj,v_proj
+    target_modules: all-linear (every linear layer in the blocks, not the LM head) or comma-separated layer names, e.g. q_proj,v_proj (not lm_head or embed_tokens: vLLM ties the head to the embedding)
     """
 
     rank: int = between(0, 4096, 0)
     alpha: float = between(0, 1e6, 16.0, low_open=True)
     dropout: float = between(0, 0.9, 0.0)
-    target_modules: str = "all-linear"
+    target_modules: str = field(default="all-linear", metadata={"check": _untargetable})
 
     def targets(self) -> str | list[str]:
         """``target_modules`` as peft, verl and the preflight take it: the shorthand ``all-linear``, or the listed
         layer names (empty when none is listed)."""
-        text = self.target_modules.strip()
-        return text if text == "all-linear" else [name.strip() for name in text.split(",") if name.strip()]
+        return _targets(self.target_modules)
 
 
 @dataclass(frozen=True)
