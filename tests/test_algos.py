@@ -6,6 +6,7 @@ import math
 import pytest
 import reference_math
 import torch
+from tolerance import assert_close, atol_for
 
 from tinyzero import algos
 from tinyzero.engine import forward
@@ -17,10 +18,10 @@ def t64(data):
     return torch.tensor(data, dtype=F64)
 
 
-def close(actual, expected, atol=1e-6):
-    torch.testing.assert_close(
-        actual, expected if torch.is_tensor(expected) else t64(expected), atol=atol, rtol=0
-    )
+def close(actual, expected, **tolerance):
+    """Equal up to rounding (tests/tolerance.py: eps of the less precise dtype x the largest |expected| x ``terms``);
+    hand values are written as exact expressions, so that rounding is all the tolerance allows."""
+    assert_close(actual, expected if torch.is_tensor(expected) else t64(expected), **tolerance)
 
 
 # ----------------------------------------------------------------------------------------- masks
@@ -37,13 +38,15 @@ def test_masked_sum_and_mean_ignore_padding_even_if_inf():
 
 def test_masked_whiten_hand_case():
     # masked entries [1, 2, 3]: mean 2, population var (1 + 0 + 1) / 3 = 2/3, std 0.8165
-    # -> [-1/0.8165, 0, 1/0.8165] = [-1.2247, 0, 1.2247]; the masked-out 100 becomes 0
+    # -> [-1/0.8165, 0, 1/0.8165] = [-1.2247, 0, 1.2247]; the masked-out 100 becomes 0. Exactly, with the
+    # variance's eps 1e-8: 1 / sqrt(2/3 + 1e-8), and a mean square of (2/3) / (2/3 + 1e-8).
     x = t64([1.0, 2.0, 3.0, 100.0])
     mask = t64([1.0, 1.0, 1.0, 0.0])
     out = algos.masked_whiten(x, mask)
-    close(out, [-1.224744871, 0.0, 1.224744871, 0.0], atol=1e-6)
-    close(algos.masked_mean(out, mask), 0.0)
-    close(algos.masked_mean(out**2, mask), 1.0, atol=1e-6)
+    scale = 1 / math.sqrt(2 / 3 + 1e-8)
+    close(out, [-scale, 0.0, scale, 0.0], terms=3)
+    close(algos.masked_mean(out, mask), 0.0, magnitude=scale, terms=3)  # a sum of +-1.22 that cancels
+    close(algos.masked_mean(out**2, mask), (2 / 3) / (2 / 3 + 1e-8), terms=3)
 
 
 # ---------------------------------------------------------------------------------------- logits
@@ -56,7 +59,7 @@ def test_logprobs_from_logits_matches_manual_gather():
     manual = torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     out = reference_math.logprobs_from_logits(logits, labels)
     assert out.shape == (2, 3)
-    close(out.double(), manual, atol=1e-6)  # float32 output from float64 logits
+    close(out.double(), manual, dtype=torch.float32, terms=5)  # float32 output from float64 logits
 
 
 def test_logprobs_from_logits_upcasts_bf16_to_float32():
@@ -66,19 +69,19 @@ def test_logprobs_from_logits_upcasts_bf16_to_float32():
     out = reference_math.logprobs_from_logits(logits, labels)
     assert out.dtype == torch.float32
     manual = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(out, manual, atol=1e-6, rtol=0)
+    assert_close(out, manual, terms=7)  # float32 logsumexps over 7 logits
 
 
 def test_entropy_of_uniform_logits_is_log_vocab():
     out = reference_math.entropy_from_logits(torch.zeros(2, 3, 7))
-    torch.testing.assert_close(out, torch.full((2, 3), math.log(7)), atol=1e-6, rtol=0)
+    assert_close(out, torch.full((2, 3), math.log(7)), terms=7)
 
 
 def test_entropy_matches_manual_formula():
     logits = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(2), dtype=F64)
     logp = torch.log_softmax(logits, dim=-1)
     manual = -(logp.exp() * logp).sum(-1)  # -sum p log p
-    close(reference_math.entropy_from_logits(logits).double(), manual, atol=1e-5)
+    close(reference_math.entropy_from_logits(logits).double(), manual, dtype=torch.float32, terms=6)  # float32 out
 
 
 # ------------------------------------------------------------------------------------ advantages
@@ -86,11 +89,13 @@ def test_entropy_matches_manual_formula():
 
 def test_grpo_advantages_unbiased_std():
     # group 0 = [1, 0, 0, 1]: mean 0.5, deviations +-0.5, unbiased var 4 * 0.25 / 3 = 1/3, std 0.57735
-    #   -> +-0.5 / 0.57735 = +-0.8660 (a population std of 0.5 would give +-1.0 instead)
+    #   -> +-0.5 / 0.57735 = +-0.8660 (a population std of 0.5 would give +-1.0 instead); exactly, with the
+    #   std's eps 1e-6: 0.5 / (sqrt(1/3) + 1e-6)
     # group 1 = [1, 1, 1, 1]: deviations 0, std 0 -> 0 / (0 + eps) = 0
     scores = t64([1, 0, 0, 1, 1, 1, 1, 1])
     adv = algos.grpo_advantages(scores, group_size=4)
-    close(adv, [0.8660254, -0.8660254, -0.8660254, 0.8660254, 0, 0, 0, 0], atol=1e-5)
+    a = 0.5 / (math.sqrt(1 / 3) + 1e-6)
+    close(adv, [a, -a, -a, a, 0, 0, 0, 0], terms=4)
 
 
 def test_dr_grpo_advantages_skip_std():
@@ -103,10 +108,9 @@ def test_dr_grpo_advantages_skip_std():
 
 def test_grpo_advantages_accepts_integer_scores_and_groups_of_one():
     adv = algos.grpo_advantages(torch.tensor([1, 0, 0, 1]), group_size=2)
-    # groups [1, 0] and [0, 1]: mean 0.5, unbiased std sqrt(0.5) = 0.7071 -> +-0.7071
-    torch.testing.assert_close(
-        adv, torch.tensor([0.70710678, -0.70710678, -0.70710678, 0.70710678]), atol=1e-5, rtol=0
-    )
+    # groups [1, 0] and [0, 1]: mean 0.5, unbiased std sqrt(0.5) = 0.7071 -> +-0.7071 (+-0.5 / (sqrt(0.5) + 1e-6))
+    a = 0.5 / (math.sqrt(0.5) + 1e-6)
+    assert_close(adv, torch.tensor([a, -a, -a, a]), terms=2)
     close(algos.grpo_advantages(t64([3.0, -1.0, 7.0]), group_size=1), [0.0, 0.0, 0.0])
 
 
@@ -152,8 +156,8 @@ def test_gae_matches_python_loop_on_random_masked_batch():
     )
     adv, ret = algos.gae_advantages(rewards, values, mask, gamma=0.9, lam=0.8)
     ref_adv, ref_ret = gae_reference(rewards, values, mask, gamma=0.9, lam=0.8)
-    close(adv, ref_adv, atol=1e-10)
-    close(ret, ref_ret, atol=1e-10)
+    close(adv, ref_adv, terms=7)  # a recurrence over 7 positions, vectorised against the loop
+    close(ret, ref_ret, terms=7)
     assert adv[3].abs().sum() == 0 and adv[0, [0, 1, 6]].abs().sum() == 0
 
 
@@ -165,8 +169,8 @@ def test_gae_with_gamma_lam_one_is_reward_to_go_minus_value():
     values = t64([[9.0, 0.5, 0.2, 0.7, 100.0]])
     mask = t64([[0, 1, 1, 1, 0]])
     adv, ret = algos.gae_advantages(rewards, values, mask, gamma=1.0, lam=1.0)
-    close(adv, [[0.0, 0.5, 0.8, 0.3, 0.0]])
-    close(ret, [[0.0, 1.0, 1.0, 1.0, 0.0]])
+    close(adv, [[0.0, 0.5, 0.8, 0.3, 0.0]], magnitude=1.0, terms=3)  # differences of 1 and the values
+    close(ret, [[0.0, 1.0, 1.0, 1.0, 0.0]], terms=3)
 
 
 # -------------------------------------------------------------------------------------------- KL
@@ -178,9 +182,10 @@ def test_kl_estimators_hand_values():
     #                                   and for -d: 2 - 0.693147 - 1 = 0.306853
     logprobs = t64([[math.log(0.5), math.log(0.25)]])
     ref = t64([[math.log(0.25), math.log(0.5)]])
-    close(algos.kl_estimate(logprobs, ref, "k1"), [[0.693147181, -0.693147181]])
-    close(algos.kl_estimate(logprobs, ref, "k2"), [[0.240226507, 0.240226507]])
-    close(algos.kl_estimate(logprobs, ref, "k3"), [[0.193147181, 0.306852819]])
+    d, size = math.log(2), math.log(4)  # the inputs are up to log 4 in size: their difference carries that rounding
+    close(algos.kl_estimate(logprobs, ref, "k1"), [[d, -d]], magnitude=size)
+    close(algos.kl_estimate(logprobs, ref, "k2"), [[d * d / 2, d * d / 2]], magnitude=size)
+    close(algos.kl_estimate(logprobs, ref, "k3"), [[0.5 + d - 1, 2 - d - 1]], magnitude=2 * size, terms=3)
 
 
 def test_k3_is_non_negative_and_finite_for_extreme_ratios():
@@ -208,7 +213,7 @@ def test_kl_penalised_rewards():
     kl = t64([[1, 2, 3, 4], [1, 1, 1, 1], [5, 5, 5, 5]])
     mask = t64([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
     out = algos.kl_penalised_rewards(t64([1.0, 2.0, 3.0]), kl, mask, kl_coef=0.1)
-    close(out, [[0.0, -0.2, 0.7, 0.0], [-0.1, -0.1, -0.1, 1.9], [0.0, 0.0, 0.0, 0.0]])
+    close(out, [[0.0, -0.2, 0.7, 0.0], [-0.1, -0.1, -0.1, 1.9], [0.0, 0.0, 0.0, 0.0]], terms=2)
 
 
 # ----------------------------------------------------------------------------------- aggregation
@@ -272,13 +277,14 @@ def test_clipped_policy_loss_hand_case():
     adv = t64([[1.0, 1.0, -1.0, -1.0, 1.0, 5.0]])
     mask = t64([[1, 1, 1, 1, 1, 0]])
     loss, stats = algos.clipped_policy_loss(logprobs, old, adv, mask, 0.2, 0.2, "token-mean")
-    close(loss.detach(), -0.16)
+    # Per-token terms of size ~1 (log-probs up to 3) averaged over 5 tokens, cancelling to -0.16.
+    close(loss.detach(), -0.16, magnitude=3.0, terms=5)
     close(stats["clip_frac"], 0.4)
-    close(stats["ratio_mean"], 0.92)
-    close(stats["approx_kl"], 0.0971038, atol=1e-6)
+    close(stats["ratio_mean"], 0.92, magnitude=3.0, terms=5)
+    close(stats["approx_kl"], sum(r - 1 - math.log(r) for r in (1.0, 1.5, 0.5, 1.1, 0.5)) / 5, terms=5)
     loss.backward()
     # d(-r*A)/d logprob = -r*A / 5 where unclipped is active, 0 where clipped is active or masked
-    close(logprobs.grad, [[-0.2, 0.0, 0.0, 0.22, -0.1, 0.0]])
+    close(logprobs.grad, [[-0.2, 0.0, 0.0, 0.22, -0.1, 0.0]], magnitude=3.0)  # ratios exp(lp - old), |lp| <= 3
 
 
 def test_clip_higher_is_asymmetric():
@@ -308,8 +314,8 @@ def test_policy_loss_aggregation_is_passed_through():
     mask = t64(AGG_MASK)
     lp = torch.zeros(2, 4, dtype=F64)
     got = {m: algos.clipped_policy_loss(lp, lp, adv, mask, 0.2, 0.2, m)[0].item() for m in algos.AGG_MODES}
-    assert got == pytest.approx(
-        {"token-mean": -3.0, "seq-mean-token-mean": -4.0, "seq-mean-token-sum-norm": -1.5}
+    assert got == pytest.approx(  # advantages up to 6, summed over up to 4 tokens, in float64
+        {"token-mean": -3.0, "seq-mean-token-mean": -4.0, "seq-mean-token-sum-norm": -1.5}, abs=atol_for(F64, 6, 4)
     )
 
 
@@ -374,8 +380,10 @@ def test_fused_token_logprobs_and_entropy_match_the_separate_functions():
     logits = torch.randn(7, 11, dtype=torch.float64, requires_grad=True)  # [K, V]
     labels = torch.randint(0, 11, (7,))
     lp, ent = forward.token_logprobs_and_entropy(logits, labels, with_entropy=True, entropy_grad=True)
-    torch.testing.assert_close(lp, reference_math.logprobs_from_logits(logits[None], labels[None])[0].to(lp.dtype))
-    torch.testing.assert_close(ent, reference_math.entropy_from_logits(logits[None])[0].to(ent.dtype))
+    # The reference computes in float32; the fused path in the logits' dtype: float32's rounding over 11 logits.
+    assert_close(lp, reference_math.logprobs_from_logits(logits[None], labels[None])[0].to(lp.dtype),
+                 dtype=torch.float32, terms=11)
+    assert_close(ent, reference_math.entropy_from_logits(logits[None])[0].to(ent.dtype), dtype=torch.float32, terms=11)
     (lp.sum() + ent.sum()).backward()
     assert torch.isfinite(logits.grad).all()
     _, detached = forward.token_logprobs_and_entropy(logits, labels, entropy_grad=False)
@@ -502,8 +510,12 @@ def test_rollout_mismatch_hand_case():
     # r=1.5 -> 0.5 - 0.405465 = 0.094535; r=1/1.05 -> -0.047619 + 0.048790 = 0.001171; r=1 -> 0.
     # Mean over the 5 response tokens: 2.345706 / 5 = 0.469141.
     stats = algos.rollout_mismatch(t64(LEARNER), t64(ROLLOUT), t64(MISMATCH_MASK), "tis", 2.0)
-    assert float(stats["kl"]) == pytest.approx(0.469141, abs=1e-6)
-    assert float(stats["ratio_max"]) == pytest.approx(4.0) and float(stats["ratio_min"]) == pytest.approx(0.25)
+    k3 = sum(r - 1 - math.log(r) for r in (4, 0.25, 1.5, 1 / 1.05)) / 5  # the fifth token's k3 is 0
+    # float64 log-ratios of log-probs up to 3 in size, through k3's slope (at most 3) and a mean over 5 tokens.
+    assert float(stats["kl"]) == pytest.approx(k3, abs=atol_for(F64, 3 * 3, terms=5))
+    ratio = atol_for(F64, 3)  # exp of a float64 difference of log-probs up to 3: relative rounding
+    assert float(stats["ratio_max"]) == pytest.approx(4.0, rel=ratio)
+    assert float(stats["ratio_min"]) == pytest.approx(0.25, rel=ratio)
     assert float(stats["out_of_band_frac"]) == pytest.approx(3 / 5)  # 4, 0.25, 1.5 are more than 0.1 from 1
     assert float(stats["correction_frac"]) == pytest.approx(1 / 5)  # tis truncates only the 4
     mis = algos.rollout_mismatch(t64(LEARNER), t64(ROLLOUT), t64(MISMATCH_MASK), "mis", 2.0)
