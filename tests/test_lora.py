@@ -88,6 +88,77 @@ def test_the_push_is_the_merged_weights_of_the_adapted_layers(tiny_model_dir, to
     assert float((merged - learner.ref_logprobs(tokens)).abs().max()) > 1e-3  # the merge carried the adapters
 
 
+def test_the_adapter_push_is_the_adapters_and_the_hf_engine_scores_like_the_learner(tiny_model_dir, tokens):
+    """The adapter push carries peft's adapter config and the A/B tensors only, in the engine's dtype; an HF engine
+    given it runs the adapters as the learner does (float32 both: the same layers, the same arithmetic)."""
+    import json
+
+    from tinyzero.engine.rollout import RolloutWorker
+
+    learner = trained(lora_learner(tiny_model_dir, lora=LoraConfig(rank=4, alpha=8.0, target_modules="q_proj,v_proj")),
+                      tokens)
+    push = learner.adapter_push("bfloat16")
+    assert {name.rsplit(".", 3)[-3] for name in push.tensors} == {"q_proj", "v_proj"}  # no fused sibling travels
+    assert all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in push.tensors.values())
+    assert push.nbytes == sum(t.numel() * 2 for t in push.tensors.values())
+    config = json.loads(push.config)
+    assert (config["r"], config["lora_alpha"], config["peft_type"]) == (4, 8.0, "LORA")
+    engine = RolloutWorker(tiny_model_dir, backend="hf", dtype="float32")
+    before = engine.logprobs(PROMPTS, RESPONSES)
+    assert engine.update_adapters(learner.adapter_push()) == learner.adapter_push().nbytes
+    after = engine.logprobs(PROMPTS, RESPONSES)
+    want = learner.logprobs(tokens)
+    for row, new in enumerate(after):
+        assert_close(torch.tensor(new), want[row, : len(new)], terms=64)  # 64: the hidden size's sums
+    moved = max(abs(a - b) for old, new in zip(before, after, strict=True) for a, b in zip(old, new, strict=True))
+    assert moved > 1e-2  # the adapters arrived: the base alone scores these tokens otherwise
+    engine.update_adapters(learner.adapter_push())  # a second push reloads the tensors, it does not wrap again
+    assert engine.logprobs(PROMPTS, RESPONSES) == after
+    engine.close()
+
+
+@pytest.mark.parametrize(("setting", "dtype", "want"), [
+    ("auto", "float32", "merged"), ("auto", "bfloat16", "adapters"), ("auto", "float16", "adapters"),
+    ("adapters", "float32", "adapters"), ("adapters", "bfloat16", "adapters"), ("merged", "float32", "merged"),
+])
+def test_push_mode_merges_only_into_float32_engines(setting, dtype, want):
+    from tinyzero.engine.lora import push_mode
+
+    assert push_mode(setting, dtype) == want
+
+
+def test_a_merged_push_into_a_bf16_engine_is_refused_before_anything_loads():
+    from tinyzero.engine.lora import push_mode
+    from tinyzero.engine.roles import lora_push
+
+    with pytest.raises(TinyZeroError, match="model.lora.push=auto or adapters") as err:
+        push_mode("merged", "bfloat16")
+    assert "\n" not in str(err.value)
+    # on a GPU layout the engine computes in bf16 ("auto"): adapters, and a merged push is refused there
+    gpu = ["model.lora.rank=8", "placement.num_gpus=1", "run.mode=ray"]
+    assert lora_push(load_config(None, gpu)) == "adapters"
+    assert lora_push(load_config(None, ["model.lora.rank=8"])) == "merged"  # the CPU demo: float32
+    assert lora_push(load_config(None, [])) == "weights"
+    with pytest.raises(TinyZeroError, match="model.lora.push=merged"):
+        lora_push(load_config(None, [*gpu, "model.lora.push=merged"]))
+
+
+def test_vllm_takes_ranks_it_offers_and_the_layers_named():
+    from tinyzero.engine.lora import engine_rank, engine_targets
+
+    assert [engine_rank(r) for r in (1, 2, 8, 9, 64, 65, 512)] == [1, 8, 8, 16, 64, 128, 512]
+    with pytest.raises(TinyZeroError, match="model.lora.rank <= 512"):
+        engine_rank(513)
+    assert engine_targets(LoraConfig(rank=4, target_modules="q_proj, v_proj"), ".") == ["q_proj", "v_proj"]
+
+
+def test_all_linear_names_every_linear_layer_but_the_head(tiny_tied_model_dir):
+    from tinyzero.engine.lora import engine_targets
+
+    assert engine_targets(LoraConfig(rank=4), tiny_tied_model_dir) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
 def test_checkpoint_holds_adapters_and_resumes_them(tiny_model_dir, tokens, tmp_path):
     learner = trained(lora_learner(tiny_model_dir), tokens)
     learner.save(tmp_path / "ckpt")

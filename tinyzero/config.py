@@ -87,12 +87,14 @@ class LoraConfig:
     alpha: the adapters' scale is alpha / rank
     dropout: dropout on the adapters' input during updates
     target_modules: all-linear (every linear layer in the blocks, not the LM head) or comma-separated layer names, e.g. q_proj,v_proj (not lm_head or embed_tokens: vLLM ties the head to the embedding)
+    push: what the rollout engine receives after each update: auto (the adapters where it computes in bfloat16/float16, the merged weights where it computes in float32), adapters (it runs W·x + scale·B·(A·x) itself, as the learner; vLLM's LoRA), merged (W + scale·B·A of the adapted layers; float32 engines only: bf16 rounds small updates away)
     """
 
     rank: int = between(0, 4096, 0)
     alpha: float = between(0, 1e6, 16.0, low_open=True)
     dropout: float = between(0, 0.9, 0.0)
     target_modules: str = field(default="all-linear", metadata={"check": _untargetable})
+    push: Literal["auto", "adapters", "merged"] = "auto"
 
     def targets(self) -> str | list[str]:
         """``target_modules`` as peft, verl and the preflight take it: the shorthand ``all-linear``, or the listed

@@ -44,7 +44,7 @@ class Trainer:
     def __init__(self, config: Config, *, resume: bool = False, stream=None, roles=None):
         self.config = config
         self.run_dir = Path(config.run.out_dir) / config.run.name
-        from tinyzero.engine.roles import build_roles, check_gpus
+        from tinyzero.engine.roles import build_roles, check_gpus, lora_push
         from tinyzero.sizing.cost import (
             CostMeter,
             billed_units,
@@ -60,6 +60,7 @@ class Trainer:
         check_overlong(config)
         check_overlap(config)
         layout = check_gpus(config)  # before anything loads: a layout this machine cannot serve fails at once
+        lora_push(config)  # model.lora.push=merged onto a bf16 engine, or a rank vLLM cannot serve, stops here too
         from tinyzero.engine.models import model_config
 
         model_cfg = model_config(config.model.name)  # config.json only: the preflight needs no weights
@@ -92,6 +93,7 @@ class Trainer:
         self._pending: Pending | None = None
         self._updates = 0
         self._engine_version = 0
+        self._push_bytes = 0  # what the step's push moved to one engine (rollout/push_bytes)
         self._overlap = Overlap() if config.run.off_policy_steps else None
         self.log = RunLog(self.run_dir, config.run.steps, tensorboard=config.log.tensorboard,
                           samples=config.log.samples, stream=stream, mirror=open_wandb(config, self.run_dir))
@@ -299,6 +301,8 @@ class Trainer:
         transcripts and progress line, written to the run log; returns the metrics."""
         config, scored = self.config, collected.scored
         metrics = self._step_metrics(scored, stats, timer, seconds)
+        metrics["rollout/push_bytes"] = float(self._push_bytes)  # this step's push (0: none)
+        self._push_bytes = 0
         metrics.update(extra or {})
         metrics.update(collected.metrics(config.rollout.filter_groups != "none"))
         metrics.update(overlong_metrics(scored))
@@ -340,7 +344,7 @@ class Trainer:
         if self._engine_version == self._updates:
             return
         with timer("sync"):
-            self.roles.sync_weights()
+            self._push_bytes = self.roles.sync_weights()
         self._engine_version = self._updates
 
     def _learn(self, scored: ScoredBatch, timer: Timer) -> dict:

