@@ -10,9 +10,11 @@ rounding (another kernel, another summation order, micro-batches summed apart) t
 - ``terms``: how many terms are accumulated into one result: the longest reduction on the way (the vocabulary
   for a softmax over it, the tokens for a gradient summed over a batch, the steps of a recurrence). Linear, not
   sqrt(terms): a sum of n terms in any order is within (n - 1) * u * sum|x_i| of the exact one (Higham, Accuracy
-  and Stability of Numerical Algorithms, 2nd ed., eq. 4.4), so two orders are within n * eps * sum|x_i|. sqrt(n)
+  and Stability of Numerical Algorithms, 2nd ed., §4.2), so two orders are within n * eps * sum|x_i|. sqrt(n)
   is only the typical size for independent errors, which a vectorised kernel's blocked partial sums are not; the
   tests' n are small (tens to hundreds), so the bound stays orders of magnitude below the effects they check.
+  bf16 autocast rounds the matmuls' inputs and sums in float32: there ``terms`` counts bf16 rounding stages (1
+  for a forward against float32's), not summed terms.
 - ``magnitude``: stands for sum|x_i|, the size of what is accumulated. By default the largest |value| of the
   expected tensor: one tolerance for every element, no rtol, since an element near cancellation (a small sum of
   large terms) carries the rounding of its terms, not of its own small value (issue 28's AVX2 failure: 2.1e-7
