@@ -72,29 +72,31 @@ def test_bf16_usability_is_read_from_the_flags_and_the_kernels():
     assert "runs AVX2 kernels" in bf16_unusable({"avx512_bf16"}, "AVX2")
 
 
-def _sequences():
+def _sequences(rows: int, vocab: int):
+    """Fixed random prompts (8 tokens) and responses (24), and a +-1 advantage per row."""
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, 300, (8,), generator=g).tolist() for _ in range(16)]
-    responses = [torch.randint(3, 300, (24,), generator=g).tolist() for _ in range(16)]
-    signs = torch.randint(0, 2, (16, 1), generator=g).float() * 2 - 1
+    prompts = [torch.randint(3, vocab, (8,), generator=g).tolist() for _ in range(rows)]
+    responses = [torch.randint(3, vocab, (24,), generator=g).tolist() for _ in range(rows)]
+    signs = torch.randint(0, 2, (rows, 1), generator=g).float() * 2 - 1
     return prompts, responses, signs
 
 
-def gaps(model_dir: Path, push: str) -> tuple[float, float, float]:
+def gaps(model_dir: Path, push: str, *, lr: float = LR, updates: int = UPDATES, lora: LoraConfig = LORA,
+         rows: int = 16, vocab: int = 300) -> tuple[float, float, float]:
     """(gap before the updates, gap after, how far the updates moved the learner's log-probs), each a mean over
-    response tokens, with the learner and vLLM in bf16 and ``push`` = weights | adapters | merged."""
+    response tokens, with the learner and vLLM in bf16 and ``push`` = weights | adapters | merged. Also run by
+    bench/bf16_push.py on SmolLM2 at the GPU recipes' learning rate."""
     from tinyzero.engine.rollout import RolloutWorker
 
-    prompts, responses, signs = _sequences()
+    prompts, responses, signs = _sequences(rows, vocab)
     tokens = build_tokens(prompts, responses, pad_id=0)
     mask = tokens.response_mask
-    lora = LORA if push != "weights" else None
-    learner = Learner(model_dir, AlgoConfig(), OptimConfig(lr=LR, micro_batch_size=8), compute_dtype="bfloat16",
-                      lora=lora, model_name="tiny")
+    learner = Learner(model_dir, AlgoConfig(), OptimConfig(lr=lr, micro_batch_size=8), compute_dtype="bfloat16",
+                      lora=lora if push != "weights" else None, model_name="tiny")
     adapters = push == "adapters"
     engine = RolloutWorker(model_dir, backend="vllm", dtype="bfloat16", max_model_len=256, kv_cache_gib=1,
-                           lora_rank=LORA.rank if adapters else 0,
-                           lora_targets=engine_targets(LORA, model_dir) if adapters else None)
+                           lora_rank=lora.rank if adapters else 0,
+                           lora_targets=engine_targets(lora, model_dir) if adapters else None)
 
     def sync() -> None:
         if adapters:
@@ -112,7 +114,7 @@ def gaps(model_dir: Path, push: str) -> tuple[float, float, float]:
     try:
         sync()
         before, start = gap()
-        for _ in range(UPDATES):
+        for _ in range(updates):
             learner.update(TrainBatch(tokens=tokens, advantages=signs * mask))
             sync()
         after, end = gap()

@@ -145,6 +145,19 @@ def test_a_typical_response_length_scales_generation_and_training_tokens():
     assert "responses of 256 tokens" in typical.basis and "max_new_tokens" in bound.basis
 
 
+def test_vllm_lora_generation_counts_only_where_the_engine_serves_adapters():
+    """The CPU demo's LoRA merges into its float32 engine: plain generation; with model.lora.push=adapters the CPU's
+    measured factor applies, and a bf16 engine (a GPU) takes the adapters and the assumed GPU factor."""
+    from tinyzero.sizing.cost import LORA_GENERATION_CPU
+
+    demo = estimate_run(load_config("recipes/demo-cpu.yaml"), 134.5e6, None)
+    merged = estimate_run(load_config("recipes/demo-cpu-lora.yaml"), 134.5e6, None)
+    adapters = estimate_run(load_config("recipes/demo-cpu-lora.yaml", ["model.lora.push=adapters"]), 134.5e6, None)
+    assert merged.rollout_s == pytest.approx(demo.rollout_s) and "LoRA" not in merged.basis
+    assert adapters.rollout_s == pytest.approx(demo.rollout_s * LORA_GENERATION_CPU)
+    assert "generation x3.7 (measured on CPU)" in adapters.basis
+
+
 @pytest.mark.parametrize("checkpointing,ratio", [("false", 4 / 6), ("true", 6 / 8)])
 def test_lora_trains_at_4n_a_token(checkpointing, ratio):
     """A frozen weight takes no gradient of its own: 4·N a trained token instead of 6·N (checkpointing recomputes
@@ -152,10 +165,12 @@ def test_lora_trains_at_4n_a_token(checkpointing, ratio):
     args = ["placement.num_gpus=1", "run.mode=ray", f"model.gradient_checkpointing={checkpointing}"]
     full = estimate_run(load_config(None, args), 3.09e9, "NVIDIA H100 80GB HBM3")
     lora = estimate_run(load_config(None, [*args, "model.lora.rank=8"]), 3.09e9, "NVIDIA H100 80GB HBM3")
-    from tinyzero.sizing.cost import ROLLOUT_MFU, generated_tokens
+    from tinyzero.sizing.cost import LORA_GENERATION_GPU, ROLLOUT_MFU, generated_tokens
 
-    # the generation part is the same in both (H100: 989 TFLOP/s), and so is the push; the update is the learner's
+    # generation (H100: 989 TFLOP/s) with vLLM's LoRA kernels on top (the GPU's assumed factor), the same push; the
+    # update is the learner's
     gen = 2 * 3.09e9 * generated_tokens(load_config(None, args)) / (989e12 * ROLLOUT_MFU)
-    assert lora.rollout_s == pytest.approx(gen) and full.rollout_s == pytest.approx(gen)
+    assert full.rollout_s == pytest.approx(gen) and lora.rollout_s == pytest.approx(gen * LORA_GENERATION_GPU)
+    assert "vLLM's LoRA: generation x1.25 (assumed)" in lora.basis
     assert lora.push_s == full.push_s
     assert lora.update_s / full.update_s == pytest.approx(ratio, rel=1e-9)

@@ -287,3 +287,26 @@ def test_countdown_3b_lora_fits_one_24gb_gpu_with_no_reference():
         check_gpu_memory(config, layout, shape, [16 * GB])  # the update alone is 17.6 GB
     assert checkpoint_bytes(config, shape) == 12 * adapters  # 1.4 GB, against 37 GB for the full model
     assert checkpoint_bytes(load_config("recipes/countdown-3b.yaml"), shape) == 12 * n
+
+
+def test_vllm_share_counts_its_lora_slots_and_refuses_a_share_with_no_kv_cache():
+    """countdown-3b-lora by hand: vLLM's 0.55 of 24 GB holds the bf16 weights, one adapter slot of rank 64 on every
+    linear layer in bf16 (the adapter push: a bf16 engine), and the rest is KV cache; a share that leaves no room for
+    one sequence's keys and values is refused before anything loads, with the key to raise."""
+    from tinyzero.sizing.preflight import kv_bytes_per_token, vllm_share
+
+    config = load_config("recipes/countdown-3b-lora.yaml")
+    layout, shape = plan_layout(config), ModelShape.from_config(qwen("3b"))
+    n, adapters = 3_085_938_688, 119_734_272
+    parts = vllm_share(config, shape, 0.55 * 24 * GB)
+    assert parts == {"weights": 2 * n, "LoRA slots": 2 * adapters,
+                     "KV cache": pytest.approx(13.2 * GB - 2 * n - 2 * adapters)}  # 6.17 + 0.24, 6.79 GB left
+    # a rank vLLM does not offer takes the next one's slots: 65 -> 128
+    odd = load_config("recipes/countdown-3b-lora.yaml", ["model.lora.rank=65"])
+    assert vllm_share(odd, shape, 13.2 * GB)["LoRA slots"] == 2 * adapters * 2
+    assert "LoRA slots" not in vllm_share(load_config("recipes/countdown-3b.yaml"), shape, 13.2 * GB)
+    assert kv_bytes_per_token(config, shape) == 2 * 36 * 256 * 2  # K and V, 36 layers, 2 KV heads x 128, bf16
+    starved = load_config("recipes/countdown-3b-lora.yaml", ["rollout.gpu_memory_utilization=0.26"])
+    with pytest.raises(TinyZeroError, match="raise rollout.gpu_memory_utilization") as err:
+        check_gpu_memory(starved, layout, shape, [24 * GB])  # 6.24 GB: the weights and slots leave < 0.05 GB
+    assert "LoRA slots 0.24" in str(err.value) and "\n" not in str(err.value)

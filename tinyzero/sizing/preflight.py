@@ -196,7 +196,44 @@ def gpu_needs(config: Config, layout: Layout, shape: ModelShape, gpu_bytes: list
     return needs
 
 
+def vllm_share(config: Config, shape: ModelShape, share: float) -> dict[str, float]:
+    """What one engine's share of a GPU (``share`` bytes: ``gpu_memory_utilization`` x the card) holds, per GPU of
+    its tensor-parallel group: the weights in the compute dtype, with the adapter push (model.lora) vLLM's LoRA
+    slots (one adapter of ``max_lora_rank`` on every adapted layer, in the compute dtype, allocated at start), and
+    what is left for the KV cache. vLLM's activations and CUDA graphs also come out of the share (not counted)."""
+    from tinyzero.engine.lora import engine_rank
+    from tinyzero.engine.roles import lora_push
+
+    tp, lora = config.rollout.tensor_parallel_size, config.model.lora
+    parts = {"weights": shape.params * weight_bytes(gpu_compute(config)) / tp}
+    if lora_push(config) == "adapters":
+        slots = shape.adapter_params(engine_rank(lora.rank), lora.targets())
+        parts["LoRA slots"] = slots * weight_bytes(gpu_compute(config)) / tp
+    parts["KV cache"] = share - sum(parts.values())
+    return parts
+
+
+def kv_bytes_per_token(config: Config, shape: ModelShape) -> float:
+    """A token's keys and values in every layer, in the compute dtype, per GPU of a tensor-parallel group."""
+    return 2 * shape.layers * shape.kv_width * weight_bytes(gpu_compute(config)) / config.rollout.tensor_parallel_size
+
+
+def check_vllm_share(config: Config, layout: Layout, shape: ModelShape, gpu_bytes: list[float]) -> None:
+    """vLLM refuses to start when its share leaves no KV cache for one sequence; say so before anything loads."""
+    sequence = (PROMPT_TOKENS + config.rollout.max_new_tokens) * kv_bytes_per_token(config, shape)
+    for g in sorted(layout.vllm_bundles):
+        parts = vllm_share(config, shape, config.rollout.gpu_memory_utilization * gpu_bytes[g])
+        if parts["KV cache"] < sequence:
+            held = ", ".join(f"{name} {value / GB:.2f}" for name, value in parts.items() if name != "KV cache")
+            raise TinyZeroError(
+                f"vLLM's share of GPU {g} (rollout.gpu_memory_utilization={config.rollout.gpu_memory_utilization} of "
+                f"{gpu_bytes[g] / GB:.0f} GB) holds its {held} GB and leaves no room for one sequence's KV cache "
+                f"({sequence / GB:.2f} GB): raise rollout.gpu_memory_utilization, or use a bigger card")
+
+
 def check_gpu_memory(config: Config, layout: Layout, shape: ModelShape, gpu_bytes: list[float]) -> list[GpuNeed]:
+    if config.rollout.backend == "vllm":
+        check_vllm_share(config, layout, shape, gpu_bytes)
     needs = gpu_needs(config, layout, shape, gpu_bytes)
     for need in needs:
         have = gpu_bytes[need.gpu] * HEADROOM
