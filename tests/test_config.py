@@ -43,7 +43,7 @@ def test_overrides_and_round_trip(tmp_path):
         (["algo.kl_applied_as=both"], "algo.kl_applied_as must be one of loss, reward, got 'both'"),
         (["algo.kl_in=reward"], "algo.kl_in was renamed: write algo.kl_applied_as"),
         (["algo.policy_loss=dpo"], "algo.policy_loss must be one of clip"),
-        (["eval.k=-1"], "eval.k must be 0 or more"),
+        (["eval.k=-1"], "eval.k must be between 0 and 1024"),
         (["placement.strategy=spread"], "placement.strategy must be one of colocate, split"),
     ],
 )
@@ -151,6 +151,8 @@ BAD_NUMBERS = [
     ("run.seed=-1", "run.seed must be between 0 and 2147483647"),
     ("eval.max_new_tokens=0", "eval.max_new_tokens must be at least 1"),
     ("eval.size=1000000000", "eval.size must be between 1 and 100000"),
+    ("eval.k=1000000", "eval.k must be between 0 and 1024, got 1000000"),  # asked the allocator for 92 GB
+    ("eval.k=1025", "eval.k must be between 0 and 1024"),
     ("run.budget_usd=inf", "run.budget_usd must be a finite number"),
     ("cost.usd_per_gpu_hour=-2", "cost.usd_per_gpu_hour must be 0 or more"),
     ("aha.margin=2", "aha.margin must be between 0 and 1"),

@@ -28,16 +28,24 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", " ", "a/b", "../elsewhere", "a\\b"])
+@pytest.mark.parametrize("name", ["", ".", "..", " ", "a/b", "../elsewhere", "a\\b", "a" * 201, "é" * 101])
 def test_run_name_must_be_one_plain_folder_name(name):
-    with pytest.raises(TinyZeroError, match="run.name must be"):
+    with pytest.raises(TinyZeroError, match="run.name must be") as err:
         load_config(None, [f"run.name={name}"])
+    assert "\n" not in str(err.value)
+    if len(name) > 100:  # the limit is in bytes: 101 two-byte letters are 202
+        assert "at most 200 bytes" in str(err.value) and f"this one has {len(name.encode())})" in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["", ".", ".."])
+def test_a_run_name_of_200_bytes_is_a_name():
+    assert load_config(None, ["run.name=" + "a" * 200]).run.name == "a" * 200
+    assert load_config(None, ["run.name=" + "é" * 100]).run.name == "é" * 100
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a" * 300], ids=["empty", "dot", "dotdot", "300-bytes"])
 def test_train_with_a_name_that_is_no_folder_leaves_out_dir_alone(name, tiny_model_dir, tmp_path):
     """`run.name=` or `run.name=.` made the run folder out_dir itself, and train emptied it: a finished run inside
-    was deleted before the model loaded."""
+    was deleted before the model loaded. 300 bytes of name ended in `OSError: File name too long` (issue 33)."""
     out = tmp_path / "runs"
     finished_run(out / "done")
     (tmp_path / "keep.txt").write_text("the user's")  # what `..` would reach

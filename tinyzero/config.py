@@ -25,6 +25,25 @@ from tinyzero.errors import TinyZeroError
 from tinyzero.fields import at_least, between, build, field_helps, one_of, plain_name, range_words, short
 
 MAX_EVAL_SIZE = 100_000  # held-out problems: each is generated and scored at every evaluation
+# eval.k: pass@k studies stop at k = 1,024 (Yue et al. 2025, arXiv:2504.13837), and an evaluation hands the engine 16
+# prompts x k samples at once (tinyzero/analysis/evaluation.py CHUNK_PROMPTS): k = 10**6 asked for 92 GB.
+MAX_EVAL_K = 1024
+# run.name in UTF-8 bytes: a file system takes at most 255 bytes a folder name (NAME_MAX), and the kit names other
+# folders after a run (`tinyzero smoke` appends -smoke); 300 bytes failed deep inside with "File name too long".
+MAX_RUN_NAME_BYTES = 200
+
+_PLAIN_NAME = plain_name("run").metadata["check"]  # fields.py's rule for one folder name
+
+
+def _run_name(value: str) -> str | None:
+    """Why ``value`` cannot name a run folder (one plain folder name of at most ``MAX_RUN_NAME_BYTES``), or None."""
+    if (problem := _PLAIN_NAME(value)) is not None:
+        return problem
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_RUN_NAME_BYTES:
+        return (f"a folder name of at most {MAX_RUN_NAME_BYTES} bytes (a file system takes 255 a name, and "
+                f"`tinyzero smoke` appends -smoke; this one has {size})")
+    return None
 
 
 def _algos():
@@ -38,7 +57,7 @@ def _algos():
 class RunConfig:
     """Run.
 
-    name: run name; the run folder is out_dir/name (one folder name: no '/', not '.' or '..')
+    name: run name; the run folder is out_dir/name (one folder name: no '/', not '.' or '..', at most 200 bytes)
     out_dir: folder that holds run folders
     seed: seed for data order, sampling and initialisation
     steps: training steps (one rollout batch and its updates per step)
@@ -48,7 +67,7 @@ class RunConfig:
     off_policy_steps: 0 (strictly on-policy: generate, then update) or 1 (generate the next batch beside the update, with the weights from before it; run.mode=ray, and placement.strategy=split on GPUs; needs algo.rollout_correction tis or mis)
     """
 
-    name: str = plain_name("run")
+    name: str = field(default="run", metadata={"check": _run_name})
     out_dir: str = "runs"
     seed: int = between(0, 2**31 - 1, 0)  # vLLM seeds numpy with seed + worker, which must stay below 2**32
     steps: int = at_least(1, 20)
@@ -285,7 +304,7 @@ class EvalConfig:
     every: int = at_least(0, 10)
     size: int = between(1, MAX_EVAL_SIZE, 100)
     max_new_tokens: int = at_least(1, 64)
-    k: int = at_least(0, 0)
+    k: int = between(0, MAX_EVAL_K, 0)
 
 
 @dataclass(frozen=True)
