@@ -167,3 +167,69 @@ def test_a_crafted_learner_pt_runs_nothing_when_loaded(tiny_model_dir, tmp_path)
     (tmp_path / "learner.pt").write_bytes(b"not a checkpoint at all")
     with pytest.raises(TinyZeroError, match=r"learner.pt is damaged"):
         learner.load(tmp_path)
+
+
+# ------------------------------------------------------------------ a state that its run cannot have written (issue 33)
+def _logged_run(run_dir: Path, steps: int, *, torn: bool = False) -> None:
+    rows = "".join(json.dumps({"step": s, "data/cursor": 8.0 * s}) + "\n" for s in range(1, steps + 1))
+    (run_dir / "metrics.jsonl").write_text(rows + ('{"step": 9' if torn else ""))
+
+
+def test_a_state_ahead_of_its_run_log_is_refused(tmp_path):
+    """state.json edited to step 999 (checksums recomputed) resumed and said "after 999 steps" for a run of 8."""
+    from tinyzero.checkpoint import check_progress
+
+    run = tmp_path / "run"
+    ckpt = checkpoint_dir(run) / "step_000008"
+    ckpt.mkdir(parents=True)
+    _logged_run(run, 8, torn=True)  # a kill during step 9's append: its torn line is not a step
+    check_progress(run, ckpt, {"step": 8, "cursor": 64}, per_step=8)
+    _logged_run(run, 10)  # logged past the checkpoint (a kill after step 10 before its save): resumable
+    check_progress(run, ckpt, {"step": 8, "cursor": 64}, per_step=8)
+    _logged_run(run, 8)
+    with pytest.raises(TinyZeroError) as err:
+        check_progress(run, ckpt, {"step": 999, "cursor": 64}, per_step=8)
+    message = str(err.value)
+    assert "says the run finished step 999" in message and "ends at step 8" in message and "\n" not in message
+    assert str(ckpt / "state.json") in message and f"move {ckpt} aside" in message
+    (run / "metrics.jsonl").write_text("")  # a log with no step yet: only a step-0 checkpoint fits it
+    check_progress(run, ckpt, {"step": 0, "cursor": 0}, per_step=8)
+    with pytest.raises(TinyZeroError, match="ends at step 0"):
+        check_progress(run, ckpt, {"step": 1, "cursor": 0}, per_step=8)
+    (run / "metrics.jsonl").unlink()  # no run log: nothing to check the step against
+    check_progress(run, ckpt, {"step": 999, "cursor": 64}, per_step=8)
+    (run / "metrics.jsonl").write_text('{"loss": 1}\n')
+    with pytest.raises(TinyZeroError, match="line 1 is not a JSON object with a step"):
+        check_progress(run, ckpt, {"step": 1, "cursor": 0}, per_step=8)
+
+
+def test_a_cursor_past_what_the_steps_can_draw_is_refused(tmp_path):
+    """A cursor of 10**12 printed "resumed" and hung, drawing 10**12 problems one by one to fast-forward."""
+    from tinyzero.checkpoint import check_progress
+
+    run = tmp_path / "run"
+    ckpt = checkpoint_dir(run) / "step_000008"
+    ckpt.mkdir(parents=True)
+    _logged_run(run, 8)
+    check_progress(run, ckpt, {"step": 8, "cursor": 64}, per_step=8)  # exactly 8 steps of 8
+    for cursor in (65, 10**12):
+        with pytest.raises(TinyZeroError) as err:
+            check_progress(run, ckpt, {"step": 8, "cursor": cursor}, per_step=8)
+        message = str(err.value)
+        assert f"says {cursor:,} training problems were drawn, more than 8 steps of at most 8" in message
+        assert f"move {ckpt} aside" in message and "\n" not in message
+
+
+def test_the_most_a_step_draws_counts_every_round_and_every_config_given():
+    from tinyzero.checkpoint import most_drawn_per_step
+    from tinyzero.config import load_config
+
+    plain = load_config(None, ["rollout.prompts_per_step=8", "rollout.max_generation_rounds=5"]).rollout
+    assert most_drawn_per_step(plain) == 8  # no dynamic sampling: one round
+    filtered = load_config(None, ["rollout.prompts_per_step=8", "rollout.filter_groups=correct",
+                                  "rollout.max_generation_rounds=5"]).rollout
+    assert most_drawn_per_step(filtered) == 40  # a round of 8, then the missing groups, 5 rounds at most
+    # An earlier session's config, as a checkpoint's state holds it, may have drawn more; a damaged one counts 0.
+    assert most_drawn_per_step(plain, {"prompts_per_step": 64, "max_generation_rounds": 3, "filter_groups": "none"}) == 64
+    assert most_drawn_per_step(plain, {"prompts_per_step": 16, "max_generation_rounds": 3, "filter_groups": "score"}) == 48
+    assert most_drawn_per_step(plain, {"prompts_per_step": "many"}, None, {}) == 8

@@ -241,6 +241,11 @@ RESUME_CASES = {  # damage to the latest checkpoint (or the run) -> what the sen
     "another-models-weights": ([_other_model, _rewrite_checksums], "weights do not match the model"),
     "garbage-config": ([lambda c: (c.parent.parent / "config.yaml").write_text("run: [oops")],
                        "config.yaml is not valid YAML"),
+    # issue 33: "after 999 steps" for a run of 2; a cursor of 10**12 printed "resumed" and hung fast-forwarding
+    "state-ahead-of-the-log": ([lambda c: _state(c, step=999), _rewrite_checksums],
+                               "says the run finished step 999, but its run log"),
+    "state-cursor-10^12": ([lambda c: _state(c, cursor=10**12), _rewrite_checksums],
+                           "says 1,000,000,000,000 training problems were drawn, more than 2 steps of at most 2"),
 }
 
 
@@ -263,3 +268,22 @@ def test_resume_from_a_damaged_checkpoint_is_one_sentence(case, finished, tmp_pa
     assert "config.yaml" in message or str(ckpt) in message or str(ckpt.relative_to(tmp_path)) in message
     assert (run / "metrics.jsonl").read_bytes() == before  # nothing written, nothing lost
     assert not (ckpt / "code-ran").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["state-ahead-of-the-log", "state-cursor-10^12"])
+def test_a_state_its_run_cannot_have_written_is_refused_before_any_model_loads(case, finished, tmp_path, monkeypatch):
+    from tinyzero.engine import models, roles
+    from tinyzero.trainer import train
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a tokenizer or model was loaded before the state was checked")
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    for damage in RESUME_CASES[case][0]:
+        damage(run / "checkpoints" / "step_000002")
+    monkeypatch.setattr(models, "load_tokenizer", no_model)  # the first thing a trainer loads, then its roles
+    monkeypatch.setattr(roles, "build_roles", no_model)
+    with pytest.raises(TinyZeroError, match=RESUME_CASES[case][1]):
+        train(None, ["run.steps=3"], resume_dir=str(run))

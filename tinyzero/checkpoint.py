@@ -138,6 +138,36 @@ def resume_point(run_dir: Path) -> tuple[Path, dict, bool]:
     return ckpt, state, checked
 
 
+def check_progress(run_dir: Path, ckpt: Path, state: dict, per_step: int) -> None:
+    """A checkpoint's state against what its run can have done, before any model loads: its step against the run
+    log's last step (``metrics.jsonl`` gets a row at every step, before the step's checkpoint is saved; a run log
+    that is missing is not checked), and its data cursor against ``per_step`` training problems a step at most (a
+    resume draws the cursor's problems again one by one: 10**12 of them hung it). Each failure one sentence."""
+    from tinyzero.runlog import last_logged_step
+
+    step, cursor, path = state["step"], state["cursor"], ckpt / "state.json"
+    logged = last_logged_step(run_dir)
+    if logged is not None and logged < step:
+        raise TinyZeroError(f"{path} says the run finished step {step:,}, but its run log {run_dir / 'metrics.jsonl'} "
+                            f"ends at step {logged:,}: {_fix(ckpt)}")
+    if cursor > step * per_step:
+        raise TinyZeroError(f"{path} says {cursor:,} training problems were drawn, more than {step:,} steps of at most "
+                            f"{per_step:,} can draw (rollout.prompts_per_step x the generation rounds): {_fix(ckpt)}")
+
+
+def most_drawn_per_step(*rollouts) -> int:
+    """The most training problems one step can draw under any of ``rollouts`` (rollout sections, as dataclasses or
+    the dicts a checkpoint's state holds): ``prompts_per_step``, times ``max_generation_rounds`` with dynamic
+    sampling (every prompt drawn counts, kept or not). A section that is not one tinyzero writes counts 0."""
+    most = 0
+    for rollout in rollouts:
+        read = rollout.get if isinstance(rollout, dict) else lambda key, r=rollout: getattr(r, key, None)
+        prompts, rounds, mode = read("prompts_per_step"), read("max_generation_rounds"), read("filter_groups")
+        if _count(prompts) and _count(rounds):
+            most = max(most, prompts * (rounds if mode not in (None, "none") else 1))
+    return most
+
+
 def _aha_state(aha) -> bool:
     """The aha tracker's saved state (``Tracker.state``), in the shapes ``Tracker.load`` reads."""
     if not isinstance(aha, dict):

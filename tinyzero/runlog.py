@@ -151,6 +151,24 @@ def truncate_jsonl(path: Path, step: int, note=None) -> None:
     tmp.replace(path)
 
 
+def last_logged_step(run_dir: Path) -> int | float | None:
+    """The last step ``metrics.jsonl`` records (0 when it holds no row; None when the run has no such file), read
+    as a resume reads it: an unfinished last line is left to ``truncate_after`` to drop and say; a row without a
+    step is one sentence naming the file."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise TinyZeroError(f"{path} is not a file, so the run cannot be resumed with it: move it aside")
+    from tinyzero.jsonl import read_lines
+
+    last: int | float = 0
+    for number, line in read_lines(path, note=lambda text: None):
+        if line.strip():
+            last = max(last, _row_step(line, path, number))
+    return last
+
+
 def _row_step(line: str, path: Path, number: int) -> int | float:
     try:
         value = json.loads(line).get("step")

@@ -23,7 +23,15 @@ from tinyzero import algos
 from tinyzero.analysis.aha import Tracker
 from tinyzero.analysis.evaluation import Sampling, encode_prompt, evaluate
 from tinyzero.analysis.transcripts import pick_transcripts
-from tinyzero.checkpoint import ADAPTER_DIR, latest_checkpoint, read_state, resume_point, save_checkpoint
+from tinyzero.checkpoint import (
+    ADAPTER_DIR,
+    check_progress,
+    latest_checkpoint,
+    most_drawn_per_step,
+    read_state,
+    resume_point,
+    save_checkpoint,
+)
 from tinyzero.config import Config, load_config, to_yaml
 from tinyzero.console import quiet_libraries
 from tinyzero.data import iter_train, sample_test
@@ -67,8 +75,8 @@ class Trainer:
         needs = preflight(config, layout, model_cfg)
         if not resume:  # `train()` has checked that a resumed folder holds a run
             claim_run_dir(self.run_dir)
-        else:  # its checksums and state, before any model loads
-            self._resume_point = resume_point(self.run_dir)
+        else:  # its checksums and state, and the state against the run, before any model loads
+            self._resume_point = self._check_resume()
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         quiet_libraries()
@@ -123,10 +131,28 @@ class Trainer:
             next(self._stream)
 
     # --------------------------------------------------------------------------------- set-up
+    def _check_resume(self) -> tuple[Path, dict, bool]:
+        """The latest checkpoint (``resume_point``), its step against the run log and its data cursor against the most
+        a step can draw under this session's config, the config the run started with and the one that saved it (an
+        earlier session may have drawn more a step)."""
+        point = resume_point(self.run_dir)
+        ckpt, state, _ = point
+        saved = state.get("config")
+        rollouts = [self.config.rollout, saved.get("rollout") if isinstance(saved, dict) else None]
+        try:
+            rollouts.append(load_config(self.run_dir / "config.yaml").rollout)
+        except TinyZeroError:  # resume read it with its overrides; without them it is checked no further here
+            pass
+        check_progress(self.run_dir, ckpt, state, most_drawn_per_step(*rollouts))
+        return point
+
     def _restore(self) -> None:
         ckpt, state, checked = self._resume_point
         if not checked:
             self.log.say(f"note: {ckpt} was written before checkpoints carried checksums: its files are not checked")
+        if state["step"] and not (self.run_dir / "metrics.jsonl").exists():
+            self.log.say(f"note: {self.run_dir} has no metrics.jsonl, so the step of {ckpt.name} is not checked against "
+                         "the run log")
         self.step, self.cursor, self.history = state["step"], state["cursor"], state["history"]
         self.aha.load(state["aha"])  # baselines and the aha rule's series ({}: an older run)
         self.meter.spent_s += state["wall_s"]  # what the run's earlier sessions spent
