@@ -143,6 +143,23 @@ def test_only_group_estimators_take_the_filter():
         load_config(None, ["rollout.filter_groups=on"])
 
 
+@pytest.mark.parametrize("override, fix", [("rollout.samples_per_prompt=1", "set rollout.samples_per_prompt=2 or more"),
+                                           ("rollout.temperature=0", "set rollout.temperature above 0")])
+def test_groups_that_can_never_disagree_are_refused_with_the_filter(override, fix):
+    """filter_groups=correct with one sample a prompt never finished step 1 (issue 33): a group of one, or of greedy
+    samples, always agrees with itself, so every round is spent and no group is kept."""
+    for mode in ("correct", "score"):
+        with pytest.raises(TinyZeroError) as err:
+            check_filter(load_config(None, [f"rollout.filter_groups={mode}", override,
+                                            "rollout.max_generation_rounds=1000000"]))
+        message = str(err.value)
+        assert f"rollout.filter_groups={mode} keeps only groups whose samples disagree" in message
+        assert fix in message and "rollout.filter_groups=none" in message and "\n" not in message
+    check_filter(load_config(None, [override]))  # without the filter, a group of one or greedy samples is fine
+    check_filter(load_config(None, ["rollout.filter_groups=correct", "rollout.samples_per_prompt=2",
+                                    "rollout.temperature=0.1"]))
+
+
 def test_the_filter_follows_the_registry_flag_not_names(monkeypatch):
     monkeypatch.setattr(algos, "ADVANTAGE_ESTIMATORS", dict(algos.ADVANTAGE_ESTIMATORS))
     assert [name for name, est in algos.ADVANTAGE_ESTIMATORS.items() if est.grouped] == ["grpo", "rloo"]

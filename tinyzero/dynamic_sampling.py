@@ -33,13 +33,27 @@ from tinyzero.errors import TinyZeroError
 
 
 def check_filter(config: Config) -> None:
-    """Before anything loads: the filter needs an estimator that compares a prompt's samples."""
-    mode, name = config.rollout.filter_groups, config.algo.name
-    if mode != "none" and not algos.advantage_estimator(name).grouped:
+    """Before anything loads: the filter needs an estimator that compares a prompt's samples, and samples that can
+    disagree: a group of one sample, or of greedy samples (all the same completion), never does, so every step would
+    generate ``max_generation_rounds`` rounds and keep nothing (issue 33: step 1 never finished)."""
+    rollout, name = config.rollout, config.algo.name
+    mode = rollout.filter_groups
+    if mode == "none":
+        return
+    if not algos.advantage_estimator(name).grouped:
         grouped = ", ".join(key for key, est in algos.ADVANTAGE_ESTIMATORS.items() if est.grouped)
         raise TinyZeroError(
             f"rollout.filter_groups={mode} needs a group estimator ({grouped}), and algo.name={name} learns from a "
             "critic even when a prompt's samples agree: set rollout.filter_groups=none or pick a group estimator")
+    if rollout.samples_per_prompt == 1:
+        same, fix = "a group of one sample (rollout.samples_per_prompt=1) never does", "rollout.samples_per_prompt=2 or more"
+    elif rollout.temperature == 0:
+        same, fix = "greedy samples (rollout.temperature=0) are one completion repeated", "rollout.temperature above 0"
+    else:
+        return
+    raise TinyZeroError(f"rollout.filter_groups={mode} keeps only groups whose samples disagree, and {same}, so no group "
+                        f"would ever be kept and each step would run every generation round: set {fix}, or "
+                        "rollout.filter_groups=none")
 
 
 @dataclass
