@@ -310,3 +310,54 @@ def test_vllm_share_counts_its_lora_slots_and_refuses_a_share_with_no_kv_cache()
     with pytest.raises(TinyZeroError, match="raise rollout.gpu_memory_utilization") as err:
         check_gpu_memory(starved, layout, shape, [24 * GB])  # 6.24 GB: the weights and slots leave < 0.05 GB
     assert "LoRA slots 0.24" in str(err.value) and "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------ LoRA rank (issue 33)
+def smollm2_135m():
+    """SmolLM2-135M's published config.json: hidden 576, MLP 1536, 30 layers, 9 heads of 64, 3 key/value heads."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                       num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+
+
+def test_a_lora_rank_past_the_smallest_adapted_layer_is_refused():
+    """model.lora.rank=4096 on the 135M model grew past 7 GB before anything said no: B·A of a layer with 576 inputs
+    and 192 outputs (k_proj, v_proj: 3 key/value heads of 64) has rank at most 192, whatever the adapter's rank."""
+    from tinyzero.sizing.preflight import check_lora_rank
+
+    shape = ModelShape.from_config(smollm2_135m())
+    assert shape.adapted_layers()["k_proj"] == (576, 192) and shape.adapted_layers()["down_proj"] == (1536, 576)
+    for rank in (4096, 193):
+        with pytest.raises(TinyZeroError) as err:
+            check_lora_rank(load_config(None, [f"model.lora.rank={rank}"]), shape)
+        message = str(err.value)
+        assert f"model.lora.rank={rank} is more than smollm2-135m's k_proj can use" in message
+        assert "576 inputs and 192 outputs" in message and "set model.lora.rank to 192 or less" in message
+        assert "\n" not in message
+    for fine in ("model.lora.rank=192", "model.lora.rank=0"):
+        check_lora_rank(load_config(None, [fine]), shape)
+    # Only the adapted layers bound it: q_proj and o_proj are 576 x 576; a dotted name counts by its last part.
+    check_lora_rank(load_config(None, ["model.lora.rank=576", "model.lora.target_modules=q_proj,o_proj"]), shape)
+    with pytest.raises(TinyZeroError, match="smollm2-135m's v_proj can use"):
+        check_lora_rank(load_config(None, ["model.lora.rank=193", "model.lora.target_modules=q_proj,self_attn.v_proj"]),
+                        shape)
+    assert shape.adapter_params(8, ["q_proj", "self_attn.v_proj"]) == 8 * 30 * (576 + 576 + 576 + 192)
+
+
+def test_train_refuses_a_lora_rank_the_model_cannot_use_before_anything_loads(tiny_model_dir, tmp_path, monkeypatch):
+    """The tiny model's k_proj and v_proj have 64 inputs and 32 outputs (one key/value head of 32): rank 33 stops
+    before the tokenizer or any role loads, and before the run folder is made."""
+    from tinyzero.engine import models, roles
+    from tinyzero.trainer import train
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a tokenizer or model was loaded before the rank was checked")
+
+    monkeypatch.setattr(models, "load_tokenizer", no_model)
+    monkeypatch.setattr(roles, "build_roles", no_model)
+    out = tmp_path / "runs"
+    with pytest.raises(TinyZeroError, match="model.lora.rank=33 is more than .*'s k_proj can use.* 32 or less"):
+        train(None, [f"model.name={tiny_model_dir}", f"run.out_dir={out}", "rollout.backend=hf", "run.steps=1",
+                     "model.lora.rank=33"])
+    assert not out.exists()

@@ -2,6 +2,7 @@
 
 A run on a rented GPU box must fail in its first seconds, not after an hour of downloads and an out-of-memory
 crash. ``preflight(config, layout, model_config)`` checks, each failure one sentence with the fix:
+- a LoRA rank no larger than the smallest adapted layer's inputs or outputs (``check_lora_rank``);
 - GPU memory per GPU against an estimate of the recipe's peak (``gpu_needs``: the formula is in docs/engine.md);
 - a writable run folder, and free disk for ``checkpoint.keep_last`` + 1 checkpoints of this model;
 - host memory for the learner's weight gather and Ray's object store (``run.mode=ray``), and for a checkpoint
@@ -55,14 +56,21 @@ class ModelShape:
     kv_width: int  # key/value heads x head size
     q_width: int = 0  # query heads x head size (0: the hidden size)
 
+    def adapted_layers(self, targets: str | list[str] = "all-linear") -> dict[str, tuple[int, int]]:
+        """(inputs, outputs) of each adapted projection of a block (``all-linear``: the seven of a Llama/Qwen2 block;
+        otherwise the listed names among them, ``LoraConfig.targets``; peft matches a name against the end of a dotted
+        path, so ``mlp.down_proj`` is ``down_proj``). Names outside a Llama/Qwen2 block are left out."""
+        h, q, kv, inter = self.hidden, self.q_width or self.hidden, self.kv_width, self.intermediate
+        dims = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+        if targets == "all-linear":
+            return dims
+        return {name: dims[name] for name in (t.rsplit(".", 1)[-1] for t in targets) if name in dims}
+
     def adapter_params(self, rank: int, targets: str | list[str] = "all-linear") -> float:
         """LoRA's trained parameters: rank x (inputs + outputs) of every adapted projection of every block
-        (``all-linear``: the seven of a Llama/Qwen2 block; otherwise the listed names among them: LoraConfig.targets)."""
-        h, q, kv, inter = self.hidden, self.q_width or self.hidden, self.kv_width, self.intermediate
-        sizes = {"q_proj": h + q, "k_proj": h + kv, "v_proj": h + kv, "o_proj": q + h,
-                 "gate_proj": h + inter, "up_proj": h + inter, "down_proj": inter + h}
-        names = sizes if targets == "all-linear" else targets
-        return float(rank * self.layers * sum(sizes.get(n, 0) for n in names))
+        (``adapted_layers``)."""
+        return float(rank * self.layers * sum(a + b for a, b in self.adapted_layers(targets).values()))
 
     @classmethod
     def from_config(cls, cfg) -> ModelShape:
@@ -113,6 +121,23 @@ def _adapters(config: Config, shape: ModelShape) -> float:
     """LoRA's trained parameters (0: full training)."""
     lora = config.model.lora
     return shape.adapter_params(lora.rank, lora.targets()) if lora.rank else 0.0
+
+
+def check_lora_rank(config: Config, shape: ModelShape) -> None:
+    """An adapter's update B·A of a layer with ``in`` inputs and ``out`` outputs has rank at most min(in, out): a
+    larger ``model.lora.rank`` adds parameters, optimizer states and memory but nothing the adapter can express
+    (rank 4,096 on the 135M model grew past 7 GB before anything said no). Bounded by the smallest adapted layer."""
+    lora = config.model.lora
+    layers = shape.adapted_layers(lora.targets()) if lora.rank else {}
+    if not layers:  # off, or names outside a Llama/Qwen2 block: peft names them when it loads
+        return
+    name, (inputs, outputs) = min(layers.items(), key=lambda item: min(item[1]))
+    bound = min(inputs, outputs)
+    if lora.rank > bound:
+        raise TinyZeroError(
+            f"model.lora.rank={lora.rank} is more than {config.model.name}'s {name} can use: its {inputs} inputs and "
+            f"{outputs} outputs bound an adapter's rank to {bound} (a larger rank adds memory, not expressiveness): "
+            f"set model.lora.rank to {bound} or less")
 
 
 def weight_bytes(compute: str) -> int:
@@ -338,6 +363,7 @@ def gpu_memory() -> list[float]:
 def preflight(config: Config, layout: Layout, model_config) -> list[GpuNeed]:
     """All checks; returns the per-GPU estimate (empty on CPU) for the run log."""
     shape = ModelShape.from_config(model_config)
+    check_lora_rank(config, shape)  # first: it needs no GPU, disk or memory figure
     needs: list[GpuNeed] = []
     if layout.num_gpus and not config.cluster.address:  # on a cluster, Ray counts the nodes' GPUs
         gpus = gpu_memory()
