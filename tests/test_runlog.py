@@ -109,6 +109,67 @@ def test_claim_marks_new_and_empty_folders_and_clears_only_its_own(tmp_path):
     assert (empty / "config.yaml").is_file()
 
 
+def unfinished_run(run_dir: Path) -> Path:
+    """A marked run folder as a run that stopped before its first step leaves it: everything but metrics.jsonl."""
+    for folder in ("tensorboard", "checkpoints/.tmp-step_000001-77", "cache/vllm", "cache/inductor", "wandb/run-x"):
+        (run_dir / folder).mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text("")
+    (run_dir / "config.yaml").write_text("run: {}\n")
+    (run_dir / "evals.jsonl.gz").write_bytes(b"")
+    (run_dir / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"tb")
+    (run_dir / "checkpoints" / ".tmp-step_000001-77" / "learner.pt").write_bytes(b"half")
+    (run_dir / "cache" / "vllm" / "kernel.so").write_bytes(b"k")
+    (run_dir / "wandb" / "latest-run").symlink_to("run-x")  # W&B links its newest run
+    return run_dir
+
+
+@pytest.mark.parametrize("where", ["precious.txt", "tensorboard/precious.txt", "checkpoints/precious.txt",
+                                   "cache/precious.txt", "notes/precious.txt"])
+def test_a_users_file_in_an_unfinished_run_folder_is_refused_and_kept(tmp_path, where):
+    """A marked folder with no finished step was cleared whole: a precious.txt placed in it was deleted (issue 33).
+    Now only what the kit writes there is cleared, and anything else refuses the folder with nothing touched."""
+    run = unfinished_run(tmp_path / "run")
+    (run / where).parent.mkdir(parents=True, exist_ok=True)
+    (run / where).write_text("the user's")
+    before = tree(run)
+    with pytest.raises(TinyZeroError) as err:
+        claim_run_dir(run)
+    message = str(err.value)
+    top = where.split("/")[0]
+    assert f"also holds {top}, which `tinyzero train` does not write, so nothing in it is touched" in message
+    assert "run.name=NEW" in message and "\n" not in message
+    assert tree(run) == before and (run / "wandb" / "latest-run").is_symlink()
+    (run / where).unlink()  # moved out: the rest is the kit's, cleared
+    if top == "notes":
+        (run / top).rmdir()
+    claim_run_dir(run)
+    assert sorted(p.name for p in run.iterdir()) == [RUN_MARKER]
+
+
+def test_a_link_in_an_unfinished_run_folder_is_not_followed(tmp_path):
+    """A link named like a kit folder is not the kit's (it makes none): deleting through it could reach anything."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "vllm").write_text("not a cache")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / RUN_MARKER).write_text("")
+    (run / "cache").symlink_to(elsewhere)
+    with pytest.raises(TinyZeroError, match="also holds cache, which `tinyzero train` does not write"):
+        claim_run_dir(run)
+    assert (elsewhere / "vllm").read_text() == "not a cache" and (run / "cache").is_symlink()
+
+
+def test_train_keeps_a_users_file_in_an_unfinished_run_folder(tiny_model_dir, tmp_path):
+    run = unfinished_run(tmp_path / "runs" / "demo")
+    (run / "precious.txt").write_text("the user's")
+    before = tree(run)
+    with pytest.raises(TinyZeroError, match="also holds precious.txt"):
+        train(None, [f"model.name={tiny_model_dir}", f"run.out_dir={tmp_path / 'runs'}", "run.name=demo",
+                     "rollout.backend=hf", "run.steps=1"])
+    assert tree(run) == before
+
+
 # ------------------------------------------------------------------------ logs as a kill leaves them
 def gz_member(rows: list[dict]) -> bytes:
     """One gzip member of JSON lines, as RunLog.rollouts appends per step."""

@@ -13,11 +13,13 @@
 - with a mirror (``log.wandb``: tinyzero/trackers.py), the scalars and sample tables go to Weights & Biases too.
 
 The run folder itself is claimed first (``claim_run_dir``): the kit writes its own marker file into it, and it
-only ever clears a folder that holds that marker; any other existing folder with something in it is refused.
+only ever clears a folder that holds that marker, deleting only what it writes there (``KIT_ENTRIES``): a marked
+folder with anything else in it, like any other existing folder with something in it, is refused.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import json
 import shutil
@@ -180,11 +182,23 @@ def _row_step(line: str, path: Path, number: int) -> int | float:
     return value
 
 
+# What `tinyzero train` writes in a run folder before its first step is logged (``metrics.jsonl``, which makes the
+# folder a run), by top-level name -> the names (glob patterns) it writes inside a folder of that name (None: a file).
+# Only a marked folder holding nothing else is cleared, and only these are deleted. wandb/ is W&B's own layout.
+KIT_ENTRIES: dict[str, tuple[str, ...] | None] = {
+    RUN_MARKER: None, "config.yaml": None, "evals.jsonl.gz": None, "rollouts.jsonl.gz": None, "wandb_run_id": None,
+    "metrics.jsonl.truncating": None, "rollouts.jsonl.gz.truncating": None, "evals.jsonl.gz.truncating": None,
+    "tensorboard": ("events.out.tfevents.*",), "checkpoints": ("step_*", ".tmp-step_*"),
+    "cache": ("vllm", "inductor", "wandb"), "wandb": ("*",),
+}
+
+
 def claim_run_dir(run_dir: Path) -> None:
     """Make ``run_dir`` a new run's folder, marked as the kit's own; refuse a folder the kit did not make.
 
     A folder that holds a run (metrics or a complete checkpoint) is refused whoever made it: it is resumed, not
-    restarted. A marked folder with neither is what a run that never finished a step left, and is cleared. An
+    restarted. A marked folder with neither is what a run that never finished a step left: what the kit wrote there
+    (``KIT_ENTRIES``) is cleared, unless anything else is inside, which refuses the folder with nothing touched. An
     empty folder is claimed as it is. Anything else is someone's folder, and nothing in it is touched."""
     from tinyzero.checkpoint import latest_checkpoint
 
@@ -195,13 +209,44 @@ def claim_run_dir(run_dir: Path) -> None:
             raise TinyZeroError(f"{run_dir} already holds a run: continue it with `tinyzero resume {run_dir}` "
                                 "or pick another run.name (run.name=NEW)")
         if (run_dir / RUN_MARKER).is_file():
-            shutil.rmtree(run_dir)  # the kit's own folder, from a run that never finished a step
+            _clear_unfinished(run_dir)  # the kit's own folder, from a run that never finished a step
         elif any(run_dir.iterdir()):
             raise TinyZeroError(f"{run_dir} exists and was not made by `tinyzero train`, so nothing in it is touched: "
                                 f"pick another run.name (run.name=NEW), or continue a run there with "
                                 f"`tinyzero resume {run_dir}`")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_MARKER).write_text("a tinyzero run folder: `tinyzero train` may clear it if no step finished\n")
+    (run_dir / RUN_MARKER).write_text("a tinyzero run folder: `tinyzero train` may clear what it wrote here if no "
+                                      "step finished\n")
+
+
+def _clear_unfinished(run_dir: Path) -> None:
+    """Delete what the kit wrote in a marked folder whose run never finished a step, after checking that nothing else
+    is there (one sentence naming the first thing that is not the kit's, and nothing deleted)."""
+    entries = sorted(run_dir.iterdir())
+    foreign = next((path for path in entries if not _kit_wrote(path)), None)
+    if foreign is not None:
+        raise TinyZeroError(f"{run_dir} is a run folder that never finished a step, but it also holds "
+                            f"{foreign.relative_to(run_dir)}, which `tinyzero train` does not write, so nothing in it "
+                            "is touched: move that out (the rest is cleared on the next start), or pick another "
+                            "run.name (run.name=NEW)")
+    for path in entries:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _kit_wrote(path: Path) -> bool:
+    """Whether ``path``, a top-level entry of a run folder, is one ``KIT_ENTRIES`` names, of the kind it names, holding
+    only names the kit writes. A link there is never the kit's (the kit makes none; W&B's links inside wandb/ are
+    removed as links by ``shutil.rmtree``, which follows none)."""
+    if path.name not in KIT_ENTRIES or path.is_symlink():
+        return False
+    inside = KIT_ENTRIES[path.name]
+    if inside is None:
+        return path.is_file()
+    return path.is_dir() and all(any(fnmatch.fnmatchcase(child.name, pattern) for pattern in inside)
+                                 for child in path.iterdir())
 
 
 class Timer:
