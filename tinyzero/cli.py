@@ -326,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("merge", help="a LoRA run's adapters merged into its base, written as a plain HF folder")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a LoRA run folder (its latest checkpoint) or a checkpoint")
-    p.add_argument("--out", required=True, help="a new or empty folder")
+    p.add_argument("--out", required=True, help="a new folder inside an existing one, or an empty folder (written "
+                                                "under a hidden name beside it, renamed into place when complete)")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
                    help="the saved weights' dtype (merged in float32 either way; default bfloat16, as vLLM serves)")
     p.set_defaults(func=cmd_merge)

@@ -304,7 +304,11 @@ def _model_folder(target: Target):
 
 def merge(spec: str, out: Path, dtype: str = "bfloat16") -> Path:
     """``tinyzero merge``: a LoRA run's (or checkpoint's) adapters merged into its base, written to ``out`` as a
-    plain HF folder (vLLM serve, verl, the hub); ``dtype`` is the saved weights' dtype."""
+    plain HF folder (vLLM serve, verl, the hub); ``dtype`` is the saved weights' dtype. The folder is written under
+    a hidden name beside ``out`` and renamed into place when complete, so a refusal or a failure leaves nothing at
+    ``out``; returns where it was written (``out`` resolved)."""
+    import shutil
+
     import torch
 
     from tinyzero.engine.lora import write_merged
@@ -316,10 +320,58 @@ def merge(spec: str, out: Path, dtype: str = "bfloat16") -> Path:
             f"{spec} is not a run or checkpoint folder"
         raise TinyZeroError(f"tinyzero merge takes a LoRA run or checkpoint, and {where}: give a run trained with "
                             "model.lora.rank > 0")
-    if out.exists() and any(out.iterdir()):
-        raise TinyZeroError(f"--out {out} is not empty: give a new or empty folder")
-    return write_merged(resolve_model(target.lora_base), Path(target.model), out, target.lora_base,
-                        getattr(torch, dtype))
+    final = _merge_destination(out)
+    staging = _staging_folder(out, final)  # the one write before the model loads: proves the folder writable
+    try:
+        write_merged(resolve_model(target.lora_base), Path(target.model), staging, target.lora_base,
+                     getattr(torch, dtype))
+        try:
+            os.replace(staging, final)  # over an empty folder too (rename(2) replaces an empty directory)
+        except OSError as err:  # something appeared at --out while the merge ran
+            raise TinyZeroError(f"--out {out} could not be put in place ({err.strerror or type(err).__name__}): "
+                                "give a new or empty folder") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _merge_destination(out: Path) -> Path:
+    """``--out`` checked without writing anything: a new name in an existing folder, or an empty folder."""
+    try:
+        final = out.resolve()  # a link is followed: the folder it names is the one written
+        parent = final.parent
+        exists, is_dir, parent_exists = final.exists(), final.is_dir(), parent.exists()
+        empty = is_dir and not any(final.iterdir())
+        above = next(p for p in final.parents if p.exists())  # the nearest thing above it that exists
+    except (OSError, RuntimeError) as err:  # no permission to look, a name too long, a loop of links
+        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)[:80] or type(err).__name__
+        raise TinyZeroError(f"--out {out} cannot be checked ({why}): give a new or empty folder you can write "
+                            "to") from None
+    if exists:
+        if not is_dir:
+            raise TinyZeroError(f"--out {out} is a file: give a new or empty folder")
+        if not empty:
+            raise TinyZeroError(f"--out {out} is not empty: give a new or empty folder")
+    elif not above.is_dir():
+        raise TinyZeroError(f"--out {out}: {above} is a file, not a folder: give a new folder inside a folder")
+    elif not parent_exists:
+        raise TinyZeroError(f"--out {out}: the folder it would go in ({parent}) does not exist: create it first, "
+                            "or give a new folder inside an existing one")
+    return final
+
+
+def _staging_folder(out: Path, final: Path) -> Path:
+    """A new hidden folder beside ``final`` (same file system, so the last rename is atomic)."""
+    import secrets
+
+    staging = final.parent / f".tinyzero-merge-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        staging.mkdir()
+    except OSError as err:  # a read-only or special file system, no write permission
+        raise TinyZeroError(f"--out {out}: cannot write in {final.parent} ({err.strerror or type(err).__name__}): "
+                            "give a new folder in a place you can write to") from None
+    return staging
 
 
 def _save(target: Target, settings: Settings, metrics: dict) -> Path:
