@@ -10,13 +10,19 @@ random model); the report runs are tests/test_compare.py's crafted folders.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 from test_lora import lora_run  # noqa: F401 - the fixture, shared (it trains once per module)
 
+from tinyzero.checkpoint import write_checksums
 from tinyzero.cli import main
+
+EVAL_FLAGS = ["--backend", "hf", "--no-progress", "--max-new-tokens", "6", "--k", "0"]
+NOTE_UNCHECKED = "was written before checkpoints carried checksums"
 
 
 @pytest.fixture(autouse=True)
@@ -112,3 +118,130 @@ def test_merge_writes_into_an_empty_folder_and_leaves_no_staging_folder(lora_run
         assert code == 0, err
         assert (out / "config.json").is_file() and (out / "model.safetensors").is_file(), stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "new"]  # no .tinyzero-merge-* left behind
+
+
+# ----------------------------------------------------------------------- a damaged LoRA checkpoint: merge, eval
+def _ckpt(run: Path) -> Path:
+    return run / "checkpoints" / "step_000002"
+
+
+def _adapter(run: Path) -> Path:
+    return _ckpt(run) / "adapter"
+
+
+def _write(name: str, data: bytes | None, *, checksums: str = "recompute"):
+    """Damage: ``adapter/name`` becomes ``data`` (None: a folder in its place; b"-": removed); then the checksums are
+    recomputed (the parse itself must stand guard), removed (a checkpoint from before checksums) or kept."""
+    def damage(run: Path) -> None:
+        path = _adapter(run) / name
+        path.unlink()
+        if data is None:
+            path.mkdir()
+        elif data != b"-":
+            path.write_bytes(data)
+        _after(run, checksums)
+    return damage
+
+
+def _after(run: Path, checksums: str) -> None:
+    if checksums == "recompute":
+        write_checksums(_ckpt(run))
+    elif checksums == "remove":
+        (_ckpt(run) / "checksums.json").unlink()
+
+
+def _truncated(run: Path) -> None:
+    path = _adapter(run) / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    _after(run, "recompute")
+
+
+def _tensors(change):
+    def damage(run: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        path = _adapter(run) / "adapter_model.safetensors"
+        save_file(change(load_file(str(path))), str(path))
+        _after(run, "recompute")
+    return damage
+
+
+def _nan(tensors: dict) -> dict:
+    name = sorted(n for n in tensors if ".lora_B." in n)[0]
+    tensors[name] = tensors[name] * float("nan")
+    return tensors
+
+
+def _config(**changes):
+    def damage(run: Path) -> None:
+        path = _adapter(run) / "adapter_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+        _after(run, "recompute")
+    return damage
+
+
+WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
+ADAPTER_CASES = {  # name: (damage, fragments of the sentence, notes expected before it)
+    "garbage-weights": (_write(WEIGHTS, b"garbage!" * 64),
+                        [f"adapter/{WEIGHTS} is damaged (SafetensorError", "header too large"], ()),
+    "garbage-weights-unchecked": (_write(WEIGHTS, b"garbage!" * 64, checksums="remove"),
+                                  [f"adapter/{WEIGHTS} is damaged (SafetensorError"], (NOTE_UNCHECKED,)),
+    "garbage-weights-checksum": (_write(WEIGHTS, b"garbage!" * 64, checksums="keep"),
+                                 [f"adapter/{WEIGHTS} is damaged (its SHA-256 differs"], ()),
+    "empty-weights": (_write(WEIGHTS, b""), [f"{WEIGHTS} is damaged (SafetensorError", "header too small"], ()),
+    "truncated-weights": (_truncated, [f"{WEIGHTS} is damaged (SafetensorError"], ()),
+    "weights-a-folder": (_write(WEIGHTS, None), [f"{WEIGHTS} is damaged (it is not a file)"], ()),
+    "weights-missing": (_write(WEIGHTS, b"-"), [f"{WEIGHTS} is damaged (it is missing)"], ()),
+    "weights-no-tensors": (_tensors(lambda t: {}), [f"{WEIGHTS} is damaged (it holds no adapter tensors)"], ()),
+    "weights-nan": (_tensors(_nan), [f"{WEIGHTS} is damaged (", "holds NaN or infinite values"], ()),
+    "weights-of-another-rank": (_config(r=8), [f"{WEIGHTS} is damaged (", "not rank 8 as adapter_config.json"], ()),
+    "garbage-config": (_write(CONFIG, b"{garbage"), [f"adapter/{CONFIG} is damaged (JSONDecodeError)"], ()),
+    "garbage-config-checksum": (_write(CONFIG, b"{garbage", checksums="keep"),
+                                [f"adapter/{CONFIG} is damaged (its SHA-256 differs"], ()),
+    "empty-config": (_write(CONFIG, b""), [f"{CONFIG} is damaged (JSONDecodeError)"], ()),
+    "config-not-utf8": (_write(CONFIG, b'{"r": "\xff"}'), [f"{CONFIG} is damaged (UnicodeDecodeError)"], ()),
+    "config-a-list": (_write(CONFIG, b"[]"), [f"{CONFIG} is damaged (it is not a LoRA adapter config)"], ()),
+    "config-a-folder": (_write(CONFIG, None), [f"{CONFIG} is damaged (it is a folder)"], ()),
+    "config-rank-text": (_config(r="x"), [f"{CONFIG} is damaged (its rank r is 'x'"], ()),
+    "garbage-base": (_write("base.json", b"\x00garbage"), ["adapter/base.json cannot be read (JSONDecodeError)",
+                                                           "use an earlier checkpoint"], ()),
+    "garbage-tokenizer": (_write("tokenizer_config.json", b"{garbage"),
+                          ["the tokenizer saved with the adapters in", "did not load (JSONDecodeError"], ()),
+}
+PARSED_BEFORE_LOADING = {case for case in ADAPTER_CASES if case != "garbage-tokenizer"}
+
+
+@pytest.mark.parametrize("command", ["merge", "eval"])
+@pytest.mark.parametrize("case", ADAPTER_CASES)
+def test_a_damaged_lora_checkpoint_is_one_sentence(case, command, lora_run, tmp_path, capsys,  # noqa: F811
+                                                   monkeypatch):
+    damage, fragments, notes = ADAPTER_CASES[case]
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    damage(run)
+    if case in PARSED_BEFORE_LOADING:
+        def loaded(*args, **kwargs):
+            raise AssertionError("a model was loaded before the adapter files were checked")
+
+        monkeypatch.setattr("tinyzero.engine.lora.write_merged", loaded)
+    before = listing(run)
+    args = ["merge", str(run), "--out", str(tmp_path / "merged")] if command == "merge" else ["eval", str(run),
+                                                                                              *EVAL_FLAGS]
+    code, _, err = run_cli(capsys, *args)
+    line = assert_refused(code, err, *fragments, notes=notes)
+    assert str(run / "checkpoints" / "step_000002") in line
+    assert "restore" in line or "move" in line  # the fix: a copy of the file, or the checkpoint before it
+    assert listing(run) == before  # eval saved no eval/ record, merge touched nothing in the run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no merged folder, no staging folder
+
+
+def test_a_damaged_adapter_names_the_checkpoint_before_it(lora_run, tmp_path, capsys):  # noqa: F811
+    """With an earlier checkpoint in the run, the sentence says which one to give instead."""
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    shutil.copytree(_ckpt(run), run / "checkpoints" / "step_000001")
+    _write(WEIGHTS, b"garbage!" * 64)(run)
+    for args in (["merge", str(run), "--out", str(tmp_path / "m")], ["eval", str(run), *EVAL_FLAGS]):
+        code, _, err = run_cli(capsys, *args)
+        assert_refused(code, err, f"give the checkpoint before it ({run.resolve() / 'checkpoints' / 'step_000001'})"
+                                  " instead, or restore the file from a copy")

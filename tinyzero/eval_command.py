@@ -4,6 +4,7 @@ What a MODEL_OR_RUN can be:
 - a run folder (it holds ``config.yaml``): its latest complete checkpoint's ``policy/``;
 - a checkpoint folder (``runs/X/checkpoints/step_N``): its ``policy/``; the run's config is two folders up;
 - for a LoRA run, its ``adapter/`` merged into the run's base in a temporary folder (``merge`` writes one to keep);
+  the adapter files are parsed before any model loads, so a damaged one is one sentence naming it;
 - anything ``model.name`` takes: the bundled ``smollm2-135m``, a Hugging Face folder, a hub id.
 
 The problems, environment, template, seed and defaults come from the first run among the models given (the same
@@ -31,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tinyzero.checkpoint import ADAPTER_DIR as ADAPTER
-from tinyzero.checkpoint import MARKER, latest_checkpoint, read_state, verify_checkpoint
+from tinyzero.checkpoint import MARKER, complete_checkpoints, latest_checkpoint, read_state, verify_checkpoint
 from tinyzero.config import MAX_EVAL_SIZE, Config, load_config
 from tinyzero.errors import TinyZeroError
 
@@ -110,10 +111,70 @@ def _checkpoint_target(spec: str, ckpt: Path, run_dir: Path) -> Target:
               file=sys.stderr)
     step = int(read_state(ckpt)["step"])
     if lora:
+        check_adapter(ckpt)
         return Target(spec, f"{run_dir.name} step {step}", str(ckpt / ADAPTER), run_dir, step, config,
                       lora_base=config.model.name)
     return Target(spec, f"{run_dir.name} step {step}", str(ckpt / "policy"), run_dir, step, config,
                   tokenizer_from=config.model.name)
+
+
+def check_adapter(ckpt: Path) -> None:
+    """A LoRA checkpoint's adapter files, parsed before any model loads (checksums only prove the files are the ones
+    saved, and a checkpoint from before checksums has none): ``adapter_config.json`` a LoRA config, every tensor of
+    ``adapter_model.safetensors`` readable, finite and of the config's rank, ``base.json`` readable. One sentence
+    naming the first damaged file."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    from tinyzero.engine.lora import read_base
+
+    folder = ckpt / ADAPTER
+    config_path, weights_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    config = _adapter_config(config_path, ckpt)
+    if not weights_path.is_file():
+        _damaged(weights_path, ckpt, "it is missing" if not weights_path.exists() else "it is not a file")
+    pattern = config.get("rank_pattern")
+    rank = None if isinstance(pattern, dict) and pattern else config["r"]  # per-layer ranks: not checked here
+    try:
+        with safe_open(str(weights_path), framework="pt") as weights:
+            names = list(weights.keys())
+            if not names:
+                _damaged(weights_path, ckpt, "it holds no adapter tensors")
+            for name in names:
+                tensor = weights.get_tensor(name)
+                side = 0 if ".lora_A." in name else 1 if ".lora_B." in name else None
+                if side is not None and rank is not None and (tensor.dim() != 2 or tensor.shape[side] != rank):
+                    _damaged(weights_path, ckpt, f"{name[:100]} has shape {list(tensor.shape)}, not rank {rank} as "
+                                                 "adapter_config.json says")
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    _damaged(weights_path, ckpt, f"{name[:100]} holds NaN or infinite values")
+    except (SafetensorError, OSError) as err:
+        _damaged(weights_path, ckpt, f"{type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''}")
+    read_base(folder)
+
+
+def _adapter_config(path: Path, ckpt: Path) -> dict:
+    """``adapter_config.json`` as tinyzero writes it: a JSON object of peft's LoRA type, with a positive rank."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON, bad UTF-8, an int too long
+        _damaged(path, ckpt, "it is missing" if not path.exists() else "it is a folder" if path.is_dir()
+                 else type(err).__name__)
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        _damaged(path, ckpt, "it is not a LoRA adapter config")
+    rank = config.get("r")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        _damaged(path, ckpt, f"its rank r is {str(rank)[:40]!r}, not a whole number of 1 or more")
+    return config
+
+
+def _damaged(path: Path, ckpt: Path, what: str):
+    """One sentence: the damaged checkpoint file, and what to give instead (the checkpoint before it, if any)."""
+    found = [c.resolve() for c in complete_checkpoints(ckpt.parent.parent)]
+    earlier = found[:found.index(ckpt.resolve())] if ckpt.resolve() in found else []
+    fix = (f"give the checkpoint before it ({earlier[-1]}) instead, or restore the file from a copy" if earlier
+           else "restore the file from a copy (the run has no earlier checkpoint)")
+    raise TinyZeroError(f"checkpoint file {path} is damaged ({what}): {fix}")
 
 
 def settings_for(targets: list[Target], *, env: str | None = None, options: dict | None = None,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -161,12 +162,13 @@ def base_identity(name: str, model_path: str | Path) -> dict:
 def read_base(folder: Path) -> dict:
     """The ``base.json`` of an adapter folder; a missing or unreadable one is one sentence."""
     try:
-        saved = json.loads((folder / BASE_FILE).read_text())
-    except (OSError, ValueError) as err:
+        saved = json.loads((folder / BASE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON, bad UTF-8, an int too long
         raise TinyZeroError(f"{folder / BASE_FILE} cannot be read ({type(err).__name__}), so the adapters' base is "
-                            "unknown: resume from an earlier checkpoint") from None
+                            "unknown: use an earlier checkpoint, or restore the file from a copy") from None
     if not isinstance(saved, dict):
-        raise TinyZeroError(f"{folder / BASE_FILE} is not a mapping: resume from an earlier checkpoint")
+        raise TinyZeroError(f"{folder / BASE_FILE} is not a mapping: use an earlier checkpoint, or restore the file "
+                            "from a copy")
     return saved
 
 
@@ -188,13 +190,35 @@ def write_merged(base_path: str | Path, adapter_dir: Path, out: Path, base_name:
     from tinyzero.engine.models import load_causal_lm
 
     check_base(read_base(adapter_dir), base_identity(base_name, base_path), adapter_dir)
-    model = PeftModel.from_pretrained(load_causal_lm(base_path, torch.float32, "cpu"), str(adapter_dir))
-    merged = model.merge_and_unload().to(dtype)
+    has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
+    # Any failure below means the same to the user: these adapter files do not load (the callers parse the ones
+    # tinyzero writes first, in tinyzero/eval_command.py; this names whatever else is damaged).
+    if has_tokenizer:
+        with _adapters_load(adapter_dir, "the tokenizer saved with the adapters"):
+            tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(base_path)
+    base = load_causal_lm(base_path, torch.float32, "cpu")
+    with _adapters_load(adapter_dir, "the LoRA adapters"):
+        model = PeftModel.from_pretrained(base, str(adapter_dir))
+        merged = model.merge_and_unload().to(dtype)
     merged.config.use_cache = True
     merged.save_pretrained(out, safe_serialization=True)
-    has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
-    AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else base_path).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
+
+
+@contextmanager
+def _adapters_load(adapter_dir: Path, what: str):
+    """A loader failure inside ``adapter_dir`` as one sentence naming the folder and the fix."""
+    try:
+        yield
+    except TinyZeroError:
+        raise
+    except Exception as exc:  # any loader error: SafetensorError, JSONDecodeError, a shape mismatch, ...
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise TinyZeroError(f"{what} in {adapter_dir} did not load ({type(exc).__name__}: {first}): use an earlier "
+                            "checkpoint, or restore the folder from a copy") from None
 
 
 def push_mode(setting: str, engine_dtype: str) -> str:
