@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_compare import STEPS, make_run
 from test_lora import lora_run  # noqa: F401 - the fixture, shared (it trains once per module)
 
 from tinyzero.checkpoint import write_checksums
@@ -245,3 +246,126 @@ def test_a_damaged_adapter_names_the_checkpoint_before_it(lora_run, tmp_path, ca
         code, _, err = run_cli(capsys, *args)
         assert_refused(code, err, f"give the checkpoint before it ({run.resolve() / 'checkpoints' / 'step_000001'})"
                                   " instead, or restore the file from a copy")
+
+
+# ----------------------------------------------------------------------------------- report RUN RUN ...
+def _pair(tmp: Path, control_accuracy: dict | None = None, name: str = "demo") -> tuple[Path, Path]:
+    real = make_run(tmp, name, control="none", accuracy={0: 0.14, 2: 0.35, 4: 0.59, 6: 0.61},
+                    checks={s: 0 if s == 1 else 10 for s in STEPS}, eval_checks={0: 0, 6: 2})
+    shuffled = make_run(tmp, "demo-shuffled", control="shuffled",
+                        accuracy=control_accuracy or {0: 0.14, 2: 0.15, 4: 0.16, 6: 0.14},
+                        checks={s: 0 for s in STEPS}, eval_checks={0: 0, 6: 1})
+    return real, shuffled
+
+
+def _history_accuracy(value):
+    def runs(tmp: Path) -> list[Path]:
+        return list(_pair(tmp, {0: 0.14, 2: 0.15, 4: 0.16, 6: value}))
+    return runs
+
+
+def _out(where):
+    def runs(tmp: Path) -> tuple[list[Path], Path]:
+        return list(_pair(tmp)), where(tmp)
+    return runs
+
+
+REPORT_REFUSED = {  # name: (runs and --out, given the test's folder; fragments of the sentence)
+    "control-accuracy-5": (_history_accuracy(5.0), ["demo-shuffled/checkpoints/step_000006/state.json holds a "
+                                                    "held-out accuracy of 5.0 at step 6, not a share between 0 and 1",
+                                                    "restore the file from a copy"]),
+    "control-accuracy-negative": (_history_accuracy(-0.5), ["state.json holds a held-out accuracy of -0.5"]),
+    "control-accuracy-nan": (_history_accuracy(float("nan")), ["state.json holds a held-out accuracy of nan"]),
+    "control-accuracy-text": (_history_accuracy("high"), ["state.json holds a held-out accuracy of 'high'"]),
+    "out-under-a-missing-folder": (_out(lambda tmp: tmp / "nope" / "c.html"),
+                                   ["cannot write the report to", "nope does not exist", "give --out a file path"]),
+    "out-a-folder": (_out(lambda tmp: tmp / "demo"), ["cannot write the report to", "(Is a directory)"]),
+    "out-under-a-file": (_out(lambda tmp: tmp / "demo" / "metrics.jsonl" / "c.html"),
+                         ["metrics.jsonl is not a folder", "give --out a file path"]),
+    "out-under-proc": (_out(lambda tmp: Path("/proc/1/nope/c.html")), ["cannot write the report to /proc/1/nope"]),
+    "out-a-name-too-long": (_out(lambda tmp: tmp / ("c" * 300)), ["(File name too long)"]),
+}
+
+
+@pytest.mark.parametrize("case", REPORT_REFUSED)
+def test_report_of_several_runs_refuses_in_one_sentence(case, tmp_path, capsys):
+    made = REPORT_REFUSED[case][0](tmp_path)
+    runs, out = made if isinstance(made, tuple) else (made, None)
+    before = listing(tmp_path)
+    code, _, err = run_cli(capsys, "report", *map(str, runs), *(["--out", str(out)] if out else []))
+    assert_refused(code, err, *REPORT_REFUSED[case][1])
+    assert listing(tmp_path) == before  # no compare.html, nothing at --out
+
+
+def test_the_one_run_report_refuses_an_accuracy_outside_0_and_1_too(tmp_path, capsys):
+    _, control = _pair(tmp_path, {0: 0.14, 6: 5.0})
+    code, _, err = run_cli(capsys, "report", str(control))
+    assert_refused(code, err, "state.json holds a held-out accuracy of 5.0 at step 6")
+    assert not (control / "report.html").exists()
+
+
+def _metrics_row(row: dict):
+    def runs(tmp: Path) -> list[Path]:
+        real, control = _pair(tmp)
+        with open(control / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        return [real, control]
+    return runs
+
+
+def _history_row(row: dict):
+    def runs(tmp: Path) -> list[Path]:
+        real, control = _pair(tmp)
+        state = next((control / "checkpoints").glob("step_*")) / "state.json"
+        data = json.loads(state.read_text())
+        data["history"].append(row)
+        state.write_text(json.dumps(data))
+        return [real, control]
+    return runs
+
+
+def _renamed(tmp: Path, name: str) -> list[Path]:
+    """The pair, the first run's folder renamed (its config's run.name stays a plain one)."""
+    real, control = _pair(tmp)
+    return [real.rename(tmp / name), control]
+
+
+TEX_NAME = "$\\foo{x}$"
+REPORT_READ_PAST = {  # name: (runs, given the test's folder; the one note line expected, or None)
+    "metrics-row-without-step": (_metrics_row({"reward/mean": 0.5}), "line 7 has no step number (step None): left "
+                                                                     "out of the report"),
+    "metrics-row-step-text": (_metrics_row({"step": "a", "reward/mean": 0.5}), "line 7 has no step number (step 'a')"),
+    "metrics-row-step-bool": (_metrics_row({"step": True, "reward/mean": 0.5}), "has no step number (step True)"),
+    "metrics-row-step-nan": (_metrics_row({"step": float("nan"), "reward/mean": 0.5}), "(step nan)"),
+    "history-row-without-step": (_history_row({"eval/accuracy": 0.5, "n": 100}), None),
+    "history-row-step-text": (_history_row({"step": "a", "eval/accuracy": 0.5, "n": 100}), None),
+    "run-folder-named-as-tex": (lambda tmp: _renamed(tmp, TEX_NAME), None),
+    "run-folder-named-with-underscore": (lambda tmp: _renamed(tmp, "_under"), None),
+}
+
+
+@pytest.mark.parametrize("case", REPORT_READ_PAST)
+def test_report_of_several_runs_reads_past_rows_it_cannot_draw(case, tmp_path, capsys, monkeypatch):
+    """A row without a step number is left out (one note line, as the one-run report reads it); a run's name is
+    drawn as written in every legend, TeX or a leading underscore."""
+    from tinyzero.analysis import report
+
+    legends: list[str] = []
+    png = report._png
+
+    def recording(fig, title):
+        legends.extend(text.get_text() for text in fig.axes[0].get_legend().get_texts())
+        return png(fig, title)
+
+    monkeypatch.setattr(report, "_png", recording)
+    make, note = REPORT_READ_PAST[case]
+    runs = make(tmp_path)
+    code, out, err = run_cli(capsys, "report", *map(str, runs))
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == ([] if note is None else lines[:1]) and (note is None or note in lines[0]), err
+    html = (runs[0] / "compare.html").read_text()
+    assert html.count("<img") == 9
+    assert "<td>control: shuffled</td><td>6</td>" in html  # its steps: a row without a step number is not counted
+    first = runs[0].name
+    assert first in legends and f"aha step, {first}" in legends  # its curves and its aha mark, as named

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from tinyzero.analysis.aha_file import analyse_file, settings_for
 from tinyzero.analysis.claim import Finding, Share, held_out, training
-from tinyzero.analysis.report import CSS, _line_plot
+from tinyzero.analysis.report import CSS, _line_plot, check_out, write_html
 from tinyzero.analysis.runs import (
     config_differences,
     control_of,
     eval_history,
     flatten,
+    number,
     read_config,
     read_metrics,
 )
@@ -79,7 +80,7 @@ def _labels(paths: list[Path]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------- series
 def _scalar(rows: list[dict], key: str) -> tuple[list, list]:
-    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
+    pts = [(r["step"], r[key]) for r in rows if number(r.get(key)) and number(r.get("step"))]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -99,10 +100,10 @@ def accuracy_shares(run: Run) -> dict[int, Share]:
     checkpoint from ``evals.jsonl.gz`` (a run still going, or one stopped between checkpoints)."""
     size = flatten(run.config).get("eval.size")
     out = {s["step"]: Share(s["accuracy"], s["responses"]) for s in (run.evals or {}).get("by_step", [])
-           if isinstance(s.get("accuracy"), int | float) and s["responses"]}
-    for h in run.history:
+           if number(s.get("accuracy")) and s["responses"]}
+    for h in run.history:  # eval_history: numbered rows, accuracies between 0 and 1
         n = h.get("n", size)
-        if isinstance(h.get("eval/accuracy"), int | float) and isinstance(n, int) and n > 0:
+        if number(h.get("eval/accuracy")) and isinstance(n, int) and not isinstance(n, bool) and n > 0:
             out[h["step"]] = Share(h["eval/accuracy"], n)
     return out
 
@@ -111,7 +112,7 @@ def rate_shares(summary: dict | None, key: str) -> dict[int, Share]:
     if summary is None:
         return {}
     return {s["step"]: Share(s["metrics"][key], s["responses"]) for s in summary["by_step"]
-            if isinstance(s["metrics"].get(key), int | float) and s["responses"]}
+            if number(s["metrics"].get(key)) and s["responses"]}
 
 
 # --------------------------------------------------------------------------------------------- page
@@ -237,6 +238,8 @@ def write_comparison(run_dirs: list[Path], out: Path | None = None) -> Path:
     paths = [Path(p).resolve() for p in run_dirs]
     if len(set(paths)) != len(paths):
         raise TinyZeroError("the same run folder is given twice: give each run once")
+    out = out or paths[0] / "compare.html"
+    check_out(out)  # before any run is read: the one-run report's check and sentence
     runs = [load_run(path, label) for path, label in zip(paths, _labels(paths), strict=True)]
     title = " vs ".join(run.label for run in runs)
     html = [f"<!doctype html><html><head><meta charset='utf-8'><title>tinyzero: {escape(title)}</title>"
@@ -249,6 +252,5 @@ def write_comparison(run_dirs: list[Path], out: Path | None = None) -> Path:
             "<h2>The claim, against the control</h2>", _claim(runs),
             "<h2>Held-out accuracy at each evaluation</h2>", _accuracy_by_eval(runs),
             "<h2>Curves</h2>", *_plots(runs), "</body></html>"]
-    out = out or paths[0] / "compare.html"
-    out.write_text("\n".join(html), encoding="utf-8")
+    write_html(out, "\n".join(html))
     return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
-import math
+import re
 from collections.abc import Mapping
 from html import escape
 from pathlib import Path
@@ -23,6 +23,7 @@ from pathlib import Path
 from tinyzero.analysis.aha import DEFAULT_LEXICON, Analysis, Tracker
 from tinyzero.analysis.aha_file import Settings, analyse_file, settings_for
 from tinyzero.analysis.runs import control_of, eval_history, read_config, read_metrics
+from tinyzero.analysis.runs import number as _number
 from tinyzero.analysis.transcripts import problem_id, read_jsonl, same_problem_at_start, transcript_html
 from tinyzero.errors import TinyZeroError
 from tinyzero.fields import short
@@ -39,10 +40,6 @@ mark.reflection { background: #ffe08a; } mark.verification { background: #a8e6a1
 .note { color: #666; font-size: .9em; }
 .control { background: #eef3ff; border-left: 4px solid #4a6fd1; padding: .4em .8em; }
 """
-
-
-def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _png(fig, title: str) -> str:
@@ -72,17 +69,23 @@ def _line_plot(title: str, curves: list[tuple[str, list, list, dict]], ylabel: s
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    for label, x, y, style in curves:
-        ax.plot(x, y, label=label, **({"marker": "o", "markersize": 3} | style))
+    lines = [ax.plot(x, y, label=label, **({"marker": "o", "markersize": 3} | style))[0]
+             for label, x, y, style in curves]
     if extra is not None:
         extra(ax)
+    # Labels are names from the run (folders, phrase families), shown as written: the handles are passed
+    # explicitly, since matplotlib leaves out labels that start with "_", and math parsing is off, since it reads
+    # "$...$" as TeX and raises on what it does not know (a run folder named "$\foo{x}$").
+    lines += [line for line in ax.get_lines()[len(lines):] if not re.fullmatch(r"_child\d+", line.get_label())]
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    legend = ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="best")
+    for text in legend.get_texts():
+        text.set_parse_math(False)
     return _png(fig, title)
 
 
@@ -248,6 +251,8 @@ def control_note(config: Mapping) -> str:
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the HTML report of ``run_dir``; returns its path (default ``run_dir/report.html``)."""
     run_dir = run_dir.resolve()  # "." has no name to put in the title
+    out = out or run_dir / "report.html"
+    check_out(out)
     metrics = read_metrics(run_dir)
     rollouts_path = run_dir / "rollouts.jsonl.gz"
     if not rollouts_path.is_file():
@@ -266,10 +271,27 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
             "<h2>Summary</h2>", _summary_table(metrics, history, rollouts),
             "<h2>Curves</h2>", *_plots(metrics, history, rollouts, evals),
             "<h2>Transcripts</h2>", _transcripts(run_dir, tracker), "</body></html>"]
-    out = out or run_dir / "report.html"
-    try:
-        out.write_text("\n".join(html), encoding="utf-8")
-    except OSError as err:  # a folder, a read-only place, a missing parent
-        raise TinyZeroError(f"cannot write the report to {out} ({err.strerror or type(err).__name__}): give --out a "
-                            "file path in a folder you can write to") from None
+    write_html(out, "\n".join(html))
     return out
+
+
+def check_out(out: Path) -> None:
+    """Where a report goes, checked before any work: a file path (new or old) in an existing folder."""
+    try:
+        why = ("Is a directory" if out.is_dir() else f"{out.parent} does not exist" if not out.parent.exists()
+               else f"{out.parent} is not a folder" if not out.parent.is_dir() else None)
+    except OSError as err:  # no permission to look, a name too long
+        why = err.strerror or type(err).__name__
+    if why is not None:
+        raise TinyZeroError(_cannot_write(out, why))
+
+
+def write_html(out: Path, text: str) -> None:
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as err:  # a folder, a read-only place, a missing parent
+        raise TinyZeroError(_cannot_write(out, err.strerror or type(err).__name__)) from None
+
+
+def _cannot_write(out: Path, why: str) -> str:
+    return f"cannot write the report to {out} ({why}): give --out a file path in a folder you can write to"

@@ -1,19 +1,24 @@
 """A finished (or running) run folder as the reports read it: its resolved config, its control, its logs.
 
 Reads only: ``config.yaml`` (YAML, never executed), ``metrics.jsonl`` and the newest checkpoint's ``state.json``.
+Rows without a step number are left out of both (a note says so for ``metrics.jsonl``); a held-out accuracy that is
+not a share between 0 and 1 is refused in one sentence, since the claim's noise band is computed from it.
 Simplification: a run folder without a ``config.yaml`` reads as the defaults would (no control, nothing differs).
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
-from tinyzero.analysis.transcripts import read_jsonl
 from tinyzero.checkpoint import latest_checkpoint, read_state
 from tinyzero.errors import TinyZeroError
+from tinyzero.fields import short
+from tinyzero.jsonl import read_rows
 
 # Keys that differ between any two runs and say nothing about how they trained.
 NOT_A_DIFFERENCE = ("run.name", "run.out_dir")
@@ -66,17 +71,41 @@ def config_differences(configs: list[Mapping]) -> list[tuple[str, list[object]]]
     return out
 
 
+def number(value) -> bool:
+    """A finite int or float, not a bool: what a step or a metric value must be to be drawn or compared."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl`` that have a step number. A row without one (a script's, an edit's) is left out
+    of every curve and count, and one note line says how many were, from which line on."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise TinyZeroError(f"{run_dir} has no metrics.jsonl: give a run folder such as runs/demo")
-    return list(read_jsonl(path))
+    rows, skipped = [], []
+    for line, row in read_rows(path):
+        (rows if number(row.get("step")) else skipped).append((line, row))
+    if skipped:
+        line, row = skipped[0]
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        print(f"tinyzero: note: {path} line {line}{more} has no step number (step {short(row.get('step'))}): left "
+              "out of the report", file=sys.stderr)
+    return [row for _, row in rows]
 
 
 def eval_history(run_dir: Path) -> list[dict]:
-    """Every held-out evaluation so far, from the newest complete checkpoint ([] without one)."""
+    """Every held-out evaluation so far, from the newest complete checkpoint ([] without one); rows without a step
+    number are left out, and an accuracy that is not a share between 0 and 1 is one sentence naming the file."""
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None or not (ckpt / "state.json").is_file():
         return []
     history = read_state(ckpt).get("history", [])  # read_state names a damaged state.json in one sentence
-    return [row for row in history if isinstance(row, dict)] if isinstance(history, list) else []
+    rows = [row for row in history if isinstance(row, dict) and number(row.get("step"))] \
+        if isinstance(history, list) else []
+    for row in rows:
+        accuracy = row.get("eval/accuracy", 0.0)
+        if not (number(accuracy) and 0 <= accuracy <= 1):
+            raise TinyZeroError(f"{ckpt / 'state.json'} holds a held-out accuracy of {short(accuracy)} at step "
+                                f"{row['step']}, not a share between 0 and 1: restore the file from a copy, or move "
+                                f"{ckpt} aside to report from the checkpoint before it")
+    return rows
