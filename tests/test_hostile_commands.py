@@ -304,11 +304,11 @@ def test_the_one_run_report_refuses_an_accuracy_outside_0_and_1_too(tmp_path, ca
     assert not (control / "report.html").exists()
 
 
-def _metrics_row(row: dict):
+def _metrics_row(*rows: dict):
     def runs(tmp: Path) -> list[Path]:
         real, control = _pair(tmp)
         with open(control / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+            fh.writelines(json.dumps(row) + "\n" for row in rows)
         return [real, control]
     return runs
 
@@ -332,11 +332,13 @@ def _renamed(tmp: Path, name: str) -> list[Path]:
 
 TEX_NAME = "$\\foo{x}$"
 REPORT_READ_PAST = {  # name: (runs, given the test's folder; the one note line expected, or None)
-    "metrics-row-without-step": (_metrics_row({"reward/mean": 0.5}), "line 7 has no step number (step None): left "
-                                                                     "out of the report"),
-    "metrics-row-step-text": (_metrics_row({"step": "a", "reward/mean": 0.5}), "line 7 has no step number (step 'a')"),
-    "metrics-row-step-bool": (_metrics_row({"step": True, "reward/mean": 0.5}), "has no step number (step True)"),
-    "metrics-row-step-nan": (_metrics_row({"step": float("nan"), "reward/mean": 0.5}), "(step nan)"),
+    "metrics-row-without-step": (_metrics_row({"reward/mean": 0.5}), "metrics.jsonl: 1 row without a step number "
+                                                                     "was left out of the report (the first, line 7: "
+                                                                     "step None)"),
+    "metrics-row-step-text": (_metrics_row({"step": "a", "reward/mean": 0.5}), "(the first, line 7: step 'a')"),
+    "metrics-row-step-bool": (_metrics_row({"step": True, "reward/mean": 0.5}), "(the first, line 7: step True)"),
+    "metrics-row-step-nan": (_metrics_row({"step": float("nan"), "reward/mean": 0.5}), "line 7: step nan)"),
+    "metrics-rows-two": (_metrics_row({"step": "a"}, {"step": None}), "2 rows without a step number were left out"),
     "history-row-without-step": (_history_row({"eval/accuracy": 0.5, "n": 100}), None),
     "history-row-step-text": (_history_row({"step": "a", "eval/accuracy": 0.5, "n": 100}), None),
     "run-folder-named-as-tex": (lambda tmp: _renamed(tmp, TEX_NAME), None),

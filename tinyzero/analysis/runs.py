@@ -87,9 +87,10 @@ def read_metrics(run_dir: Path) -> list[dict]:
         (rows if number(row.get("step")) else skipped).append((line, row))
     if skipped:
         line, row = skipped[0]
-        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
-        print(f"tinyzero: note: {path} line {line}{more} has no step number (step {short(row.get('step'))}): left "
-              "out of the report", file=sys.stderr)
+        rows_were = "1 row without a step number was" if len(skipped) == 1 else \
+            f"{len(skipped)} rows without a step number were"
+        print(f"tinyzero: note: {path}: {rows_were} left out of the report (the first, line {line}: step "
+              f"{short(row.get('step'))})", file=sys.stderr)
     return [row for _, row in rows]
 
 
