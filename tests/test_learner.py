@@ -323,6 +323,37 @@ def test_a_non_finite_update_is_refused_and_changes_nothing(tiny_model_dir, toke
     assert all(bool(torch.isfinite(v).all()) for v in after[0].values())
 
 
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_a_finite_loss_with_a_non_finite_gradient_is_refused(tiny_model_dir, tokens, bad):
+    """The guard's own case (issue 33): the loss is finite and only the gradient is not (here one weight's gradient,
+    made so by a hook). NaN advantages make the loss NaN too, so a guard that let a non-finite gradient norm through
+    was caught by that test's message text alone; here it would step, and the norm's clipping would write NaN."""
+    learner = Learner(tiny_model_dir, AlgoConfig(), OptimConfig(lr=1e-3, micro_batch_size=6))
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0])[:, None] * tokens.response_mask
+    learner.update(TrainBatch(tokens=tokens, advantages=advantages))  # one good step: AdamW has moments now
+    before = _snapshot(learner)
+    weight = next(p for name, p in learner.policy.named_parameters() if name.endswith("mlp.down_proj.weight"))
+    hook = weight.register_hook(lambda grad: torch.full_like(grad, bad))
+    losses = []
+    original = learner._clip_and_step
+
+    def record(module, optimizer, sums):  # the loss terms the guard is given, then the guard itself
+        losses.append(dict(sums))
+        return original(module, optimizer, sums)
+
+    learner._clip_and_step = record
+    try:
+        with pytest.raises(NonFiniteUpdate, match="refused update 2 because it was not finite") as err:
+            learner.update(TrainBatch(tokens=tokens, advantages=advantages))
+    finally:
+        hook.remove()
+    assert losses and all(math.isfinite(value) for value in losses[0].values()), losses  # the loss was finite
+    assert f"gradient norm {bad}" in str(err.value) and "pg_loss" not in str(err.value)
+    after = _snapshot(learner)
+    assert _same(before[0], after[0]) and _same(before[1]["state"], after[1]["state"])  # weights, AdamW moments
+    assert learner.updates == 1 and all(p.grad is None for p in learner.policy.parameters())
+
+
 def test_a_checkpoint_with_nan_moments_is_refused(tiny_model_dir, tokens, tmp_path):
     """NaN AdamW moments in a checkpoint resumed silently and turned every weight into NaN on the next step."""
     learner = Learner(tiny_model_dir, AlgoConfig(), OptimConfig(lr=1e-3, micro_batch_size=6))
