@@ -533,6 +533,87 @@ def test_a_worker_that_dies_scores_verifier_error_and_a_new_one_takes_over():
     assert env.reward(tag(problem["answer"]), problem).correct and worker._proc.pid != first
 
 
+# ------------------------------------------------------------------------------- the worker's limits, probed from inside
+# A verifier stand-in that tries each limit from inside a real worker (``gym_worker.main``, set-up line, answers and
+# replies as the client sends and reads them). The hostile-answer tests never reach these limits (the parse guards
+# stop those answers first), so removing one passed every test (issue 33's mutation audit).
+PROBE_WORKER = r"""
+import json, os, resource, sys, time
+
+import tinyzero.envs.gym as gym
+from tinyzero.envs import gym_worker
+
+
+class Probe:
+    def score_answer(self, answer, entry):
+        if answer == "limits":  # as an error reply: a score must be a number
+            names = ("RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_CORE", "RLIMIT_AS")
+            used = resource.getrusage(resource.RUSAGE_SELF)
+            raise RuntimeError(json.dumps({"cpu_used": used.ru_utime + used.ru_stime, "uid": os.getuid(),
+                                           **{n: resource.getrlimit(getattr(resource, n)) for n in names}}))
+        if answer == "write":  # one byte into a new file in the folder the problem names
+            with open(os.path.join(entry["folder"], "written"), "wb") as fh:
+                fh.write(b"x")
+            return 1
+        if answer == "fork":
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            return 1
+        if answer == "spin":  # CPU, not wall-clock, time: only the CPU limit ends it early
+            start = time.process_time()
+            while time.process_time() - start < 20:
+                pass
+            return 1
+        return 0
+
+
+gym.build_dataset = lambda task, generator: Probe()
+gym.entry_of = lambda problem, task, generator: problem
+sys.exit(gym_worker.main())
+"""
+
+
+def test_the_workers_cpu_file_size_and_process_limits_are_in_force(tmp_path):
+    """CPU seconds re-armed per answer (a spin dies of SIGXCPU), no file can grow (EFBIG), no process can start
+    (RLIMIT_NPROC 0: the kernel enforces it for every user but root, so as root only its value is checked)."""
+    import os
+    import resource
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", PROBE_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        def send(obj: dict) -> dict:
+            proc.stdin.write(json.dumps(obj) + "\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            return json.loads(line) if line else {}
+
+        assert send({"task": "probe", "generator": "probe", "memory_mb": 2048, "cpu_s": 2}) == {"ready": True}
+        reply = send({"answer": "limits", "problem": {}})
+        seen = json.loads(reply["error"].removeprefix("RuntimeError: "))
+        assert seen["RLIMIT_FSIZE"] == [0, 0] and seen["RLIMIT_NPROC"] == [0, 0] and seen["RLIMIT_CORE"] == [0, 0]
+        assert seen["RLIMIT_AS"][0] == 2048 * 2**20
+        assert seen["RLIMIT_CPU"][0] != resource.RLIM_INFINITY and seen["RLIMIT_CPU"][0] <= seen["cpu_used"] + 2
+        reply = send({"answer": "write", "problem": {"folder": str(tmp_path)}})
+        assert "File too large" in reply.get("error", ""), reply  # EFBIG: Python ignores SIGXFSZ
+        assert (tmp_path / "written").stat().st_size == 0  # created (no limit on that), not one byte in it
+        reply = send({"answer": "fork", "problem": {}})
+        if seen["uid"] != 0:
+            assert "Resource temporarily unavailable" in reply.get("error", ""), reply  # EAGAIN
+        start = time.monotonic()
+        assert send({"answer": "spin", "problem": {}}) == {}  # no reply: the worker died
+        assert proc.wait(timeout=60) == -signal.SIGXCPU
+        assert time.monotonic() - start < 30  # 20 CPU seconds would be the spin ending by itself
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 # ------------------------------------------------------------------------------------------ a worker that cannot start
 def test_repeated_start_failures_stop_scoring_instead_of_scoring_zeros():
     """A worker that cannot start (here: a 1 MiB address space, as on a machine out of memory) made every answer
