@@ -492,3 +492,59 @@ def test_a_nan_reward_stops_the_run_from_the_command_line(tiny_model_dir, tmp_pa
     saved = finite_weights(tmp_path / "nan" / "checkpoints" / "step_000000")
     initial = load_file(str(tiny_model_dir / "model.safetensors"))
     assert all(torch.equal(saved[k], initial[k]) for k in saved)
+
+
+# ------------------------------------------------------------- hostile train inputs (issue 33), and their neighbours
+TRAIN_REFUSED = {  # overrides -> what the one sentence says; each stops before the run folder or any model is made
+    "name-300-bytes": (["run.name=" + "a" * 300], "run.name must be a folder name of at most 200 bytes"),
+    "name-202-utf8-bytes": (["run.name=" + "é" * 101], "this one has 202"),
+    "eval-k-million": (["eval.k=1000000"], "eval.k must be between 0 and 1024, got 1000000"),
+    "eval-k-1025": (["eval.k=1025"], "eval.k must be between 0 and 1024"),
+    "filter-one-sample": (["rollout.filter_groups=correct", "rollout.samples_per_prompt=1",
+                           "rollout.max_generation_rounds=1000000"], "a group of one sample"),
+    "filter-greedy": (["rollout.filter_groups=score", "rollout.temperature=0"], "greedy samples"),
+    "lora-rank-4096": (["model.lora.rank=4096"], "model.lora.rank=4096 is more than"),
+    "lora-rank-33": (["model.lora.rank=33"], "bound an adapter's rank to 32"),  # the tiny model's k_proj: 64 x 32
+}
+TRAIN_ACCEPTED = {  # the neighbours: past every check, up to the first model load
+    "name-200-bytes": ["run.name=" + "a" * 200],
+    "eval-k-1024": ["eval.k=1024"],
+    "filter-two-samples": ["rollout.filter_groups=correct", "rollout.samples_per_prompt=2"],
+    "lora-rank-32": ["model.lora.rank=32"],
+}
+
+
+class _ModelLoaded(Exception):
+    pass
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """The first loads a trainer makes (tokenizer, then roles) raise ``_ModelLoaded``."""
+    from tinyzero.engine import models, roles
+
+    def loaded(*args, **kwargs):
+        raise _ModelLoaded()
+
+    monkeypatch.setattr(models, "load_tokenizer", loaded)
+    monkeypatch.setattr(roles, "build_roles", loaded)
+
+
+@pytest.mark.parametrize("case", TRAIN_REFUSED)
+def test_hostile_train_inputs_are_one_sentence_before_anything_is_made(case, tiny_model_dir, tmp_path, no_model):
+    from tinyzero.errors import TinyZeroError
+
+    extra, fragment = TRAIN_REFUSED[case]
+    out = tmp_path / "runs"
+    with pytest.raises(TinyZeroError) as err:
+        train(None, overrides(tiny_model_dir, out, "hostile", "rollout.backend=hf", *extra))
+    message = str(err.value)
+    assert fragment in message and "\n" not in message, message
+    assert not out.exists()  # nothing written where the input was refused
+
+
+@pytest.mark.parametrize("case", TRAIN_ACCEPTED)
+def test_the_neighbours_of_hostile_train_inputs_pass_every_check(case, tiny_model_dir, tmp_path, no_model):
+    with pytest.raises(_ModelLoaded):
+        train(None, overrides(tiny_model_dir, tmp_path / "runs", "neighbour", "rollout.backend=hf",
+                              *TRAIN_ACCEPTED[case]))
