@@ -70,6 +70,29 @@ def test_vllm_logs_at_warning_unless_the_user_chose_a_level(monkeypatch):
     assert os.environ["VLLM_LOGGING_LEVEL"] == "DEBUG"
 
 
+def test_vllm_logs_to_stderr_unless_the_user_chose_a_stream(monkeypatch):
+    """vLLM's default stream is stdout, where its warnings would corrupt ``tinyzero eval --json``'s output (seen: an
+    unknown-variable warning before the JSON, in a command started from a process that had run vLLM)."""
+    monkeypatch.setenv("VLLM_LOGGING_STREAM", "")
+    monkeypatch.delenv("VLLM_LOGGING_STREAM")
+    quiet_vllm()
+    assert os.environ["VLLM_LOGGING_STREAM"] == "ext://sys.stderr"
+    monkeypatch.setenv("VLLM_LOGGING_STREAM", "ext://sys.stdout")
+    quiet_vllm()
+    assert os.environ["VLLM_LOGGING_STREAM"] == "ext://sys.stdout"
+
+
+def test_only_the_variables_vllm_sets_itself_are_not_reported_as_unknown(monkeypatch):
+    from tinyzero.console import UNKNOWN_ENV
+
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "WARNING")
+    quiet_vllm()
+    logger, msg = UNKNOWN_ENV
+    assert not _passes(_record(logger, msg, ("VLLM_DIST_IDENT",)))
+    assert not _passes(_record(logger, msg, ("VLLM_DISABLE_SHARED_EXPERTS_STREAM",)))
+    assert _passes(_record(logger, msg, ("VLLM_CPU_KVCACHE_SPCE",)))  # a user's typo still warns
+
+
 @pytest.mark.parametrize(("logger", "msg"), [(name, msg) for name, msgs in VLLM_NOISE.items() for msg in msgs],
                          ids=lambda value: value[:40])
 def test_each_noise_filter_drops_exactly_its_message(monkeypatch, logger, msg):

