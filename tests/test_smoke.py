@@ -88,6 +88,28 @@ def test_only_smoke_folders_are_replaced(tmp_path):
     assert (real / "metrics.jsonl").is_file()
 
 
+
+@pytest.mark.parametrize("where", ["precious.txt", "checkpoints/precious.txt", "notes/precious.txt"])
+def test_a_smoke_folder_with_a_users_file_is_not_replaced(tmp_path, where):
+    """A smoke folder is replaced only when all of it is what a smoke run writes: a file of the user's put there
+    refuses it in one sentence, and nothing in it is deleted."""
+    smoke = tmp_path / "c-smoke"
+    (smoke / "checkpoints" / "step_000001").mkdir(parents=True)
+    for name in (MARKER, ".tinyzero-run", "metrics.jsonl", "config.yaml"):
+        (smoke / name).write_text("")
+    (smoke / where).parent.mkdir(parents=True, exist_ok=True)
+    (smoke / where).write_text("mine")
+    with pytest.raises(TinyZeroError, match="which `tinyzero smoke` does not write") as err:
+        _clear_previous(smoke)
+    assert "\n" not in str(err.value) and where.split("/")[0] in str(err.value)
+    assert (smoke / where).read_text() == "mine" and (smoke / "metrics.jsonl").is_file()
+    (smoke / where).unlink()
+    if where.startswith("notes/"):
+        (smoke / "notes").rmdir()
+    _clear_previous(smoke)  # what is left is all the smoke run's own
+    assert not smoke.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("hold_closed_trainer", [False, True])
 def test_the_first_half_is_gone_before_the_second_is_built(tmp_path, tiny_tied_model_dir, monkeypatch,

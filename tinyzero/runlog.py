@@ -223,7 +223,7 @@ def _clear_unfinished(run_dir: Path) -> None:
     """Delete what the kit wrote in a marked folder whose run never finished a step, after checking that nothing else
     is there (one sentence naming the first thing that is not the kit's, and nothing deleted)."""
     entries = sorted(run_dir.iterdir())
-    foreign = next((path for path in entries if not _kit_wrote(path)), None)
+    foreign = foreign_entry(run_dir)
     if foreign is not None:
         raise TinyZeroError(f"{run_dir} is a run folder that never finished a step, but it also holds "
                             f"{foreign.relative_to(run_dir)}, which `tinyzero train` does not write, so nothing in it "
@@ -234,6 +234,15 @@ def _clear_unfinished(run_dir: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+def foreign_entry(run_dir: Path, also: tuple[str, ...] = ()) -> Path | None:
+    """The first top-level entry of ``run_dir`` that the kit did not write (``KIT_ENTRIES``, and the plain files
+    named in ``also``), or None: what must stop a command from clearing the folder."""
+    for path in sorted(run_dir.iterdir()):
+        if not (_kit_wrote(path) or (path.name in also and path.is_file() and not path.is_symlink())):
+            return path
+    return None
 
 
 def _kit_wrote(path: Path) -> bool:

@@ -149,6 +149,14 @@ def _clear_previous(run_dir: Path) -> None:
         return
     if not (run_dir / MARKER).is_file():
         raise TinyZeroError(f"{run_dir} exists and is not a smoke run: move it, or set run.name to another name")
+    from tinyzero.runlog import foreign_entry
+
+    # Only what a smoke run writes is replaced: a user's file put there is never deleted with it.
+    foreign = foreign_entry(run_dir, also=(MARKER, "metrics.jsonl"))
+    if foreign is not None:
+        raise TinyZeroError(f"{run_dir} is an earlier smoke run, but it also holds {foreign.relative_to(run_dir)}, "
+                            "which `tinyzero smoke` does not write, so nothing in it is touched: move that out, or set "
+                            "run.name to another name")
     shutil.rmtree(run_dir)
 
 
