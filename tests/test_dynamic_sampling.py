@@ -1,4 +1,4 @@
-"""Dynamic sampling (tinyzero/dynamic_sampling.py): rounds, what is kept, the cursor, the metrics, PPO's refusal.
+"""Dynamic sampling (tinyzero/step/dynamic_sampling.py): rounds, what is kept, the cursor, the metrics, PPO's refusal.
 
 The rounds run on scripted verdicts (no model): each drawn problem names the verdicts its group gets, so every count
 below is worked out by hand. The end-to-end check (a real run, interrupted and resumed with the filter on) is in
@@ -12,9 +12,9 @@ import torch
 
 from tinyzero import algos
 from tinyzero.config import load_config
-from tinyzero.dynamic_sampling import check_filter, collect
 from tinyzero.engine.messages import RolloutBatch, ScoredBatch, join_rows, take_rows
 from tinyzero.errors import TinyZeroError
+from tinyzero.step.dynamic_sampling import check_filter, collect
 
 G = 2
 MIXED, WRONG, RIGHT = (True, False), (False, False), (True, True)

@@ -163,8 +163,8 @@ def test_a_run_without_a_checkpoint_and_an_unfinished_checkpoint(tmp_path, capsy
 
 
 def test_train_split_is_what_training_drew_first():
+    from tinyzero.commands.eval import Settings, problems_for
     from tinyzero.data import iter_train, sample_test
-    from tinyzero.eval_command import Settings, problems_for
 
     env = make_env("arithmetic", {"digits": 1})
     train_split = problems_for(env, Settings(env="arithmetic", split="train", size=5, seed=3), eval_size=20)

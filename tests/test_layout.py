@@ -1,10 +1,11 @@
 """The package layout: folders grouped by job, imports pointing down, and a config that needs no torch.
 
 Layers, bottom to top: the kernel (config, fields, errors, the RL math and its names, data, checkpoints, the
-run log, scoring, console); engine (what runs on devices) and analysis (what reads completions and runs); sizing
-(what a run needs and costs) and interop (other engines), built on the engine's plans; the commands (trainer,
-smoke, eval); the CLI. A module imports its own layer or lower ones, and never a sibling folder of its layer:
-analysis never imports the engine (it reads, it loads nothing).
+run log, scoring, console); engine (what runs on devices) and analysis (what reads completions and runs); step (the
+options that change what a step generates and trains, on the engine's messages); sizing (what a run needs and
+costs) and interop (other engines), built on the engine's plans and the step's schedule; the commands (trainer,
+commands/: smoke, eval); the CLI. A module imports its own layer or lower ones, and never a sibling folder of its
+layer: analysis never imports the engine (it reads, it loads nothing).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tinyzero"
 KERNEL = {"algo_names", "algos", "checkpoint", "config", "console", "data", "errors", "fields", "jsonl", "runlog",
-          "scoring", "trackers", "overlap"}
+          "scoring", "trackers"}
 JOBS = {"engine", "analysis"}
-COMMANDS = {"trainer", "smoke", "eval_command", "verl_reward", "dynamic_sampling", "overlong"}  # verl_reward: the old name, kept for old exports
+COMMANDS = {"trainer", "commands", "verl_reward"}  # verl_reward: the old name, kept for old exports
+MAX_TOP_LEVEL = 16  # modules directly in tinyzero/: more, and the next one goes in a folder by its job
 
 
 def layer(module: str) -> tuple[int, str]:
@@ -31,12 +33,14 @@ def layer(module: str) -> tuple[int, str]:
         return 1, "kernel"
     if head in JOBS:
         return 2, head
+    if head == "step":
+        return 3, head  # what changes a step, on the engine's messages
     if head in ("sizing", "interop"):
-        return 3, head  # they size or export what the engine plans and loads (placement, models, dtypes)
+        return 4, head  # they size or export what the engine plans and loads (placement, models, dtypes)
     if head in COMMANDS:
-        return 4, head
-    if head == "cli":
         return 5, head
+    if head == "cli":
+        return 6, head
     raise AssertionError(f"{module} belongs to no layer: add it to tests/test_layout.py")
 
 
@@ -64,10 +68,11 @@ def test_every_import_points_down_or_sideways_within_its_folder():
     for module, path in modules():
         rank, group = layer(module)
         for target in imports(path):
-            if target in ("tinyzero.engine", "tinyzero.analysis", "tinyzero.sizing", "tinyzero.interop"):
+            if target in ("tinyzero.engine", "tinyzero.analysis", "tinyzero.step", "tinyzero.sizing", "tinyzero.interop",
+                          "tinyzero.commands"):
                 target = target + ".x"  # `from tinyzero.engine import sharding`
             to_rank, to_group = layer(target)
-            if to_rank > rank or (to_rank == rank and rank in (2, 3) and to_group != group):
+            if to_rank > rank or (to_rank == rank and rank in (2, 4) and to_group != group):
                 upward.append(f"{module} -> {target}")
     assert upward == []
 
@@ -76,14 +81,16 @@ def test_the_checker_catches_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("from tinyzero.trainer import Trainer\nfrom tinyzero.engine.roles import Roles\n")
     ranks = {layer(target) for target in imports(bad)}
-    assert ranks == {(4, "trainer"), (2, "engine")}
+    assert ranks == {(5, "trainer"), (2, "engine")}
     assert layer("tinyzero.config")[0] < 4 and layer("tinyzero.analysis.aha")[1] != "engine"
+    assert layer("tinyzero.engine.rollout")[0] < layer("tinyzero.step.overlap")[0] < layer("tinyzero.sizing.cost")[0]
 
 
 def test_the_tree_is_grouped_by_job():
     top = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__"}
-    assert top == KERNEL | COMMANDS | {"cli"}, "a new top-level module: put it in its folder, or in a layer here"
-    for folder in ("engine", "analysis", "sizing", "interop"):
+    assert top == KERNEL | (COMMANDS - {"commands"}) | {"cli"}, "a new top-level module: put it in its folder"
+    assert len(top) <= MAX_TOP_LEVEL, sorted(top)
+    for folder in ("engine", "analysis", "step", "sizing", "interop", "commands"):
         assert (PACKAGE / folder / "__init__.py").read_text().startswith('"""'), folder
 
 

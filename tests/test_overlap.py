@@ -16,7 +16,7 @@ from tolerance import tiny_logprob_atol
 
 from tinyzero.config import load_config
 from tinyzero.errors import TinyZeroError
-from tinyzero.overlap import Overlap, check_overlap, overlaps
+from tinyzero.step.overlap import Overlap, check_overlap, overlaps
 from tinyzero.trainer import Trainer, train
 
 OVERLAP = ("run.off_policy_steps=1", "algo.rollout_correction=tis")
@@ -310,7 +310,7 @@ def test_dynamic_sampling_and_overlong_penalty_with_overlap(tiny_model_dir, tmp_
     check_filtered_run(tmp_path / "filtered", prompts=4)
     metrics = read_metrics(tmp_path / "filtered")
     assert [m["rollout/staleness"] for m in metrics] == [0.0, 1.0, 1.0, 1.0]
-    penalties = [m["reward/overlong_penalty"] for m in metrics]  # every step charged it (tinyzero/overlong.py)
+    penalties = [m["reward/overlong_penalty"] for m in metrics]  # every step charged it (tinyzero/step/overlong.py)
     assert min(penalties) < 0, penalties
 
 

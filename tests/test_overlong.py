@@ -1,4 +1,4 @@
-"""rollout.overlong (tinyzero/overlong.py): the penalty on the score, the mask on the learner's batch, the check, and
+"""rollout.overlong (tinyzero/step/overlong.py): the penalty on the score, the mask on the learner's batch, the check, and
 a real step where every response is cut at the limit (mask: no loss at all; penalty: every score charged -1)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from tiny_models import one_tiny_step
 from tinyzero.config import load_config
 from tinyzero.engine.messages import RolloutBatch, ScoredBatch, build_tokens
 from tinyzero.errors import TinyZeroError
-from tinyzero.overlong import check_overlong, mask_truncated, metrics, shape_scores
+from tinyzero.step.overlong import check_overlong, mask_truncated, metrics, shape_scores
 
 
 def settings(*overrides: str):

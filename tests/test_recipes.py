@@ -11,11 +11,11 @@ import pytest
 from transformers import Qwen2Config
 
 from tinyzero.config import load_config
-from tinyzero.dynamic_sampling import check_filter
 from tinyzero.engine.placement import plan_layout
 from tinyzero.errors import TinyZeroError
-from tinyzero.overlong import check_overlong
 from tinyzero.sizing.preflight import ModelShape, check_gpu_memory
+from tinyzero.step.dynamic_sampling import check_filter
+from tinyzero.step.overlong import check_overlong
 
 RECIPES = sorted(Path(__file__).parents[1].glob("recipes/*.yaml"))
 QWEN = {"Qwen/Qwen2.5-0.5B": (896, 4864, 24, 14, 2), "Qwen/Qwen2.5-1.5B": (1536, 8960, 28, 12, 2),
@@ -109,10 +109,10 @@ def test_the_readme_table_is_what_the_preflight_and_the_estimate_compute():
 
 def test_the_readme_typical_and_overlap_table_is_what_the_estimate_computes():
     """README's countdown table: the bound, the assumed typical length, and run.off_policy_steps=1 where the layout
-    allows it (refused elsewhere, as tinyzero/overlap.py refuses it), each on the main table's card and price."""
+    allows it (refused elsewhere, as tinyzero/step/overlap.py refuses it), each on the main table's card and price."""
     from tinyzero.errors import TinyZeroError
-    from tinyzero.overlap import check_overlap
     from tinyzero.sizing.cost import estimate_run
+    from tinyzero.step.overlap import check_overlap
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     length = int(re.search(r"\| at (\d+) tokens \(assumed\) \|", readme).group(1))

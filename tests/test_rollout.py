@@ -188,7 +188,7 @@ def test_vllm_logprobs_match_the_learners_on_the_pushed_weights(vllm_worker, mod
 @pytest.mark.slow
 def test_closing_a_vllm_worker_frees_its_engine(tiny_tied_model_dir, tmp_path):
     """A second sleep-mode engine in one process loads only once the first one's memory is all freed (vLLM's
-    CuMem allocator must be empty, tinyzero/smoke.py): after ``close`` nothing may keep the engine, its model
+    CuMem allocator must be empty, tinyzero/commands/smoke.py): after ``close`` nothing may keep the engine, its model
     runner or its model alive. The path to the model is vLLM 0.32's in-process engine (V1, one worker)."""
     import gc
     import weakref

@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
+from tinyzero.commands.smoke import MARKER, _clear_previous, project_phases, smoke_config
 from tinyzero.config import load_config
 from tinyzero.errors import TinyZeroError
 from tinyzero.sizing.cost import overlaps_on_devices, step_seconds
-from tinyzero.smoke import MARKER, _clear_previous, project_phases, smoke_config
 
 
 def test_smoke_config_keeps_the_layout_and_cuts_the_work():
@@ -123,7 +123,7 @@ def test_the_first_half_is_gone_before_the_second_is_built(tmp_path, tiny_tied_m
     import weakref
 
     from tinyzero import trainer as trainer_module
-    from tinyzero.smoke import run_smoke
+    from tinyzero.commands.smoke import run_smoke
 
     alive: list[tuple[str, weakref.ref]] = []
     built, held = [], []
@@ -156,11 +156,11 @@ def test_the_bf16_tolerance_passes_a_right_push_and_fails_a_broken_one(tiny_tied
     fp32 residual stream under bf16 autocast, measured here on the tiny model with the HF engine holding bf16
     weights: about 7e-3 a token) with room to spare, and below what a push that left the embedding and its tied
     head stale leaves (about 0.24); the float32 tolerance would fail the right bf16 push."""
+    from tinyzero.commands.smoke import SYNC_TOLERANCE
     from tinyzero.config import AlgoConfig, OptimConfig
     from tinyzero.engine.learner import Learner
     from tinyzero.engine.messages import build_tokens
     from tinyzero.engine.rollout import RolloutWorker
-    from tinyzero.smoke import SYNC_TOLERANCE
 
     learner = Learner(tiny_tied_model_dir, AlgoConfig(), OptimConfig(), compute_dtype="bfloat16", device="cpu")
     worker = RolloutWorker(tiny_tied_model_dir, backend="hf", dtype="bfloat16", device="cpu")
@@ -189,7 +189,7 @@ def test_the_bf16_tolerance_keeps_its_margin_over_the_measured_floor():
     leaves at most 0.0245 for the worst group of the smoke run's 4 prompts, one lr-1e-5 step left unpushed 0.139 or
     more. The tolerance keeps 3x the first (a deeper model or GPU kernels may read higher; 3e-2 was too close) and
     stays under the second. Measure again before changing either side."""
-    from tinyzero.smoke import EVAL_SIZE, SYNC_TOLERANCE
+    from tinyzero.commands.smoke import EVAL_SIZE, SYNC_TOLERANCE
 
     worst_right_push, least_skipped_step = 0.0245, 0.139
     assert EVAL_SIZE == 4  # the group size the floor was measured for

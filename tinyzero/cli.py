@@ -120,7 +120,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from tinyzero.eval_command import merge
+    from tinyzero.commands.eval import merge
 
     out = merge(args.run, Path(args.out).expanduser(), args.dtype)
     print(f"wrote {args.run}'s LoRA adapters merged into its base to {out.resolve()} ({args.dtype}): a plain Hugging "
@@ -172,8 +172,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_smoke(args: argparse.Namespace) -> int:
     _vllm_quiet()
+    from tinyzero.commands.smoke import report, run_smoke
     from tinyzero.config import load_config
-    from tinyzero.smoke import report, run_smoke
 
     result = run_smoke(args.recipe, args.overrides)
     print(report(result, load_config(args.recipe, args.overrides)))
@@ -192,7 +192,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise TinyZeroError("--json and --csv both asked for: pick one output format")
     _vllm_quiet()
     from tinyzero.analysis.evaluation import parse_ks
-    from tinyzero.eval_command import format_csv, format_table, run_eval
+    from tinyzero.commands.eval import format_csv, format_table, run_eval
 
     settings = dict(env=args.env, options=_options(args.option), template=args.template, split=args.split,
                     size=args.size, seed=args.seed, ks=parse_ks(args.k), samples=args.samples,

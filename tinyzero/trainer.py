@@ -35,16 +35,15 @@ from tinyzero.checkpoint import (
 from tinyzero.config import Config, load_config, to_yaml
 from tinyzero.console import quiet_libraries
 from tinyzero.data import iter_train, sample_test
-from tinyzero.dynamic_sampling import Collected, check_filter, collect
 from tinyzero.engine.messages import RolloutBatch, ScoredBatch, TrainBatch, build_tokens, pad_logprobs
 from tinyzero.envs import make_env
 from tinyzero.errors import StopRun, TinyZeroError
-from tinyzero.overlap import Overlap, Pending, check_overlap, overlaps, staleness
-from tinyzero.overlong import check_overlong, mask_truncated, shape_scores
-from tinyzero.overlong import metrics as overlong_metrics
 from tinyzero.runlog import RunLog, Timer, claim_run_dir
-from tinyzero.scoring import CONTROLS, Scorer, control_scores
+from tinyzero.scoring import CONTROLS, Scorer
 from tinyzero.sizing.preflight import preflight
+from tinyzero.step import StepOptions
+from tinyzero.step.dynamic_sampling import Collected
+from tinyzero.step.overlap import Overlap, Pending, staleness
 from tinyzero.trackers import open_wandb
 
 
@@ -64,9 +63,8 @@ class Trainer:
         # The meter starts first: loading models is rented time too.
         self.meter = CostMeter(usd_per_gpu_hour(config), billed_units(config))
         check_budget(config)
-        check_filter(config)
-        check_overlong(config)
-        check_overlap(config)
+        self.options = StepOptions(config)  # what changes a step (tinyzero/step/): asked at each point of it
+        self.options.check()
         layout = check_gpus(config)  # before anything loads: a layout this machine cannot serve fails at once
         lora_push(config)  # model.lora.push=merged onto a bf16 engine, or a rank vLLM cannot serve, stops here too
         from tinyzero.engine.models import model_config
@@ -94,7 +92,7 @@ class Trainer:
         self.cursor = 0  # training problems drawn so far
         self.history: list[dict] = []  # eval results
         self.stopped = ""  # why the run ended early ("budget"), if it did
-        # run.off_policy_steps=1 (tinyzero/overlap.py): the batch generated ahead for the next step, the learner's
+        # run.off_policy_steps=1 (tinyzero/step/overlap.py): the batch generated ahead for the next step, the learner's
         # version (updates it took) and the engines' (those updates they have been pushed), and the thread the update
         # runs in. Counted from this process's start, not the run's: on resume the engines are pushed the
         # checkpoint's weights before any generation, so both start equal at 0 and only their difference is read.
@@ -265,19 +263,6 @@ class Trainer:
             components={k: torch.tensor([res.components.get(k, 0.0) for res in results]) for k in comps},
         )
 
-    def _controlled(self, train: ScoredBatch) -> ScoredBatch:
-        """The batch the learner trains on, with a control run's scores (``reward.control``, tinyzero/scoring.py) in
-        place of the real ones, which stay as ``verifier_scores``. The control acts last, on the final scores (the
-        overlong penalty included) of the groups dynamic sampling kept, so the learner sees nothing else; the
-        penalty and the filter before it read the real scores and verdicts."""
-        control = self.config.reward.control
-        if control == "none":
-            return train
-        given = control_scores(train.scores.tolist(), train.correct.tolist(), control, self.config.run.seed,
-                               self.step + 1)
-        return dataclasses.replace(train, scores=torch.tensor(given, dtype=torch.float32),
-                                   verifier_scores=train.scores)
-
     def advantages(self, scored: ScoredBatch, tokens, timer: Timer) -> TrainBatch:
         """The learner's batch: reference and old log-probs where the algorithm needs them, then the registered
         advantage estimator (``algo.name``, tinyzero/algos.py)."""
@@ -315,7 +300,7 @@ class Trainer:
         with timer("aha"):
             analyses = self.aha.analyse(batch.texts, batch.prompts, batch.problems)
             aha_metrics = self.aha.rollout_metrics(self.step + 1, analyses, scored.correct.tolist())
-        train = self._controlled(collected.train_batch())
+        train = self.options.on_train(collected.train_batch(), self.step + 1)  # reward.control acts here
         stats = self._update(train, timer)
         self.step += 1
         seconds = time.perf_counter() - start
@@ -330,12 +315,9 @@ class Trainer:
         metrics["rollout/push_bytes"] = float(self._push_bytes)  # this step's push (0: none)
         self._push_bytes = 0
         metrics.update(extra or {})
-        metrics.update(collected.metrics(config.rollout.filter_groups != "none"))
-        metrics.update(overlong_metrics(scored))
+        metrics.update(self.options.metrics(collected, train))  # dynamic sampling's, the overlong penalty's, a control's
         metrics.update(aha_metrics)
         rows = self._rows(scored, collected.row_kept(), train)
-        if train.verifier_scores is not None and len(train.scores):  # control runs only: marks them in metrics
-            metrics["reward/control_mean"] = float(train.scores.mean())
         self.log.scalars(self.step, metrics)
         self.log.rollouts(self.step, rows)
         self.log.text("samples/train", self.step, rows[: config.log.samples])
@@ -345,17 +327,15 @@ class Trainer:
 
     def _generate_groups(self, timer: Timer, step: int | None = None) -> Collected:
         """Draw, generate and score this step's prompts: one round, or with ``rollout.filter_groups`` rounds until
-        enough groups teach (tinyzero/dynamic_sampling.py). ``step``: as in ``rollout``."""
-        settings = self.config.rollout
+        enough groups teach (tinyzero/step/dynamic_sampling.py). ``step``: as in ``rollout``."""
 
         def generate(problems: list[dict], offset: int) -> ScoredBatch:
             with timer("rollout"):
                 batch = self.rollout(problems, offset, step)
             with timer("reward"):
-                return shape_scores(self.score(batch), settings)  # rollout.overlong=penalty acts here
+                return self.options.on_scored(self.score(batch))  # rollout.overlong=penalty acts here
 
-        return collect(self._sample_problems, generate, prompts=settings.prompts_per_step,
-                       mode=settings.filter_groups, max_rounds=settings.max_generation_rounds)
+        return self.options.collect(self._sample_problems, generate)
 
     def _update(self, scored: ScoredBatch, timer: Timer) -> dict:
         """Advantages, the learner's update and the weight push for the groups the step trains on (none: no update,
@@ -381,7 +361,7 @@ class Trainer:
         batch = scored.rollout
         width = config.rollout.max_new_tokens if config.algo.loss_agg == "seq-mean-token-sum-norm" else None
         tokens = build_tokens(batch.prompt_ids, batch.response_ids, self._pad_id(), width)
-        tokens = mask_truncated(tokens, batch.finished, config.rollout)  # rollout.overlong=mask acts here
+        tokens = self.options.on_tokens(tokens, batch)  # rollout.overlong=mask acts here
         train_batch = self.advantages(scored, tokens, timer)
         with timer("learner"):
             stats = self.roles.learner.update(train_batch)
@@ -390,7 +370,7 @@ class Trainer:
 
     # ------------------------------------------------------------------- one-step-off-policy overlap
     def overlapped_step(self) -> dict:
-        """``run.off_policy_steps=1`` (tinyzero/overlap.py): train on the batch generated ahead (or, after a checkpoint
+        """``run.off_policy_steps=1`` (tinyzero/step/overlap.py): train on the batch generated ahead (or, after a checkpoint
         step, at the start, or on resume, generate it now), generating the next one beside the update; then push."""
         config, timer = self.config, Timer()
         start = time.perf_counter()
@@ -406,10 +386,10 @@ class Trainer:
         with timer("aha"):
             analyses = self.aha.analyse(batch.texts, batch.prompts, batch.problems)
             aha_metrics = self.aha.rollout_metrics(self.step + 1, analyses, scored.correct.tolist())
-        train = self._controlled(collected.train_batch())
+        train = self.options.on_train(collected.train_batch(), self.step + 1)
         stale = staleness(self._updates, pending)
         learn_timer = Timer()  # written by the update's thread only
-        ahead = overlaps(config, self.step + 1)
+        ahead = self.options.overlaps(self.step + 1)
         stats, self._pending = self._overlap.step(
             lambda: self._learn(train, learn_timer), (lambda: self._generate_ahead(self.step + 1)) if ahead else None,
             lambda: self._push(timer))

@@ -192,7 +192,7 @@ def write_merged(base_path: str | Path, adapter_dir: Path, out: Path, base_name:
     check_base(read_base(adapter_dir), base_identity(base_name, base_path), adapter_dir)
     has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
     # Any failure below means the same to the user: these adapter files do not load (the callers parse the ones
-    # tinyzero writes first, in tinyzero/eval_command.py; this names whatever else is damaged).
+    # tinyzero writes first, in tinyzero/commands/eval.py; this names whatever else is damaged).
     if has_tokenizer:
         with _adapters_load(adapter_dir, "the tokenizer saved with the adapters"):
             tokenizer = AutoTokenizer.from_pretrained(adapter_dir)

@@ -15,7 +15,7 @@ figure, the smoke run's measured lengths). On CPU it scales throughput measured 
 A step is generation R, then the update U (reference, old log-probs, learner), then the push P of the weights into
 the engines: R + U + P. With ``run.off_policy_steps=1`` on GPUs (split layout: the roles on different GPUs) the next
 batch is generated beside the update, so a step costs max(R, U) + P; the schedule's on-policy steps (each checkpoint
-step and the last: tinyzero/overlap.py) cost U + P, and the batch after each of them is generated alone (R more).
+step and the last: tinyzero/step/overlap.py) cost U + P, and the batch after each of them is generated alone (R more).
 On CPU the roles share the cores, so the estimate keeps R + U there. P is the bf16 (compute dtype) weights through
 Ray's object store at ``PUSH_BYTES_S``, an assumption (device to host, host to device, no GPU measured here); in one
 process (run.mode=local) the engine reads the learner's tensors in place and P is left out, as on CPU.
@@ -195,7 +195,7 @@ def step_seconds(rollout_s: float, update_s: float, push_s: float, overlapped: b
 
 def run_seconds(config: Config, rollout_s: float, update_s: float, push_s: float) -> float:
     """The whole run's seconds, step by step through the overlap's schedule (module docstring)."""
-    from tinyzero.overlap import overlaps
+    from tinyzero.step.overlap import overlaps
 
     steps = config.run.steps
     if not overlaps_on_devices(config):

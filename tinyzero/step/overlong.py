@@ -23,6 +23,7 @@ from tinyzero import algos
 from tinyzero.config import Config, RolloutConfig
 from tinyzero.engine.messages import ScoredBatch, TokenBatch
 from tinyzero.errors import TinyZeroError
+from tinyzero.step import Option
 
 COMPONENT = "overlong"
 
@@ -61,3 +62,23 @@ def metrics(scored: ScoredBatch) -> dict[str, float]:
     if COMPONENT not in scored.components:
         return {}
     return {"reward/overlong_penalty": float(scored.components[COMPONENT].mean())}
+
+
+class Overlong(Option):
+    """The step option (tinyzero/step/__init__.py): the penalty on each round's scores, the mask on the learner's
+    tokens, the penalty's metric."""
+
+    def __init__(self, config: Config):
+        self.config, self.rollout = config, config.rollout
+
+    def check(self) -> None:
+        check_overlong(self.config)
+
+    def on_scored(self, scored: ScoredBatch) -> ScoredBatch:
+        return shape_scores(scored, self.rollout)
+
+    def on_tokens(self, tokens: TokenBatch, batch) -> TokenBatch:
+        return mask_truncated(tokens, batch.finished, self.rollout)
+
+    def metrics(self, collected, train: ScoredBatch) -> dict[str, float]:
+        return metrics(collected.scored)

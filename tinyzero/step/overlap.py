@@ -39,6 +39,7 @@ from typing import Any
 
 from tinyzero.config import Config
 from tinyzero.errors import TinyZeroError
+from tinyzero.step import Option
 
 
 def check_overlap(config: Config) -> None:
@@ -120,3 +121,16 @@ class Overlap:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+class OffPolicy(Option):
+    """The step option (tinyzero/step/__init__.py): its refusals, and which steps' updates overlap."""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def check(self) -> None:
+        check_overlap(self.config)
+
+    def overlaps(self, step: int) -> bool:
+        return overlaps(self.config, step)

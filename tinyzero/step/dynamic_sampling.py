@@ -30,6 +30,7 @@ from tinyzero import algos
 from tinyzero.config import Config
 from tinyzero.engine.messages import ScoredBatch, join_rows, take_rows
 from tinyzero.errors import TinyZeroError
+from tinyzero.step import Option
 
 
 def check_filter(config: Config) -> None:
@@ -116,3 +117,22 @@ def collect(
         missing -= int(keep.sum())
     scored = batches[0] if len(batches) == 1 else join_rows(batches)
     return Collected(scored=scored, kept=torch.cat(kept), mixed=torch.cat(mixed), rounds=rounds, wanted=prompts)
+
+
+class DynamicSampling(Option):
+    """The step option (tinyzero/step/__init__.py): the step's rounds of generation, and their metrics."""
+
+    def __init__(self, config: Config):
+        self.config, self.rollout = config, config.rollout
+
+    def check(self) -> None:
+        check_filter(self.config)
+
+    def collect(self, draw: Callable[[int], list[dict]],
+                generate: Callable[[list[dict], int], ScoredBatch]) -> Collected:
+        rollout = self.rollout
+        return collect(draw, generate, prompts=rollout.prompts_per_step, mode=rollout.filter_groups,
+                       max_rounds=rollout.max_generation_rounds)
+
+    def metrics(self, collected: Collected, train: ScoredBatch) -> dict[str, float]:
+        return collected.metrics(self.rollout.filter_groups != "none")
