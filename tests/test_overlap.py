@@ -315,6 +315,8 @@ def test_dynamic_sampling_and_overlong_penalty_with_overlap(tiny_model_dir, tmp_
 
 
 # ------------------------------------------------------------------------------------------- under Ray
+@pytest.mark.slow
+@pytest.mark.ray
 def test_resume_under_ray_with_overlap_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
     """Real Ray actors. Stopped after the checkpoint of step 2 and resumed, the run generates step 3's batch from
     the checkpoint's weights and seed, as the uninterrupted run did: same samples, rewards, cursor, staleness

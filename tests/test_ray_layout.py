@@ -12,6 +12,7 @@ from tinyzero.config import load_config
 from tinyzero.engine.placement import plan_layout
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
 TIMEOUT_S = 60
 
 

@@ -7,6 +7,7 @@ sequences must equal the learner's on the weights it pushed — not only the arg
 """
 
 import logging
+import os
 
 import pytest
 import torch
@@ -339,3 +340,22 @@ def test_hf_engine_reports_the_raw_log_probs_of_its_sampled_tokens(tiny_model_di
     greedy = worker.greedy(prompts, MAX_NEW)
     assert all(len(c.logprobs) == len(c.token_ids) for c in greedy)
     worker.close()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_compiled_kernels_go_to_the_shared_cache_when_one_is_named(tmp_path, monkeypatch, shared):
+    """vLLM's own cache stays in the run's folder; inductor's kernels go to $TINYZERO_COMPILE_CACHE when it is set
+    (one folder for every run, as the test session uses), else to the run's folder as before."""
+    from tinyzero.engine.rollout import COMPILE_CACHE_ENV, _configure_vllm_env
+
+    for name in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE"):
+        monkeypatch.setenv(name, "")  # recorded, so that what the call sets is undone afterwards
+    if shared:
+        monkeypatch.setenv(COMPILE_CACHE_ENV, str(tmp_path / "kernels"))
+    else:
+        monkeypatch.delenv(COMPILE_CACHE_ENV, raising=False)
+    _configure_vllm_env(2, tmp_path / "run" / "cache")
+    assert os.environ["VLLM_CACHE_ROOT"] == str(tmp_path / "run" / "cache" / "vllm")
+    want = tmp_path / "kernels" if shared else tmp_path / "run" / "cache" / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(want)
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"

@@ -84,6 +84,7 @@ TOLERANCE = {"float32": atol_for(torch.float32, 1.0, terms=TINY_VOCAB),
 
 # budget 9: token-budget micro-batches, packed per process; here the second process gets one micro-batch fewer
 # and pads it with an empty slot (tests/test_token_budget.py compares packing with fixed rows in one process).
+@pytest.mark.slow
 @pytest.mark.parametrize("algo_name,compute,budget", [("grpo", "float32", 0), ("ppo", "float32", 0),
                                                       ("grpo", "bfloat16", 0), ("ppo", "float32", 9)])
 def test_two_sharded_learners_take_the_same_gradient_as_one(tiny_model_dir, tmp_path, algo_name, compute, budget):
@@ -146,6 +147,7 @@ def _assert_same_states(a: dict, b: dict) -> None:
     assert [g["lr"] for g in a["param_groups"]] == [g["lr"] for g in b["param_groups"]]
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_restores_the_adamw_moments(tiny_model_dir, tmp_path):
     folder, out = tmp_path / "ckpt", tmp_path / "result.pt"
     folder.mkdir()

@@ -139,6 +139,7 @@ def test_resume_with_vllm_matches_an_uninterrupted_run(vllm_run, tiny_model_dir)
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_ray_mode_with_vllm(tiny_tied_model_dir, tmp_path):
     """Roles as Ray actors; the tied model checks that the pushed weights carry the LM head through Ray."""
     summary, moved, gap = run_checking_the_push(
@@ -149,7 +150,8 @@ def test_ray_mode_with_vllm(tiny_tied_model_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("mode", "push"), [("local", "adapters"), ("ray", "adapters"), ("local", "merged")])
+@pytest.mark.parametrize(("mode", "push"), [("local", "adapters"), pytest.param("ray", "adapters", marks=pytest.mark.ray),
+                                            ("local", "merged")])
 def test_lora_weight_push_reaches_vllm(tiny_tied_model_dir, tmp_path, mode, push):
     """LoRA: the adapters (vLLM's own LoRA) or the merged weights of the adapted layers reach vLLM, in this process
     and through Ray; the engine then scores like the learner, and a step's push moves the bytes it should."""
@@ -382,6 +384,8 @@ def test_existing_run_is_not_overwritten(tiny_model_dir, tmp_path):
     assert (tmp_path / "twice" / "metrics.jsonl").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_ray_mode_with_fsdp2_learners(tiny_model_dir, tmp_path):
     """Two learner actors shard the policy (FSDP2, gloo on CPU); weights reach the rollout worker; resume."""
     extra = ("run.mode=ray", "rollout.backend=hf", "placement.learner_workers=2", "run.steps=2", *LEARNABLE)

