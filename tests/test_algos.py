@@ -319,6 +319,99 @@ def test_policy_loss_aggregation_is_passed_through():
     )
 
 
+def test_gspo_loss_hand_case():
+    """One ratio per sequence, the geometric mean of its token ratios, clipped per sequence (clip range 0.05 here for
+    round numbers; the default is the paper's 3e-4 / 4e-4):
+      seq 0: ratios 4, 1/4, 1 -> s = 1;   A = mean(0.5, 1.5, 1) = 1 -> min(1, 1) = 1        loss -1,   not clipped
+      seq 1: ratios 1.21, 1   -> s = 1.1; A = +1 -> min(1.1, 1.05) = 1.05                   loss -1.05, clipped
+      seq 2: ratios 1.21, 1   -> s = 1.1; A = -2 -> min(-2.2, -2.1) = -2.2                  loss +2.2, not clipped
+      seq 3: empty (old log-probs -inf, advantage 5: must not leak)
+    seq-mean-token-mean = (-1 - 1.05 + 2.2) / 3 = 0.05; token-mean weighs them by length 3, 2, 2:
+    (-3 - 2.1 + 4.4) / 7 = -0.1. Gradient (seq-mean): -A * s / |y| / 3 on each token of an unclipped sequence."""
+    ratios = t64([[4.0, 0.25, 1.0], [1.21, 1.0, 1.0], [1.21, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    old = t64([[-1.0, -2.0, -0.5], [-3.0, -1.5, -math.inf], [-0.25, -2.5, -math.inf], [-math.inf] * 3])
+    adv = t64([[0.5, 1.5, 1.0], [1.0, 1.0, 5.0], [-2.0, -2.0, 5.0], [5.0, 5.0, 5.0]])
+    mask = t64([[1, 1, 1], [1, 1, 0], [1, 1, 0], [0, 0, 0]])
+    losses = {}
+    for agg in ("seq-mean-token-mean", "token-mean"):
+        logprobs = (old.nan_to_num(neginf=0.0) + ratios.log()).requires_grad_()
+        loss, stats = algos.gspo_policy_loss(logprobs, old, adv, mask, 0.05, 0.05, agg)
+        loss.backward()
+        losses[agg] = (loss.detach(), logprobs.grad, stats)
+    # Terms of size ~2 (advantages up to 2 times ratios up to 1.1), log-ratios up to log 4 summed over 3 tokens.
+    loss, grad, stats = losses["seq-mean-token-mean"]
+    close(loss, (-1 - 1.05 + 2.2) / 3, magnitude=2.2, terms=7)
+    close(grad, [[-1 / 9, -1 / 9, -1 / 9], [0.0, 0.0, 0.0], [2 * 1.1 / 6, 2 * 1.1 / 6, 0.0], [0.0, 0.0, 0.0]],
+          magnitude=2.2, terms=7)
+    close(stats["clip_frac"], 1 / 3)
+    close(stats["ratio_mean"], (1 + 1.1 + 1.1) / 3, magnitude=4.0, terms=7)
+    tokens = (4.0, 0.25, 1.0, 1.21, 1.0, 1.21, 1.0)
+    close(stats["approx_kl"], sum(r - 1 - math.log(r) for r in tokens) / 7, magnitude=4.0, terms=7)
+    loss, grad, _ = losses["token-mean"]
+    close(loss, (-3 - 2.1 + 4.4) / 7, magnitude=4.4, terms=7)
+    close(grad, [[-1 / 7, -1 / 7, -1 / 7], [0.0, 0.0, 0.0], [2 * 1.1 / 7, 2 * 1.1 / 7, 0.0], [0.0, 0.0, 0.0]],
+          magnitude=2.2, terms=7)
+
+
+def test_cispo_loss_hand_case():
+    """Each token's ratio capped at 1 + 0.28 and held constant, times its log-probability:
+      t0 r=1.0 A=+1 lp=-1   -> w 1.0   loss -(1.0 * 1 * -1)    = 1       grad -1.0 / 4
+      t1 r=1.5 A=+1 lp=-2   -> w 1.28  loss -(1.28 * 1 * -2)   = 2.56    grad -1.28 / 4  (capped, still learns)
+      t2 r=0.5 A=-1 lp=-0.5 -> w 0.5   loss -(0.5 * -1 * -0.5) = -0.25   grad +0.5 / 4   (no lower bound)
+      t3 r=1.1 A=-1 lp=-3   -> w 1.1   loss -(1.1 * -1 * -3)   = -3.3    grad +1.1 / 4
+      t4 masked out (old -inf, advantage 5)
+    token-mean = (1 + 2.56 - 0.25 - 3.3) / 4 = 0.0025; clip_frac 1/4; ratio_mean (1 + 1.5 + 0.5 + 1.1) / 4."""
+    ratios = t64([[1.0, 1.5, 0.5, 1.1, 1.0]])
+    logprobs = t64([[-1.0, -2.0, -0.5, -3.0, 0.0]]).requires_grad_()
+    old = (logprobs.detach() - ratios.log()).clone()
+    old[0, 4] = -math.inf
+    adv = t64([[1.0, 1.0, -1.0, -1.0, 5.0]])
+    mask = t64([[1, 1, 1, 1, 0]])
+    loss, stats = algos.cispo_policy_loss(logprobs, old, adv, mask, 0.28, "token-mean")
+    loss.backward()
+    # Terms up to 3.3 summed over 4 tokens, cancelling to 0.0025.
+    close(loss.detach(), (1 + 2.56 - 0.25 - 3.3) / 4, magnitude=3.3, terms=4)
+    close(logprobs.grad, [[-1.0 / 4, -1.28 / 4, 0.5 / 4, 1.1 / 4, 0.0]], magnitude=3.0)
+    close(stats["clip_frac"], 1 / 4)
+    close(stats["ratio_mean"], (1 + 1.5 + 0.5 + 1.1) / 4, magnitude=3.0, terms=4)
+    # clip zeroes the capped token's gradient where cispo keeps it (t1 above).
+    lp = logprobs.detach().clone().requires_grad_()
+    algos.clipped_policy_loss(lp, old, adv, mask, 0.2, 0.28, "token-mean")[0].backward()
+    assert float(lp.grad[0, 1]) == 0.0 and float(logprobs.grad[0, 1]) < 0
+
+
+@pytest.mark.parametrize("agg", algos.AGG_MODES)
+def test_on_policy_the_three_losses_take_the_same_gradient(agg):
+    """At ratio 1 (one on-policy update, as the CPU demo takes) with one advantage per sequence, clip, gspo and cispo
+    are the same gradient in every aggregation: -A * grad log p per token, scaled alike. They differ only once the
+    policy has moved from the one that sampled (epochs or mini_batches > 1, run.off_policy_steps)."""
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(4, 5, 11, generator=gen, dtype=F64)
+    labels = torch.randint(0, 11, (4, 5), generator=gen)
+    mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 0, 0, 1, 1], [0, 0, 0, 0, 0]])
+    adv = algos.broadcast_sequence_advantages(
+        algos.grpo_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=F64), group_size=2), mask)
+    grads = {}
+    for name in ("clip", "gspo", "cispo"):
+        leaf = logits.clone().requires_grad_()
+        logprobs = reference_math.logprobs_from_logits(leaf, labels)
+        loss_fn = algos.policy_loss(name)
+        options = {"clip": (0.2, 0.28), "gspo": (3e-4, 4e-4), "cispo": (0.28,)}[name]
+        loss, _ = loss_fn.fn(logprobs, logprobs.detach(), adv, mask, *options, agg)
+        loss.backward()
+        grads[name] = leaf.grad
+    # Gradients of size ~1 (whitened advantages times softmax terms), summed over up to 5 tokens and 11 logits.
+    close(grads["gspo"], grads["clip"], terms=5 * 11)
+    close(grads["cispo"], grads["clip"], terms=5 * 11)
+    assert grads["clip"].abs().sum() > 0
+
+
+def test_a_per_sequence_loss_is_refused_with_a_critics_advantages():
+    assert algos.check_pairing("grpo", "gspo") == algos.check_pairing("ppo", "cispo") == ""
+    why = algos.check_pairing("ppo", "gspo")
+    assert why.startswith("algo.policy_loss=gspo weighs whole sequences") and "algo.name=grpo or rloo" in why
+
+
 def test_kl_loss_hand_case():
     # k3 values 0.193147 and 0.306853 (see test_kl_estimators_hand_values) -> token-mean 0.5 / 2 = 0.25
     logprobs = t64([[math.log(0.5), math.log(0.25), 0.0]])
@@ -443,6 +536,10 @@ def test_registry_names_options_and_needs():
     assert algos.advantage_estimator("ppo").critic and not algos.advantage_estimator("rloo").critic
     assert algos.advantage_estimator("grpo").options == ("normalize_std",)
     assert algos.policy_loss("clip").fn is algos.clipped_policy_loss
+    assert list(algos.POLICY_LOSSES) == ["clip", "gspo", "cispo"]
+    assert algos.policy_loss("gspo").options == ("gspo_clip_low", "gspo_clip_high")
+    assert algos.policy_loss("gspo").per_sequence and not algos.policy_loss("cispo").per_sequence
+    assert algos.policy_loss("cispo").options == ("cispo_clip_high",)
     with pytest.raises(ValueError, match="choose one of grpo, rloo, ppo"):
         algos.advantage_estimator("dpo")
 

@@ -178,6 +178,24 @@ def test_ppo_with_kl_runs(tiny_model_dir, tmp_path):
     assert "train/vf_loss" in metrics[-1] and "time/reference" in metrics[-1]
 
 
+@pytest.mark.parametrize("loss", ["gspo", "cispo"])
+def test_gspo_and_cispo_train_beside_every_option_of_the_update(tiny_model_dir, tmp_path, loss):
+    """algo.policy_loss=gspo|cispo in a real run, off-policy from the second epoch on (ratios other than 1), with a
+    KL term, an entropy bonus, truncated importance sampling and token-budget micro-batches: the weights move and
+    reach the engine, and the losses' stats are logged."""
+    summary, moved, gap = run_checking_the_push(overrides(
+        tiny_model_dir, tmp_path, loss, "rollout.backend=hf", *LEARNABLE, "run.steps=2", f"algo.policy_loss={loss}",
+        "algo.epochs=2", "algo.mini_batches=2", "algo.kl_coef=0.01", "algo.entropy_coef=0.001",
+        "algo.rollout_correction=tis", "optim.max_tokens_per_micro_batch=64", "algo.gspo_clip_low=0.01",
+        "algo.gspo_clip_high=0.01"))
+    assert summary["steps"] == 2
+    check_push(moved, gap)
+    metrics = read_metrics(tmp_path / loss)
+    for key in ("train/pg_loss", "train/clip_frac", "train/ratio_mean", "train/approx_kl", "train/kl"):
+        assert all(key in m and torch.isfinite(torch.tensor(m[key])) for m in metrics), key
+    assert max(m["train/clip_frac"] for m in metrics) > 0  # the later mini-batches moved off the sampling policy
+
+
 def test_a_registered_estimator_drives_training(tiny_model_dir, tmp_path, monkeypatch):
     """The driver branches on no algorithm name: an estimator registered in one place (here a wrapper around RLOO
     that records its calls) is what a run with algo.name=NAME uses, with the options it declares."""
@@ -509,12 +527,15 @@ TRAIN_REFUSED = {  # overrides -> what the one sentence says; each stops before 
     "filter-greedy": (["rollout.filter_groups=score", "rollout.temperature=0"], "greedy samples"),
     "lora-rank-4096": (["model.lora.rank=4096"], "model.lora.rank=4096 is more than"),
     "lora-rank-33": (["model.lora.rank=33"], "bound an adapter's rank to 32"),  # the tiny model's k_proj: 64 x 32
+    "gspo-with-gae": (["algo.name=ppo", "algo.policy_loss=gspo"], "algo.policy_loss=gspo weighs whole sequences"),
 }
 TRAIN_ACCEPTED = {  # the neighbours: past every check, up to the first model load
     "name-200-bytes": ["run.name=" + "a" * 200],
     "eval-k-1024": ["eval.k=1024"],
     "filter-two-samples": ["rollout.filter_groups=correct", "rollout.samples_per_prompt=2"],
     "lora-rank-32": ["model.lora.rank=32"],
+    "cispo-with-gae": ["algo.name=ppo", "algo.policy_loss=cispo"],
+    "gspo-with-rloo": ["algo.name=rloo", "algo.policy_loss=gspo"],
 }
 
 

@@ -68,8 +68,11 @@ __all__ = [
     "register_policy_loss",
     "aggregate_loss",
     "broadcast_sequence_advantages",
+    "check_pairing",
+    "cispo_policy_loss",
     "clipped_policy_loss",
     "clipped_value_loss",
+    "gspo_policy_loss",
     "entropy_bonus",
     "gae_advantages",
     "grpo_advantages",
@@ -99,18 +102,20 @@ class Registered:
     critic: bool  # it reads a value model's ``values`` (advantage estimators only)
     summary: str  # the first line of ``fn``'s docstring
     grouped: bool = False  # its advantages compare the G samples of a prompt (dynamic sampling applies)
+    per_sequence: bool = False  # a policy loss that reads one advantage per sequence (not GAE's per-token ones)
 
 
 ADVANTAGE_ESTIMATORS: dict[str, Registered] = {}
 POLICY_LOSSES: dict[str, Registered] = {}
 
 
-def _register(table: dict[str, Registered], kind: str, name: str, options, critic: bool, grouped: bool = False):
+def _register(table: dict[str, Registered], kind: str, name: str, options, critic: bool, grouped: bool = False,
+              per_sequence: bool = False):
     def decorate(fn: Callable) -> Callable:
         if name in table:
             raise ValueError(f"{kind} {name!r} is registered twice; pick another name")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        table[name] = Registered(name, fn, tuple(options), critic, summary, grouped)
+        table[name] = Registered(name, fn, tuple(options), critic, summary, grouped, per_sequence)
         return fn
 
     return decorate
@@ -126,10 +131,12 @@ def register_advantage(name: str, *, options: tuple[str, ...] = (), critic: bool
     return _register(ADVANTAGE_ESTIMATORS, "advantage estimator", name, options, critic, grouped)
 
 
-def register_policy_loss(name: str, *, options: tuple[str, ...] = ()):
+def register_policy_loss(name: str, *, options: tuple[str, ...] = (), per_sequence: bool = False):
     """Register ``fn(logprobs, old_logprobs, advantages, response_mask, *, agg, **options) -> (loss, stats)`` as
-    ``algo.policy_loss=name``; ``stats`` is a dict of detached scalars logged under ``train/``."""
-    return _register(POLICY_LOSSES, "policy loss", name, options, False)
+    ``algo.policy_loss=name``; ``stats`` is a dict of detached scalars logged under ``train/``. ``per_sequence=True``
+    says it reads one advantage per sequence (the mean over its tokens), so an estimator whose advantages differ
+    from token to token (a critic's GAE) is refused with it (``check_pairing``)."""
+    return _register(POLICY_LOSSES, "policy loss", name, options, False, per_sequence=per_sequence)
 
 
 def _lookup(table: dict[str, Registered], kind: str, name: str) -> Registered:
@@ -144,6 +151,18 @@ def advantage_estimator(name: str) -> Registered:
 
 def policy_loss(name: str) -> Registered:
     return _lookup(POLICY_LOSSES, "policy loss", name)
+
+
+def check_pairing(estimator: str, loss: str) -> str:
+    """Why ``algo.name=estimator`` cannot train with ``algo.policy_loss=loss`` ("" when it can): a per-sequence
+    loss averages a sequence's advantages, which would erase a critic's per-token credit (GAE)."""
+    if policy_loss(loss).per_sequence and advantage_estimator(estimator).critic:
+        sequence = " or ".join(k for k, est in ADVANTAGE_ESTIMATORS.items() if not est.critic)
+        token = " or ".join(k for k, lo in POLICY_LOSSES.items() if not lo.per_sequence)
+        return (f"algo.policy_loss={loss} weighs whole sequences by one advantage each, and algo.name={estimator} "
+                f"gives one per token (a critic's GAE): use algo.name={sequence} with {loss}, or "
+                f"algo.policy_loss={token} with {estimator}")
+    return ""
 
 
 @dataclass(frozen=True)
@@ -457,6 +476,78 @@ def clipped_policy_loss(
     with torch.no_grad():
         stats = {
             "clip_frac": masked_mean((clipped < unclipped).to(ratio.dtype), response_mask),
+            "approx_kl": masked_mean(kl_estimate(old_logprobs, logprobs, "k3"), response_mask),
+            "ratio_mean": masked_mean(ratio, response_mask),
+        }
+    return loss, stats
+
+
+@register_policy_loss("gspo", options=("gspo_clip_low", "gspo_clip_high"), per_sequence=True)
+def gspo_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    gspo_clip_low: float,
+    gspo_clip_high: float,
+    agg: str,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO: one importance ratio per sequence, clipped per sequence (Zheng et al. 2025, arXiv:2507.18071).
+
+    s_i = exp(mean over sequence i's response tokens of (logprobs - old_logprobs)), the geometric mean of its token
+    ratios; A_i = the mean of its tokens' advantages (GRPO's and RLOO's are one per sequence already; a rollout
+    correction's token weights are averaged in). Per-sequence loss = -min(s_i * A_i, clip(s_i, 1 - gspo_clip_low,
+    1 + gspo_clip_high) * A_i), set on each of the sequence's tokens and reduced by aggregate_loss(agg):
+    seq-mean-token-mean is the paper's mean over sequences, token-mean weighs each sequence by its length. The
+    gradient of s_i reaches every token of the sequence, scaled by 1/|y_i|. The paper's ranges are 3e-4 and 4e-4:
+    a mean of log-ratios moves far less than one token's. Stats (detached): clip_frac (the share of non-empty
+    sequences whose clipped term is the smaller one), approx_kl (token k3, as for clip), ratio_mean (mean s_i).
+    """
+    log_ratio = torch.where(response_mask != 0, logprobs - old_logprobs, torch.zeros_like(logprobs))  # [B, T]
+    seq_log_ratio = masked_mean(log_ratio, response_mask, dim=-1)  # [B]
+    ratio = torch.exp(seq_log_ratio)  # [B]
+    seq_adv = masked_mean(advantages, response_mask, dim=-1)  # [B]
+    unclipped = ratio * seq_adv  # [B]
+    clipped = ratio.clamp(1.0 - gspo_clip_low, 1.0 + gspo_clip_high) * seq_adv  # [B]
+    per_seq = -torch.minimum(unclipped, clipped)  # [B]
+    loss = aggregate_loss(per_seq[:, None].expand_as(logprobs), response_mask, agg)
+    with torch.no_grad():
+        non_empty = (response_mask != 0).any(dim=-1)  # [B]
+        stats = {
+            "clip_frac": masked_mean((clipped < unclipped).to(ratio.dtype), non_empty),
+            "approx_kl": masked_mean(kl_estimate(old_logprobs, logprobs, "k3"), response_mask),
+            "ratio_mean": masked_mean(ratio, non_empty),
+        }
+    return loss, stats
+
+
+@register_policy_loss("cispo", options=("cispo_clip_high",))
+def cispo_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    cispo_clip_high: float,
+    agg: str,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """CISPO: the token's importance weight clipped and held constant, times its log-probability (MiniMax 2025,
+    arXiv:2506.13585).
+
+    ratio = exp(logprobs - old_logprobs); per-token loss = -sg(min(ratio, 1 + cispo_clip_high)) * A * logprobs,
+    reduced by aggregate_loss(agg) (the paper: token-mean). No token's gradient is dropped: a clipped ratio caps the
+    token's weight instead of zeroing its gradient as clip does, and there is no lower bound (the paper sets
+    eps_low^IS large and tunes only eps_high^IS). At ratio 1 the gradient equals clip's. Stats (detached):
+    clip_frac (the share of response tokens whose weight was capped), approx_kl (k3, as for clip), ratio_mean.
+    """
+    keep = response_mask != 0
+    log_ratio = torch.where(keep, logprobs - old_logprobs, torch.zeros_like(logprobs))  # [B, T]
+    ratio = torch.exp(log_ratio)  # [B, T]
+    weight = ratio.detach().clamp(max=1.0 + cispo_clip_high)  # [B, T], a constant of the graph
+    picked = torch.where(keep, logprobs, torch.zeros_like(logprobs))  # [B, T]: padding's log-probs never reach it
+    loss = aggregate_loss(-weight * advantages * picked, response_mask, agg)
+    with torch.no_grad():
+        stats = {
+            "clip_frac": masked_mean((ratio > 1.0 + cispo_clip_high).to(ratio.dtype), response_mask),
             "approx_kl": masked_mean(kl_estimate(old_logprobs, logprobs, "k3"), response_mask),
             "ratio_mean": masked_mean(ratio, response_mask),
         }

@@ -190,12 +190,15 @@ class AlgoConfig:
     """Algorithm.
 
     name: the advantage estimator: grpo (group-normalised), rloo (leave-one-out baseline) or ppo (critic + GAE); tinyzero/algos.py registers them
-    policy_loss: the policy loss: clip (PPO's clipped surrogate, with clip_low/clip_high)
+    policy_loss: the policy loss: clip (PPO's clipped surrogate, with clip_low/clip_high), gspo (one ratio per sequence, clipped per sequence by gspo_clip_low/gspo_clip_high) or cispo (each token's ratio capped at 1 + cispo_clip_high and held constant, times its log-probability)
     normalize_std: divide GRPO advantages by the group std (false: Dr. GRPO)
     gamma: PPO discount
     lam: PPO GAE lambda
     clip_low: lower PPO clip range (ratio >= 1 - clip_low)
     clip_high: upper PPO clip range (ratio <= 1 + clip_high; > clip_low is DAPO's clip-higher)
+    gspo_clip_low: gspo's lower clip range of the sequence ratio (>= 1 - gspo_clip_low; the GSPO paper: 3e-4)
+    gspo_clip_high: gspo's upper clip range of the sequence ratio (<= 1 + gspo_clip_high; the GSPO paper: 4e-4)
+    cispo_clip_high: cispo's cap of a token's importance weight, 1 + cispo_clip_high (no lower bound; 0.28 is DAPO's clip-higher, a starting point to tune)
     kl_coef: weight of the KL to the reference model (0: no reference model is loaded)
     kl_estimator: k1, k2 or k3
     kl_applied_as: loss (a KL term added to the policy loss) or reward (a per-token penalty subtracted from the reward)
@@ -215,6 +218,9 @@ class AlgoConfig:
     lam: float = between(0, 1, 1.0)
     clip_low: float = between(0, 1, 0.2)
     clip_high: float = at_least(0, 0.2)
+    gspo_clip_low: float = between(0, 1, 3e-4)
+    gspo_clip_high: float = at_least(0, 4e-4)
+    cispo_clip_high: float = at_least(0, 0.28)
     kl_coef: float = at_least(0, 0.0)
     kl_estimator: KlEstimator = "k3"
     kl_applied_as: Literal["loss", "reward"] = "loss"
@@ -228,7 +234,11 @@ class AlgoConfig:
 
     @property
     def needs(self):
-        """What this algorithm requires: critic, reference model, old log-probs (``algos.Needs``)."""
+        """What this algorithm requires: critic, reference model, old log-probs (``algos.Needs``); a policy loss the
+        estimator cannot train with (``algos.check_pairing``) is refused here, before any model loads."""
+        why = _algos().check_pairing(self.name, self.policy_loss)
+        if why:
+            raise TinyZeroError(why)
         return _algos().needs(self.name, kl_coef=self.kl_coef, kl_applied_as=self.kl_applied_as, epochs=self.epochs,
                            mini_batches=self.mini_batches)
 
