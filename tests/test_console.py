@@ -59,27 +59,22 @@ def _passes(record: logging.LogRecord) -> bool:
     return bool(logging.getLogger(record.name).filter(record))
 
 
-def test_vllm_logs_at_warning_unless_the_user_chose_a_level(monkeypatch):
-    """ERROR would hide vLLM's warnings that a push did not load; INFO prints several lines per engine call."""
-    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "")  # recorded, so that what quiet_vllm sets is undone afterwards
-    monkeypatch.delenv("VLLM_LOGGING_LEVEL")
+@pytest.mark.parametrize(("variable", "ours", "theirs"), [
+    # ERROR would hide vLLM's warnings that a push did not load; INFO prints several lines per engine call.
+    ("VLLM_LOGGING_LEVEL", "WARNING", "DEBUG"),
+    # vLLM's default stream is stdout, where its warnings would corrupt ``tinyzero eval --json``'s output (seen: an
+    # unknown-variable warning before the JSON, in a command started from a process that had run vLLM).
+    ("VLLM_LOGGING_STREAM", "ext://sys.stderr", "ext://sys.stdout"),
+])
+def test_vllm_logging_is_set_unless_the_user_chose(monkeypatch, variable, ours, theirs):
+    """quiet_vllm sets vLLM's log level to WARNING and its stream to stderr, and keeps a value the user set."""
+    monkeypatch.setenv(variable, "")  # recorded, so that what quiet_vllm sets is undone afterwards
+    monkeypatch.delenv(variable)
     quiet_vllm()
-    assert os.environ["VLLM_LOGGING_LEVEL"] == "WARNING"
-    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "DEBUG")
+    assert os.environ[variable] == ours
+    monkeypatch.setenv(variable, theirs)
     quiet_vllm()
-    assert os.environ["VLLM_LOGGING_LEVEL"] == "DEBUG"
-
-
-def test_vllm_logs_to_stderr_unless_the_user_chose_a_stream(monkeypatch):
-    """vLLM's default stream is stdout, where its warnings would corrupt ``tinyzero eval --json``'s output (seen: an
-    unknown-variable warning before the JSON, in a command started from a process that had run vLLM)."""
-    monkeypatch.setenv("VLLM_LOGGING_STREAM", "")
-    monkeypatch.delenv("VLLM_LOGGING_STREAM")
-    quiet_vllm()
-    assert os.environ["VLLM_LOGGING_STREAM"] == "ext://sys.stderr"
-    monkeypatch.setenv("VLLM_LOGGING_STREAM", "ext://sys.stdout")
-    quiet_vllm()
-    assert os.environ["VLLM_LOGGING_STREAM"] == "ext://sys.stdout"
+    assert os.environ[variable] == theirs
 
 
 def test_only_the_variables_vllm_sets_itself_are_not_reported_as_unknown(monkeypatch):
