@@ -22,6 +22,8 @@ import tempfile
 import pytest
 from tiny_models import build_tiny_model
 
+from tinyzero.engine.rollout import COMPILE_CACHE_ENV
+
 pytest_plugins = ["pytester"]  # tests/test_markers.py runs a small suite through this conftest
 
 GPU_SKIP_REASON = "needs a CUDA GPU: torch.cuda.is_available() is false on this machine"
@@ -29,10 +31,9 @@ GPU_SKIP_REASON = "needs a CUDA GPU: torch.cuda.is_available() is false on this 
 # One compile cache for the session's vLLM engines (tinyzero/engine/rollout.py, COMPILE_CACHE_ENV): each engine
 # start in a fresh run folder would otherwise compile the same inductor kernels again, about 10 s of g++ each.
 # Made here, before any worker or subprocess starts, so all of them inherit it; removed by the process that made it.
-_COMPILE_CACHE = "TINYZERO_COMPILE_CACHE"
 _made_compile_cache = ""
-if not os.environ.get(_COMPILE_CACHE):
-    _made_compile_cache = os.environ[_COMPILE_CACHE] = tempfile.mkdtemp(prefix="tinyzero-tests-kernels-")
+if not os.environ.get(COMPILE_CACHE_ENV):
+    _made_compile_cache = os.environ[COMPILE_CACHE_ENV] = tempfile.mkdtemp(prefix="tinyzero-tests-kernels-")
 
 
 def pytest_unconfigure(config):
