@@ -190,3 +190,45 @@ def test_a_run_without_a_checkpoint_reads_its_evaluations(pair):
     assert compare.accuracy_shares(run) == {0: Share(1.0, 10), 2: Share(0.3, 10), 6: Share(1.0, 10)}
     html = compare.write_comparison([real, shuffled]).read_text()
     assert "<td>2</td><td>35.0%</td><td>30.0%</td>" in html
+
+
+def test_runs_that_differ_only_by_seed_are_arms(tmp_path, monkeypatch):
+    """Four runs, two learning rates by two seeds: two arms, each drawn as its mean with its range, the second
+    arm held against the first, and --baseline choosing the other way round."""
+    runs = []
+    for lr, accs in ((1e-5, (0.20, 0.24)), (1e-4, (0.60, 0.64))):
+        for seed, acc in enumerate(accs):
+            runs.append(make_run(tmp_path, f"lr{lr:g}-s{seed}", control="none", accuracy={0: 0.14, 6: acc},
+                                 checks={s: 0 for s in STEPS}, eval_checks={0: 0},
+                                 extra={"optim.lr": lr, "run.seed": seed}))
+    drawn = []
+    real_plot = compare._line_plot
+
+    def spy(title, curves, ylabel, extra=None):
+        drawn.append((title, curves))
+        return real_plot(title, curves, ylabel, extra)
+
+    monkeypatch.setattr(compare, "_line_plot", spy)
+    html = compare.write_comparison(runs).read_text()
+    arms = html[html.index("<h2>Arms"):html.index("<h2>Runs")]
+    assert "<td>optim.lr=1e-05 (baseline)</td><td>2</td><td>0, 1</td>" in arms
+    assert "<td>6</td><td>22.0% ± 2.8 (20%–24%)</td><td>62.0% ± 2.8 (60%–64%)</td>" in arms  # sd of 0.20, 0.24
+    assert "Each arm against the baseline, optim.lr=1e-05 (2 seeds)" in arms
+    # 40 points apart with an sd of 2.8 points in each arm: beyond Welch's band (4.303 x sqrt(2 x 0.0008 / 2) = 12.2
+    # points, 2 degrees of freedom) and the noise.
+    assert "held-out accuracy: higher than the baseline&#x27;s — at step 6: 62.0%" in arms
+    assert "the seed-to-seed spread ±12.2 points (Welch&#x27;s t, 2.0 degrees of freedom)" in arms
+    accuracy = next(curves for title, curves in drawn if title.startswith("Held-out greedy accuracy"))
+    assert [(label, x, y) for label, x, y, _ in accuracy] == [
+        ("optim.lr=1e-05 (2 seeds)", [0, 6], [pytest.approx(0.14), pytest.approx(0.22)]),
+        ("optim.lr=0.0001 (2 seeds)", [0, 6], [pytest.approx(0.14), pytest.approx(0.62)])]
+
+    result = cli("report", *map(str, runs), "--baseline", str(runs[3]), "--out", str(tmp_path / "b.html"))
+    assert result.returncode == 0, result.stderr
+    flipped = (tmp_path / "b.html").read_text()
+    assert "Each arm against the baseline, optim.lr=0.0001 (2 seeds)" in flipped
+    assert "held-out accuracy: lower than the baseline&#x27;s" in flipped
+    alone = cli("report", str(runs[0]), "--baseline", str(runs[0]))
+    assert alone.returncode == 2 and "give two run folders or more" in alone.stderr
+    stranger = cli("report", str(runs[0]), str(runs[1]), "--baseline", str(runs[2]))
+    assert stranger.returncode == 2 and "is not one of the run folders given" in stranger.stderr

@@ -1,5 +1,5 @@
 """The ``tinyzero`` command line: ``data``, ``reward``, ``envs``, ``export``, ``merge``, ``train``, ``resume``, ``smoke``,
-``eval``, ``aha`` and ``report``.
+``eval``, ``aha``, ``report`` and ``sweep``.
 
 User-fixable errors (TinyZeroError) print one sentence and exit non-zero, never a traceback.
 Heavy imports (torch, vLLM, datasets) happen inside the commands that need them, so ``--help`` is instant.
@@ -146,13 +146,49 @@ def cmd_report(args: argparse.Namespace) -> int:
     if len(args.run_dir) > 1:
         from tinyzero.analysis.compare import write_comparison
 
-        out = write_comparison([Path(p) for p in args.run_dir], out_path)
+        out = write_comparison([Path(p) for p in args.run_dir], out_path,
+                               baseline=Path(args.baseline) if args.baseline else None)
     else:
+        if args.baseline:
+            raise TinyZeroError("--baseline names one of several runs to compare: give two run folders or more")
         from tinyzero.analysis.report import write_report
 
         out = write_report(Path(args.run_dir[0]), out_path)
     print(f"report: {out}")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tinyzero.commands.sweep import compare, make_plan, run_sweep, seeds_arg
+
+    recipe, sweep_file = args.recipe, None
+    if Path(recipe).is_file() and _is_sweep_file(Path(recipe)):
+        recipe, sweep_file = None, Path(recipe)
+    plan = make_plan(recipe, args.overrides, args.axis, seeds_arg(args.seeds) if args.seeds else None, args.name,
+                     args.baseline, args.budget_usd, sweep_file)
+    if args.plan:
+        for point in plan.points():
+            print(f"{point.name}: {' '.join(point.arm) or '(the recipe)'} run.seed={point.seed}")
+        return 0
+    done = run_sweep(plan)
+    out, table = compare(plan, done["folder"])
+    print(table)
+    if done["stopped"]:
+        print(f"stopped: {done['stopped']}; {done['done']} of {done['total']} runs finished. Raise --budget-usd and "
+              "run the same command again to go on.")
+    print(f"comparison: {out}")
+    return 0
+
+
+def _is_sweep_file(path: Path) -> bool:
+    """A sweep YAML names its recipe at the top (``recipe:``); a recipe never does."""
+    import yaml
+
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # the recipe reader says what is wrong with it
+    return isinstance(tree, dict) and "recipe" in tree
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -322,7 +358,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", nargs="+", metavar="RUN_DIR", help="the run folder, e.g. runs/demo; several to compare")
     p.add_argument("--out", help="where to write the HTML (default: RUN_DIR/report.html; for several runs "
                                  "FIRST_RUN_DIR/compare.html)")
+    p.add_argument("--baseline", metavar="RUN_DIR", help="one of the runs: its arm (the runs that differ from it only "
+                                                         "by run.seed) is the one every other arm is held against")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("sweep", help="a recipe over a grid of values and seeds, one run after another (resumable), "
+                                     "ending in one comparison with each arm's verdict against a baseline",
+                       description="Train RECIPE at every combination of the --axis values and --seeds, each run in "
+                                   "its own folder inside RUN.OUT_DIR/NAME; run it again to continue after a stop. "
+                                   "Or give a sweep YAML (recipes/sweeps/) in place of the recipe.")
+    p.add_argument("recipe", metavar="RECIPE_OR_SWEEP", help="a YAML recipe, or a sweep YAML that names one")
+    p.add_argument("overrides", nargs="*", metavar="a.b.c=value", help="overrides for every run of the sweep")
+    p.add_argument("--axis", action="append", default=[], metavar="KEY=A,B",
+                   help="one axis of the grid, repeatable (e.g. --axis algo.policy_loss=clip,gspo,cispo)")
+    p.add_argument("--seeds", metavar="N|A,B", help="a count (the recipe's run.seed and the ones after it) or a list "
+                                                   "of seeds (default 1)")
+    p.add_argument("--name", help="the sweep's folder under run.out_dir (default: the recipe's run.name + -sweep)")
+    p.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
+                   help="the arm the others are held against, one value per axis (default: a control arm, else "
+                        "the first)")
+    p.add_argument("--budget-usd", type=float, help="stop cleanly before the whole sweep would pass this many dollars "
+                                                   "(needs cost.usd_per_gpu_hour); 0: no budget")
+    p.add_argument("--plan", action="store_true", help="print the runs the sweep would make, and stop")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("merge", help="a LoRA run's adapters merged into its base, written as a plain HF folder")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a LoRA run folder (its latest checkpoint) or a checkpoint")
@@ -340,7 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "sweep" and all("=" in t and not t.startswith("-") for t in extra):
+        args.overrides += extra  # overrides given after the flags (argparse takes a positional list only before)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except TinyZeroError as err:

@@ -19,6 +19,14 @@ from html import escape
 from pathlib import Path
 
 from tinyzero.analysis.aha_file import analyse_file, settings_for
+from tinyzero.analysis.arms import (
+    SEED_KEY,
+    ArmVerdict,
+    group_arms,
+    held_out_verdict,
+    per_step,
+    training_verdict,
+)
 from tinyzero.analysis.claim import Finding, Share, held_out, training
 from tinyzero.analysis.report import CSS, _line_plot, check_out, write_html
 from tinyzero.analysis.runs import (
@@ -35,7 +43,8 @@ from tinyzero.errors import TinyZeroError
 # What makes two runs' held-out problems the same: the environment, the seed and the number drawn.
 HELD_OUT_KEYS = ("env.name", "env.options", "eval.size", "run.seed")
 AHA_RATES = (("reflection_rate", "reflection rate"), ("verification_rate", "verification rate"))
-VERDICT_CSS = "li.above { color: #1d6b2a; } li.below { color: #a3281c; } li.none { color: #555; } li { margin: .3em 0; }"
+VERDICT_CSS = ("li.above { color: #1d6b2a; } li.below { color: #a3281c; } li.none, li.within, li.unknown { color: #555; }"
+               " li { margin: .3em 0; }")
 
 
 @dataclass
@@ -115,6 +124,61 @@ def rate_shares(summary: dict | None, key: str) -> dict[int, Share]:
             if number(s["metrics"].get(key)) and s["responses"]}
 
 
+def training_shares(run: Run) -> dict[int, Share]:
+    """Training accuracy per step, counted from the run's transcripts (each step's completions)."""
+    return {s["step"]: Share(s["accuracy"], s["responses"]) for s in run.rollouts["by_step"]
+            if number(s.get("accuracy")) and s["responses"]}
+
+
+# --------------------------------------------------------------------------------------------- arms
+@dataclass
+class Arm:
+    """Runs whose configs differ only by ``run.seed``; labelled by the keys that set it apart from the other arms."""
+
+    label: str
+    runs: list[Run]
+
+    @property
+    def control(self) -> str:
+        return self.runs[0].control
+
+    @property
+    def legend(self) -> str:
+        seeds = f"{len(self.runs)} seeds" if len(self.runs) > 1 else "1 seed"
+        control = "" if self.control == "none" else f", control: {self.control}"
+        return f"{self.label} ({seeds}{control})"
+
+
+def arms_of(runs: list[Run]) -> list[Arm]:
+    """The runs grouped into arms, in order of first appearance."""
+    groups = group_arms([run.config for run in runs])
+    apart = [(key, values) for key, values in config_differences([runs[g[0]].config for g in groups])
+             if key != SEED_KEY]
+    labels = [", ".join(f"{key}={'—' if values[i] is None else values[i]}" for key, values in apart) or "all runs"
+              for i in range(len(groups))]
+    return [Arm(label, [runs[i] for i in group]) for label, group in zip(labels, groups, strict=True)]
+
+
+def default_baseline(arms: list[Arm]) -> int:
+    """The control arm if there is one, else the first."""
+    return next((i for i, arm in enumerate(arms) if arm.control != "none"), 0)
+
+
+def arm_verdicts(arm: Arm, base: Arm) -> list[ArmVerdict]:
+    """The arm against the baseline: held-out accuracy (where both were evaluated on the same kind of problems),
+    then training accuracy."""
+    keys = [k for k in HELD_OUT_KEYS if k != SEED_KEY and _key_differs(arm.runs[0], base.runs[0], k)]
+    if keys:
+        out = [ArmVerdict("held-out accuracy", "unknown", None, None, None, "held-out accuracy: the data cannot say "
+                          f"— the arms were evaluated on different problems ({', '.join(keys)} differ).")]
+    else:
+        out = [held_out_verdict("held-out accuracy", [accuracy_shares(r) for r in arm.runs],
+                                [accuracy_shares(r) for r in base.runs])]
+    out.append(training_verdict("training accuracy", [training_shares(r) for r in arm.runs],
+                                [training_shares(r) for r in base.runs]))
+    return out
+
+
 # --------------------------------------------------------------------------------------------- page
 def _overlay(title: str, runs: list[Run], series, ylabel: str, aha_marks: bool = False) -> str | None:
     curves = [(run.legend, *series(run), run.style(i)) for i, run in enumerate(runs)]
@@ -128,23 +192,46 @@ def _overlay(title: str, runs: list[Run], series, ylabel: str, aha_marks: bool =
     return _line_plot(title, curves, ylabel, marks if aha_marks else None)
 
 
-def _plots(runs: list[Run]) -> list[str]:
-    plots = [
-        _overlay("Held-out greedy accuracy", runs, _accuracy_curve, "fraction"),
-        _overlay("Training reward (the verifier's mean score)", runs, lambda r: _scalar(r.metrics, "reward/mean"),
-                 "mean score"),
-        _overlay("Training accuracy", runs, lambda r: _scalar(r.metrics, "reward/accuracy"), "fraction"),
-        _overlay("Response length, training (tokens)", runs,
-                 lambda r: _scalar(r.metrics, "rollout/response_length_mean"), "tokens"),
-        _overlay("Response length, held-out (tokens)", runs, lambda r: _scalar(r.history, "eval/response_length"),
-                 "tokens"),
-    ]
-    for key, words in AHA_RATES:
-        plots.append(_overlay(f"{words.capitalize()}, training batches", runs,
-                              lambda r, key=key: _by_step(r.rollouts, key), "share of responses", aha_marks=True))
-        plots.append(_overlay(f"{words.capitalize()}, held-out", runs, lambda r, key=key: _by_step(r.evals, key),
-                              "share of responses"))
-    return [p for p in plots if p]
+def _arm_overlay(title: str, arms: list[Arm], series, ylabel: str, aha_marks: bool = False) -> str | None:
+    """Each arm's mean over its seeds, with a shaded band from its lowest to its highest seed."""
+    del aha_marks  # an aha step is a run's; an arm's seeds may have none or several
+    curves, bands = [], []
+    for i, arm in enumerate(arms):
+        steps = per_step([dict(zip(*series(run), strict=True)) for run in arm.runs])
+        x = sorted(steps)
+        style = arm.runs[0].style(i)
+        curves.append((arm.legend, x, [steps[s].mean for s in x], style))
+        bands.append((x, [steps[s].lo for s in x], [steps[s].hi for s in x], style["color"]))
+
+    def shade(ax):
+        for x, lo, hi, color in bands:
+            if len(x) > 1:
+                ax.fill_between(x, lo, hi, color=color, alpha=0.15, linewidth=0)
+
+    return _line_plot(title, curves, ylabel, shade)
+
+
+PLOTS = (
+    ("Held-out greedy accuracy", _accuracy_curve, "fraction", False),
+    ("Training reward (the verifier's mean score)", lambda r: _scalar(r.metrics, "reward/mean"), "mean score", False),
+    ("Training accuracy", lambda r: _scalar(r.metrics, "reward/accuracy"), "fraction", False),
+    ("Response length, training (tokens)", lambda r: _scalar(r.metrics, "rollout/response_length_mean"), "tokens",
+     False),
+    ("Response length, held-out (tokens)", lambda r: _scalar(r.history, "eval/response_length"), "tokens", False),
+    *((f"{words.capitalize()}, {where}", series, "share of responses", aha)
+      for key, words in AHA_RATES
+      for where, series, aha in (("training batches", lambda r, key=key: _by_step(r.rollouts, key), True),
+                                 ("held-out", lambda r, key=key: _by_step(r.evals, key), False))),
+)
+
+
+def _plots(runs: list[Run], arms: list[Arm] | None = None) -> list[str]:
+    """The curves, one per run, or one per arm (its mean and band) where some arm has several seeds."""
+    if arms is None:
+        drawn = [_overlay(title, runs, series, ylabel, aha) for title, series, ylabel, aha in PLOTS]
+    else:
+        drawn = [_arm_overlay(f"{title}, mean over seeds", arms, series, ylabel) for title, series, ylabel, _ in PLOTS]
+    return [p for p in drawn if p]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -233,24 +320,79 @@ def _claim(runs: list[Run]) -> str:
     return "".join(parts)
 
 
-def write_comparison(run_dirs: list[Path], out: Path | None = None) -> Path:
-    """Write the side-by-side report of ``run_dirs``; returns its path (default ``FIRST_RUN/compare.html``)."""
+def _arms_section(arms: list[Arm], baseline: int) -> str:
+    """The arms (seeds, held-out accuracy at each evaluation as mean ± sd and range) and each against the baseline."""
+    rows = [[arm.label + (" (baseline)" if i == baseline else ""), str(len(arm.runs)),
+             ", ".join(str(flatten(r.config).get(SEED_KEY, "—")) for r in arm.runs),
+             "control: " + arm.control if arm.control != "none" else "—"] for i, arm in enumerate(arms)]
+    parts = [_table(["arm", "seeds", "run.seed", "control"], rows)]
+    curves = [per_step([{s: sh.value for s, sh in accuracy_shares(r).items()} for r in arm.runs]) for arm in arms]
+    steps = sorted(set().union(*curves))
+    if steps:
+        parts.append("<h3>Held-out accuracy: mean ± sd over seeds (lowest–highest)</h3>")
+        parts.append(_table(["step", *(arm.label for arm in arms)],
+                            [[str(s), *(_pm_spread(c[s]) if s in c else "—" for c in curves)] for s in steps]))
+    base = arms[baseline]
+    parts.append(f"<h3>Each arm against the baseline, {escape(base.legend)}</h3>")
+    parts.append("<p class='note'>A gap counts only where it exceeds both the seed-to-seed spread (Welch's t band) "
+                 "and the binomial measurement noise, each at 95%; with one seed in an arm there is no spread, and "
+                 "the data cannot say.</p>")
+    for i, arm in enumerate(arms):
+        if i == baseline:
+            continue
+        parts.append(f"<h4>{escape(arm.legend)}</h4><ul>" + "".join(
+            f"<li class='{v.verdict}'>{escape(v.text)}</li>" for v in arm_verdicts(arm, base)) + "</ul>")
+    return "".join(parts)
+
+
+def _pm_spread(found) -> str:
+    if found.n == 1:
+        return f"{found.mean:.1%}"
+    return f"{found.mean:.1%} ± {100 * found.sd:.1f} ({found.lo:.0%}–{found.hi:.0%})"
+
+
+def _resolved(run_dirs: list[Path]) -> list[Path]:
     paths = [Path(p).resolve() for p in run_dirs]
     if len(set(paths)) != len(paths):
         raise TinyZeroError("the same run folder is given twice: give each run once")
+    return paths
+
+
+def load_runs(run_dirs: list[Path]) -> list[Run]:
+    """The run folders read, each labelled by its folder's name (parent/name where two share one)."""
+    paths = _resolved(run_dirs)
+    return [load_run(path, label) for path, label in zip(paths, _labels(paths), strict=True)]
+
+
+def write_comparison(run_dirs: list[Path], out: Path | None = None, baseline: Path | None = None,
+                     title: str | None = None, runs: list[Run] | None = None) -> Path:
+    """Write the side-by-side report of ``run_dirs``; returns its path (default ``FIRST_RUN/compare.html``).
+
+    Runs that differ only by their seed are one arm: where some arm has several seeds, or a ``baseline`` run folder
+    is named, the page adds the arms and each arm's verdict against the baseline's arm (default: a control arm, else
+    the first), and draws each arm's mean over its seeds with its range."""
+    paths = _resolved(run_dirs)
+    if baseline is not None and Path(baseline).resolve() not in paths:
+        raise TinyZeroError(f"--baseline {baseline} is not one of the run folders given: name one of them")
     out = out or paths[0] / "compare.html"
     check_out(out)  # before any run is read: the one-run report's check and sentence
-    runs = [load_run(path, label) for path, label in zip(paths, _labels(paths), strict=True)]
-    title = " vs ".join(run.label for run in runs)
+    runs = runs if runs is not None else load_runs(paths)
+    arms = arms_of(runs)
+    by_arms = baseline is not None or any(len(arm.runs) > 1 for arm in arms)
+    title = title or " vs ".join(run.label for run in runs)
     html = [f"<!doctype html><html><head><meta charset='utf-8'><title>tinyzero: {escape(title)}</title>"
             f"<style>{CSS}{VERDICT_CSS}</style></head><body>",
             f"<h1>tinyzero runs side by side: {escape(title)}</h1>",
             "<p class='note'>One colour per run; a control run (reward.control) is dashed and labelled control. "
-            "Every metric is defined in docs/metrics.md.</p>",
-            "<h2>Runs</h2>", _runs_table(runs),
-            "<h2>Config differences</h2>", _differences(runs),
-            "<h2>The claim, against the control</h2>", _claim(runs),
-            "<h2>Held-out accuracy at each evaluation</h2>", _accuracy_by_eval(runs),
-            "<h2>Curves</h2>", *_plots(runs), "</body></html>"]
+            "Every metric is defined in docs/metrics.md.</p>"]
+    if by_arms:
+        index = default_baseline(arms) if baseline is None else next(
+            i for i, arm in enumerate(arms) if any(r.path == Path(baseline).resolve() for r in arm.runs))
+        html += ["<h2>Arms (runs that differ only by run.seed)</h2>", _arms_section(arms, index)]
+    html += ["<h2>Runs</h2>", _runs_table(runs),
+             "<h2>Config differences</h2>", _differences(runs),
+             "<h2>The claim, against the control</h2>", _claim(runs),
+             "<h2>Held-out accuracy at each evaluation</h2>", _accuracy_by_eval(runs),
+             "<h2>Curves</h2>", *_plots(runs, arms if by_arms else None), "</body></html>"]
     write_html(out, "\n".join(html))
     return out
