@@ -21,6 +21,7 @@ import yaml
 from tinyzero.commands.sweep import (
     PLAN_FILE,
     _arm_names,
+    _steps,
     claim_sweep_dir,
     make_plan,
     parse_axis,
@@ -50,6 +51,8 @@ def test_the_grid_is_every_combination_of_the_axes_and_the_seeds():
     seeds_only = plan(seeds=[3, 7]).points()
     assert [(pt.name, pt.arm, pt.seed) for pt in seeds_only] == [("seed3", (), 3), ("seed7", (), 7)]
     assert [pt.seed for pt in plan(overrides=["run.seed=5"], seeds=3).points()] == [5, 6, 7]  # from the recipe's
+    by_length = plan("run.steps=2,4")  # each run is finished at its own number of steps
+    assert [_steps(by_length, pt) for pt in by_length.points()] == [2, 4]
 
 
 def test_folder_names_are_plain_or_numbered():

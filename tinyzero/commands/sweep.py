@@ -312,14 +312,16 @@ def _command(plan: Plan, point: Point, folder: Path, state: str, budget_left: fl
 
 
 def run_sweep(plan: Plan, say=print) -> dict:
-    """Run (or continue) the sweep; returns {"folder", "done", "total", "stopped"} ("" | "budget")."""
+    """Run (or continue) the sweep; returns {"folder", "done", "total", "stopped"}: why it stopped before the end
+    (the budget), "" when every run finished."""
     from tinyzero.config import load_config
 
     config = load_config(plan.recipe, plan.overrides)
     folder = Path(config.run.out_dir) / plan.name
     claim_sweep_dir(folder, plan)
     points = plan.points()
-    states = [run_state(folder / p.name, config.run.steps) for p in points]
+    steps = {p.name: _steps(plan, p) for p in points}  # an axis may be run.steps
+    states = [run_state(folder / p.name, steps[p.name]) for p in points]
     counts = {s: sum(1 for st, _ in states if st == s) for s in ("finished", "resume", "interrupted", "new")}
     arms = len(points) // len(plan.seeds)
     say(f"sweep {plan.name}: {arms} arm{'s' * (arms != 1)} x {len(plan.seeds)} seed{'s' * (len(plan.seeds) != 1)} = "
@@ -327,7 +329,7 @@ def run_sweep(plan: Plan, say=print) -> dict:
         f"{counts['interrupted'] + counts['new']} to start)")
     for index, point in enumerate(points, start=1):
         run_dir = folder / point.name
-        state, step = run_state(run_dir, config.run.steps)
+        state, step = run_state(run_dir, steps[point.name])
         if state == "finished":
             continue
         if state == "interrupted":
@@ -350,17 +352,20 @@ def run_sweep(plan: Plan, say=print) -> dict:
             raise TinyZeroError(f"run {run_dir} failed (exit code {result.returncode}; its message is above): fix the "
                                 "cause and run the same sweep command again — finished runs are skipped, this one "
                                 "resumed from its last checkpoint")
-        if run_state(run_dir, config.run.steps)[0] != "finished":  # the run stopped at its share of the budget
+        if run_state(run_dir, steps[point.name])[0] != "finished":  # the run stopped at its share of the budget
             return _stopped(plan, folder, points, f"run {point.name} stopped at the sweep's budget of "
                                                   f"${plan.budget_usd:g}")
     return {"folder": folder, "done": len(points), "total": len(points), "stopped": ""}
 
 
-def _stopped(plan: Plan, folder: Path, points: list[Point], why: str) -> dict:
+def _steps(plan: Plan, point: Point) -> int:
     from tinyzero.config import load_config
 
-    steps = load_config(plan.recipe, plan.overrides).run.steps
-    done = sum(run_state(folder / p.name, steps)[0] == "finished" for p in points)
+    return load_config(plan.recipe, [*plan.overrides, *point.arm]).run.steps
+
+
+def _stopped(plan: Plan, folder: Path, points: list[Point], why: str) -> dict:
+    done = sum(run_state(folder / p.name, _steps(plan, p))[0] == "finished" for p in points)
     return {"folder": folder, "done": done, "total": len(points), "stopped": why}
 
 
