@@ -269,7 +269,25 @@ def test_a_killed_sweep_continues_where_it_stopped(tmp_path, tiny_model_dir):
     assert f"[2/2] the recipe, seed 1: resuming at step {step}" in result.stdout
     assert "[1/2]" not in result.stdout and (folder / "seed0" / "metrics.jsonl").read_bytes() == first
     assert steps_of(folder / "seed1") == [1, 2, 3]  # each step logged once: the resumed log reads as one run
-    assert "all runs (2 seeds)" in (folder / "compare.html").read_text()
+    assert "One arm: nothing to hold against a baseline" in (folder / "compare.html").read_text()
+
+
+@pytest.mark.slow  # trains a tiny run in a process of its own
+def test_ctrl_c_stops_the_run_and_the_sweep_and_says_how_to_continue(tmp_path, tiny_model_dir):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, steps=50)
+    folder = tmp_path / "runs" / "toy-sweep"
+    proc = subprocess.Popen(sweep_cmd(str(recipe)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env(), start_new_session=True)
+    log = folder / "seed0" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.exists() and log.read_text().count("\n") >= 2) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the sweep and its run alike
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert f"sweep stopped during {folder / 'seed0'}: run the same command again to continue" in out
+    assert "tinyzero: interrupted" in err
 
 
 @pytest.mark.slow  # trains tiny runs, each a process of its own

@@ -333,6 +333,9 @@ def _arms_section(arms: list[Arm], baseline: int) -> str:
         parts.append(_table(["step", *(arm.label for arm in arms)],
                             [[str(s), *(_pm_spread(c[s]) if s in c else "—" for c in curves)] for s in steps]))
     base = arms[baseline]
+    if len(arms) == 1:
+        parts.append("<p>One arm: nothing to hold against a baseline; its spread between seeds is above.</p>")
+        return "".join(parts)
     parts.append(f"<h3>Each arm against the baseline, {escape(base.legend)}</h3>")
     parts.append("<p class='note'>A gap counts only where it exceeds both the seed-to-seed spread (Welch's t band) "
                  "and the binomial measurement noise, each at 95%; with one seed in an arm there is no spread, and "

@@ -343,13 +343,13 @@ def run_sweep(plan: Plan, say=print) -> dict:
         what = ", ".join(point.arm) or "the recipe"
         say(f"[{index}/{len(points)}] {what}, seed {point.seed}: "
             f"{'resuming at step ' + str(step) if state == 'resume' else 'training'} in {run_dir}")
-        result = subprocess.run(_command(plan, point, folder, state, left), check=False)
-        if result.returncode == 130 or result.returncode < 0:  # Ctrl-C reaches the run too; or it was killed
+        code = _run(_command(plan, point, folder, state, left))
+        if code == 130 or code < 0:  # Ctrl-C reaches the run too; or it was killed
             say(f"sweep stopped during {run_dir}: run the same command again to continue (finished runs are "
                 "skipped, this one resumed from its last checkpoint)")
             raise KeyboardInterrupt
-        if result.returncode != 0:
-            raise TinyZeroError(f"run {run_dir} failed (exit code {result.returncode}; its message is above): fix the "
+        if code != 0:
+            raise TinyZeroError(f"run {run_dir} failed (exit code {code}; its message is above): fix the "
                                 "cause and run the same sweep command again — finished runs are skipped, this one "
                                 "resumed from its last checkpoint")
         if run_state(run_dir, steps[point.name])[0] != "finished":  # the run stopped at its share of the budget
@@ -362,6 +362,16 @@ def _steps(plan: Plan, point: Point) -> int:
     from tinyzero.config import load_config
 
     return load_config(plan.recipe, [*plan.overrides, *point.arm]).run.steps
+
+
+def _run(command: list[str]) -> int:
+    """The run's exit code. Ctrl-C in a terminal reaches the run as well as the sweep: the sweep then waits for the
+    run to stop in its own way (subprocess.run would kill it a quarter of a second later)."""
+    proc = subprocess.Popen(command)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return proc.wait() or 130
 
 
 def _stopped(plan: Plan, folder: Path, points: list[Point], why: str) -> dict:
@@ -392,13 +402,14 @@ def table(arms, baseline: int, verdicts) -> str:
     from tinyzero.analysis.arms import spread
     from tinyzero.analysis.compare import accuracy_shares
 
-    rows = [("arm", "seeds", "held-out accuracy", "held-out vs baseline", "training accuracy vs baseline")]
+    rows = [("arm", "seeds", "held-out accuracy, last evaluation", "held-out vs baseline",
+             "training accuracy vs baseline")]
     base = arms[baseline]
     for i, arm in enumerate(arms):
         finals = [acc[max(acc)].value for acc in map(accuracy_shares, arm.runs) if acc]
         found = spread(finals) if finals else None
         held = "—" if found is None else (f"{found.mean:.1%}" if found.sd is None else
-                                          f"{found.mean:.1%} ± {100 * found.sd:.1f}")
+                                          f"{found.mean:.1%} ± {100 * found.sd:.1f} ({found.lo:.0%}–{found.hi:.0%})")
         if i == baseline:
             cells = ["baseline", "baseline"]
         else:
