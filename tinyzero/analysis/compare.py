@@ -322,7 +322,7 @@ def _claim(runs: list[Run]) -> str:
 
 def _arms_section(arms: list[Arm], baseline: int) -> str:
     """The arms (seeds, held-out accuracy at each evaluation as mean ± sd and range) and each against the baseline."""
-    rows = [[arm.label + (" (baseline)" if i == baseline else ""), str(len(arm.runs)),
+    rows = [[arm.label + (" (baseline)" if i == baseline and len(arms) > 1 else ""), str(len(arm.runs)),
              ", ".join(str(flatten(r.config).get(SEED_KEY, "—")) for r in arm.runs),
              "control: " + arm.control if arm.control != "none" else "—"] for i, arm in enumerate(arms)]
     parts = [_table(["arm", "seeds", "run.seed", "control"], rows)]
@@ -386,8 +386,10 @@ def write_comparison(run_dirs: list[Path], out: Path | None = None, baseline: Pa
     html = [f"<!doctype html><html><head><meta charset='utf-8'><title>tinyzero: {escape(title)}</title>"
             f"<style>{CSS}{VERDICT_CSS}</style></head><body>",
             f"<h1>tinyzero runs side by side: {escape(title)}</h1>",
-            "<p class='note'>One colour per run; a control run (reward.control) is dashed and labelled control. "
-            "Every metric is defined in docs/metrics.md.</p>"]
+            "<p class='note'>" + ("One colour per arm: its mean over its seeds, shaded from its lowest to its highest "
+                                  "seed" if by_arms else "One colour per run") +
+            "; a control run (reward.control) is dashed and labelled control. Every metric is defined in "
+            "docs/metrics.md.</p>"]
     if by_arms:
         index = default_baseline(arms) if baseline is None else next(
             i for i, arm in enumerate(arms) if any(r.path == Path(baseline).resolve() for r in arm.runs))
