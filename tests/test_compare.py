@@ -232,3 +232,15 @@ def test_runs_that_differ_only_by_seed_are_arms(tmp_path, monkeypatch):
     assert alone.returncode == 2 and "give two run folders or more" in alone.stderr
     stranger = cli("report", str(runs[0]), str(runs[1]), "--baseline", str(runs[2]))
     assert stranger.returncode == 2 and "is not one of the run folders given" in stranger.stderr
+
+
+def test_a_control_arm_is_the_default_baseline(tmp_path):
+    runs = [make_run(tmp_path, f"{control}-s{seed}", control=control, accuracy={0: 0.14, 6: 0.5 if control == "none"
+                                                                                      else 0.15},
+                     checks={s: 0 for s in STEPS}, eval_checks={0: 0}, extra={"run.seed": seed})
+            for control in ("none", "shuffled") for seed in (0, 1)]
+    arms = compare.arms_of([compare.load_run(run, run.name) for run in runs])
+    assert [arm.label for arm in arms] == ["reward.control=none", "reward.control=shuffled"]
+    assert compare.default_baseline(arms) == 1 and arms[1].legend == "reward.control=shuffled (2 seeds, control: shuffled)"
+    html = compare.write_comparison(runs).read_text()
+    assert "Each arm against the baseline, reward.control=shuffled (2 seeds, control: shuffled)" in html
