@@ -25,10 +25,12 @@ from tinyzero.commands.sweep import (
     claim_sweep_dir,
     make_plan,
     parse_axis,
+    run_env,
     run_state,
     seeds_arg,
 )
 from tinyzero.config import load_config
+from tinyzero.engine.rollout import COMPILE_CACHE_ENV
 from tinyzero.errors import TinyZeroError
 
 DEMO = "recipes/demo-cpu.yaml"
@@ -167,6 +169,12 @@ def test_the_command_line_plans_and_refuses_in_one_sentence(tmp_path):
                       ((DEMO, "--bogus"), "unrecognized arguments: --bogus")):
         result = sweep(*args, "--plan")
         assert result.returncode == 2 and fix in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_runs_share_one_compile_cache_unless_the_user_names_one(tmp_path):
+    assert run_env(tmp_path, {"PATH": "/bin"}) == {"PATH": "/bin",
+                                                   COMPILE_CACHE_ENV: str(tmp_path / "cache" / "inductor")}
+    assert run_env(tmp_path, {COMPILE_CACHE_ENV: "/mine"})[COMPILE_CACHE_ENV] == "/mine"
 
 
 def test_run_state(tmp_path):

@@ -343,7 +343,7 @@ def run_sweep(plan: Plan, say=print) -> dict:
         what = ", ".join(point.arm) or "the recipe"
         say(f"[{index}/{len(points)}] {what}, seed {point.seed}: "
             f"{'resuming at step ' + str(step) if state == 'resume' else 'training'} in {run_dir}")
-        code = _run(_command(plan, point, folder, state, left))
+        code = _run(_command(plan, point, folder, state, left), run_env(folder, dict(os.environ)))
         if code == 130 or code < 0:  # Ctrl-C reaches the run too; or it was killed
             say(f"sweep stopped during {run_dir}: run the same command again to continue (finished runs are "
                 "skipped, this one resumed from its last checkpoint)")
@@ -364,10 +364,19 @@ def _steps(plan: Plan, point: Point) -> int:
     return load_config(plan.recipe, [*plan.overrides, *point.arm]).run.steps
 
 
-def _run(command: list[str]) -> int:
+def run_env(folder: Path, environ: dict[str, str]) -> dict[str, str]:
+    """The runs' environment: one inductor compile cache for the whole sweep (``folder/cache/inductor``), so that only
+    its first vLLM start compiles the kernels every later one would compile again (about 10 s of g++ a start on a
+    2-core CPU, docs/engine.md); a cache the user names is kept."""
+    from tinyzero.engine.rollout import COMPILE_CACHE_ENV
+
+    return {**environ, COMPILE_CACHE_ENV: environ.get(COMPILE_CACHE_ENV) or str(folder / "cache" / "inductor")}
+
+
+def _run(command: list[str], env: dict[str, str]) -> int:
     """The run's exit code. Ctrl-C in a terminal reaches the run as well as the sweep: the sweep then waits for the
     run to stop in its own way (subprocess.run would kill it a quarter of a second later)."""
-    proc = subprocess.Popen(command)
+    proc = subprocess.Popen(command, env=env)
     try:
         return proc.wait()
     except KeyboardInterrupt:
