@@ -121,7 +121,8 @@ def test_sweep_file(tmp_path):
     assert plan(sweep_file=path, seeds=1).seeds == (0,)  # the command line over the file
     for tree, fix in (({"name": "x"}, "has no recipe"), ({"recipe": DEMO, "axis": {}}, "unknown key 'axis'"),
                       ({"recipe": DEMO, "axes": {"optim.lr": 1e-5}}, "must list its values"),
-                      ({"recipe": DEMO, "overrides": ["run.steps=2"]}, "must be a mapping")):
+                      ({"recipe": DEMO, "overrides": ["run.steps=2"]}, "must be a mapping"),
+                      ({"recipe": DEMO, "budget_usd": "ten"}, "is not a number")):
         path.write_text(yaml.safe_dump(tree))
         with pytest.raises(TinyZeroError, match=fix):
             plan(sweep_file=path)

@@ -200,22 +200,22 @@ def make_plan(recipe: str, overrides: list[str], axes: list[str], seeds, name: s
     grid = [(str(k), tuple(_override_text(v) for v in values)) for k, values in tree.get("axes", {}).items()]
     grid += [parse_axis(text) for text in axes]
     _check_axes(grid, fixed)
-    from tinyzero.config import load_config
+    from tinyzero.config import _run_name, load_config
+    from tinyzero.sizing.cost import check_budget
 
     config = load_config(recipe, fixed)  # the recipe and the fixed overrides, checked before anything runs
-    plan = Plan(name or tree.get("name") or f"{config.run.name}-sweep", recipe, tuple(fixed), tuple(grid),
+    budget = budget_usd if budget_usd is not None else tree.get("budget_usd", 0.0)
+    if isinstance(budget, bool) or not isinstance(budget, int | float):
+        raise TinyZeroError(f"budget_usd {budget!r} is not a number: give a dollar amount, or 0 for no budget")
+    plan = Plan(str(name or tree.get("name") or f"{config.run.name}-sweep"), recipe, tuple(fixed), tuple(grid),
                 _seeds(seeds if seeds is not None else tree.get("seeds"), config.run.seed),
                 _baseline(baseline or [f"{k}={_override_text(v)}" for k, v in tree.get("baseline", {}).items()], grid),
-                float(budget_usd if budget_usd is not None else tree.get("budget_usd", 0.0)))
-    from tinyzero.config import _run_name
-
+                float(budget))
     fix = _run_name(plan.name)
     if fix:
         raise TinyZeroError(f"sweep name {plan.name!r} cannot name a folder: {fix}")
     if plan.budget_usd < 0 or not math.isfinite(plan.budget_usd):
         raise TinyZeroError(f"--budget-usd {plan.budget_usd:g}: give a dollar amount, or 0 for no budget")
-    from tinyzero.sizing.cost import check_budget
-
     for point in plan.points():  # every run's config, checked before the first one trains
         try:
             checked = load_config(recipe, [*fixed, *point.arm, f"run.seed={point.seed}",
