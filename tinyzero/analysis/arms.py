@@ -71,6 +71,13 @@ class Spread:
     n: int
 
 
+    def short(self) -> str:
+        """``62.0% ± 2.8 (60%–64%)`` for shares (one seed: ``62.0%``), as the page's and the terminal's tables show it."""
+        if self.sd is None:
+            return f"{self.mean:.1%}"
+        return f"{self.mean:.1%} ± {100 * self.sd:.1f} ({self.lo:.0%}–{self.hi:.0%})"
+
+
 def spread(values: list[float]) -> Spread:
     n = len(values)
     mean = sum(values) / n

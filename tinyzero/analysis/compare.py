@@ -331,7 +331,7 @@ def _arms_section(arms: list[Arm], baseline: int) -> str:
     if steps:
         parts.append("<h3>Held-out accuracy: mean ± sd over seeds (lowest–highest)</h3>")
         parts.append(_table(["step", *(arm.label for arm in arms)],
-                            [[str(s), *(_pm_spread(c[s]) if s in c else "—" for c in curves)] for s in steps]))
+                            [[str(s), *(c[s].short() if s in c else "—" for c in curves)] for s in steps]))
     base = arms[baseline]
     if len(arms) == 1:
         parts.append("<p>One arm: nothing to hold against a baseline; its spread between seeds is above.</p>")
@@ -346,12 +346,6 @@ def _arms_section(arms: list[Arm], baseline: int) -> str:
         parts.append(f"<h4>{escape(arm.legend)}</h4><ul>" + "".join(
             f"<li class='{v.verdict}'>{escape(v.text)}</li>" for v in arm_verdicts(arm, base)) + "</ul>")
     return "".join(parts)
-
-
-def _pm_spread(found) -> str:
-    if found.n == 1:
-        return f"{found.mean:.1%}"
-    return f"{found.mean:.1%} ± {100 * found.sd:.1f} ({found.lo:.0%}–{found.hi:.0%})"
 
 
 def _resolved(run_dirs: list[Path]) -> list[Path]:

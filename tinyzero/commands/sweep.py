@@ -417,8 +417,7 @@ def table(arms, baseline: int, verdicts) -> str:
     for i, arm in enumerate(arms):
         finals = [acc[max(acc)].value for acc in map(accuracy_shares, arm.runs) if acc]
         found = spread(finals) if finals else None
-        held = "—" if found is None else (f"{found.mean:.1%}" if found.sd is None else
-                                          f"{found.mean:.1%} ± {100 * found.sd:.1f} ({found.lo:.0%}–{found.hi:.0%})")
+        held = "—" if found is None else found.short()
         if i == baseline:
             cells = ["baseline", "baseline"]
         else:
