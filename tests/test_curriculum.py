@@ -86,3 +86,48 @@ def test_fresh_problems_keep_coming_and_the_cost_assumption():
     # At a pass rate of one half, 2 of 2^8 groups of 8 agree; at 0.9, 0.9^8 + 0.1^8 = 0.430.
     assert zero_variance_share(0.5, 8) == pytest.approx(2 / 256, abs=1e-15)
     assert zero_variance_share(0.9, 8) == pytest.approx(0.9**8 + 0.1**8, abs=1e-15)
+
+
+# ------------------------------------------------------------------------------------------ in the driver
+def curriculum_run(model: Path, out: Path, name: str, *extra: str) -> list[str]:
+    """``toy_tasks:FirstByte``: a tiny random model is right about half the time, so groups split (the table has
+    problems to draw again) and the pass rate (about 0.2 at 4 new tokens) clears ``up=0.2`` (the ladder moves up after one step)."""
+    return [f"model.name={model}", f"run.out_dir={out}", f"run.name={name}", "run.steps=4", "env.name=toy_tasks:FirstByte",
+            "env.options={}", "rollout.backend=hf", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
+            "rollout.max_new_tokens=4", "eval.size=8", "eval.max_new_tokens=4", "eval.every=2", "checkpoint.every=2",
+            "checkpoint.keep_last=4", "log.tensorboard=false", "data.curriculum.levels=true",
+            "data.curriculum.pass_rate=true", "data.curriculum.up=0.2", "data.curriculum.down=0.01",
+            "data.curriculum.patience=1", *extra]
+
+
+def rollouts(run_dir: Path) -> list[dict]:
+    import gzip
+
+    with gzip.open(run_dir / "rollouts.jsonl.gz", "rt") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def test_a_curriculum_run_resumes_drawing_what_an_uninterrupted_one_draws(tiny_model_dir, tmp_path):
+    from tinyzero.data import sample_test
+    from tinyzero.trainer import train
+
+    train(None, curriculum_run(tiny_model_dir, tmp_path, "whole"))
+    train(None, curriculum_run(tiny_model_dir, tmp_path, "cut", "run.steps=2"))
+    train(None, ["run.steps=4"], resume_dir=str(tmp_path / "cut"))
+    whole, cut = rollouts(tmp_path / "whole"), rollouts(tmp_path / "cut")
+    assert [(r["step"], r["problem"]) for r in whole] == [(r["step"], r["problem"]) for r in cut]
+    metrics = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    again = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    keys = sorted(k for k in metrics[0] if k.startswith("curriculum/"))
+    assert keys == ["curriculum/groups_all_right", "curriculum/groups_all_wrong", "curriculum/groups_below_half",
+                    "curriculum/groups_half_or_more", "curriculum/level", "curriculum/pass_rate",
+                    "curriculum/revisited_frac"]
+    assert [[m[k] for k in keys] for m in metrics] == [[m[k] for k in keys] for m in again]
+    # The ladder moved up after step 1 (its pass rate, 0.25, cleared 0.2); problems were drawn again by pass rate.
+    assert metrics[0]["curriculum/level"] == 0 and metrics[-1]["curriculum/level"] == 1
+    assert any(m["curriculum/revisited_frac"] > 0 for m in metrics)
+    for m in metrics:
+        assert sum(m[k] for k in keys if k.startswith("curriculum/groups_")) == pytest.approx(1.0, abs=1e-12)
+    # No level drew a held-out problem.
+    held_out = {p["id"] for p in sample_test(make_env("toy_tasks:FirstByte", {}), 8, 0)}
+    assert not held_out & {r["problem"]["id"] for r in whole}
