@@ -131,3 +131,21 @@ def test_a_curriculum_run_resumes_drawing_what_an_uninterrupted_one_draws(tiny_m
     # No level drew a held-out problem.
     held_out = {p["id"] for p in sample_test(make_env("toy_tasks:FirstByte", {}), 8, 0)}
     assert not held_out & {r["problem"]["id"] for r in whole}
+
+
+def test_the_report_draws_the_level_over_steps(tmp_path, monkeypatch):
+    from test_compare import make_run
+
+    from tinyzero.analysis import report
+
+    run = make_run(tmp_path, "cur", control="none", accuracy={0: 0.1, 2: 0.2}, checks={1: 0, 2: 0}, eval_checks={0: 0})
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row, level in zip(rows, (0, 1), strict=True):
+        row.update({"curriculum/level": level, "curriculum/pass_rate": 0.5, "curriculum/groups_all_wrong": 0.1,
+                    "curriculum/groups_all_right": 0.2, "curriculum/revisited_frac": 0.25})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    drawn = []
+    monkeypatch.setattr(report, "_line_plot", lambda title, curves, ylabel, extra=None: drawn.append((title, curves)))
+    report.write_report(run)
+    curves = dict(drawn)["Curriculum: level and the groups it drew"]
+    assert [(label, x, y) for label, x, y, _ in curves][0] == ("level (0: easiest)", [1, 2], [0, 1])
