@@ -34,6 +34,21 @@ def test_declared_levels_end_at_the_tasks_own_options(name, options, expected):
         make_env(name, {**options, **level})
 
 
+def test_gym_tasks_take_reasoning_gyms_own_curriculum_up_to_their_options():
+    # chain_sum's curriculum: terms 2-12 and digits 1-10 by global level; the gym demo's options (2 terms, 1-2
+    # digits) sit between its levels 0 and 1, so the ladder is level 0, then the demo's own options.
+    demo = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
+    assert levels(make_env("gym:chain_sum", demo)) == [
+        {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}, {}]
+    wider = {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 3}
+    found = levels(make_env("gym:chain_sum", wider))
+    assert found == [{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
+                     {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}, {}]
+    for level in found:
+        make_env("gym:chain_sum", {**wider, **level})  # each a valid generator config
+    assert levels(make_env("gym:ab", {})) == [{}]  # no curriculum: the task's own options only
+
+
 def test_a_task_without_levels_has_one_and_a_wrong_declaration_is_one_sentence():
     env = make_env("arithmetic", {"digits": 2})
     assert levels(type("Plain", (), {"name": "plain", "options": None})()) == [{}]
