@@ -1,5 +1,5 @@
-"""The curriculum's pure parts (tinyzero/step/curriculum.py) and the environments' declared levels (issue 29, in
-progress: the driver does not use them yet)."""
+"""The curriculum (tinyzero/step/curriculum.py): the environments' declared levels, the ladder and the pass-rate
+table by hand, its refusals, and real runs of a tiny model (resume parity, metrics, disjoint splits)."""
 
 from __future__ import annotations
 
@@ -101,6 +101,29 @@ def test_fresh_problems_keep_coming_and_the_cost_assumption():
     # At a pass rate of one half, 2 of 2^8 groups of 8 agree; at 0.9, 0.9^8 + 0.1^8 = 0.430.
     assert zero_variance_share(0.5, 8) == pytest.approx(2 / 256, abs=1e-15)
     assert zero_variance_share(0.9, 8) == pytest.approx(0.9**8 + 0.1**8, abs=1e-15)
+
+
+def test_refusals_are_one_sentence_naming_the_fix(tmp_path):
+    from tinyzero.config import load_config
+    from tinyzero.data import sample_test
+    from tinyzero.step.curriculum import Curriculum
+
+    base = ["env.name=arithmetic", "env.options={digits: 2}", "data.curriculum.levels=true"]
+    overlap = Curriculum(load_config(None, [*base, "run.off_policy_steps=1"]))
+    with pytest.raises(TinyZeroError, match="set run.off_policy_steps=0"):
+        overlap.check()
+    env = make_env("arithmetic", {"digits": 2})
+    keys = {env.key(p) for p in sample_test(env, 10, 0)}
+    with pytest.raises(TinyZeroError, match="declares 2 level"):
+        Curriculum(load_config(None, [*base, "data.curriculum.start_level=2"])).attach(env, keys, 0)
+    curriculum = Curriculum(load_config(None, base))
+    curriculum.attach(env, keys, 0)
+    for damaged in (None, {"ladder": {"level": 0, "streak": 0}, "table": [], "cursors": [0]},  # one level, not two
+                    {"ladder": {"level": 5, "streak": 0}, "table": [], "cursors": [0, 0]}, {"ladder": "x"}):
+        with pytest.raises(TinyZeroError, match="holds no curriculum state for these 2 level"):
+            curriculum.load(damaged, tmp_path)
+    curriculum.load({"ladder": {"level": 1, "streak": 1}, "table": [], "cursors": [3, 0]}, tmp_path)
+    assert curriculum.ladder.level == 1 and curriculum.cursors == [3, 0]
 
 
 # ------------------------------------------------------------------------------------------ in the driver
