@@ -126,6 +126,40 @@ def test_refusals_are_one_sentence_naming_the_fix(tmp_path):
     assert curriculum.ladder.level == 1 and curriculum.cursors == [3, 0]
 
 
+def test_the_level_moves_on_its_fresh_problems_not_on_those_drawn_again():
+    """Problems drawn again were chosen for a pass rate near the target; counted, they would pull the level's rate
+    towards it. Here the fresh ones are all right and the two drawn again all wrong: the rate is 1.0, not 0.5."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from tinyzero.config import load_config
+    from tinyzero.data import sample_test
+    from tinyzero.step.curriculum import Curriculum
+
+    config = load_config(None, ["env.name=arithmetic", "env.options={digits: 2}", "data.curriculum.levels=true",
+                                "data.curriculum.pass_rate=true", "data.curriculum.patience=1"])
+    env = make_env("arithmetic", {"digits": 2})
+    curriculum = Curriculum(config)
+    curriculum.attach(env, {env.key(p) for p in sample_test(env, 10, 0)}, 0)
+
+    def step(correct_per_group: list[int]) -> dict:
+        drawn = curriculum.draw(len(correct_per_group))
+        assert len(drawn) == len(correct_per_group)
+        correct = torch.tensor([[i < c for i in range(4)] for c in correct_per_group]).flatten()
+        curriculum.on_scored(SimpleNamespace(correct=correct, rollout=SimpleNamespace(group_size=4)))
+        curriculum.on_train(None, 0)
+        return curriculum.metrics(None, None)
+
+    first = step([2, 2, 1, 3])  # all fresh: 8 of 16
+    assert first["curriculum/pass_rate"] == 0.5 and first["curriculum/revisited_frac"] == 0
+    assert curriculum.ladder.level == 0
+    second = step([0, 0, 4, 4])  # the first two are drawn again (nearest 0.5), the last two fresh
+    assert second["curriculum/revisited_frac"] == 0.5 and second["curriculum/pass_rate"] == 1.0
+    assert second["curriculum/groups_all_wrong"] == 0.5 and second["curriculum/groups_all_right"] == 0.5
+    assert curriculum.ladder.level == 1  # 1.0 >= up (0.8), patience 1: up one level
+
+
 # ------------------------------------------------------------------------------------------ in the driver
 def curriculum_run(model: Path, out: Path, name: str, *extra: str) -> list[str]:
     """``toy_tasks:FirstByte``: a tiny random model is right about half the time, so groups split (the table has

@@ -4,7 +4,8 @@ Two mechanisms, each off by default, that combine; both act through the step opt
 driver asks for a step's problems (``draw``) in place of the plain training stream:
 
 - ``Ladder``: the training level among an environment's declared levels (``envs.base.levels``, easiest first). After
-  each step the level's pass rate (the share of its completions judged correct) is recorded; the level moves up once
+  each step the level's pass rate (the share of its fresh problems' completions judged correct: problems drawn again
+  were chosen for a rate near the target and would bias it) is recorded; the level moves up once
   ``patience`` steps in a row were at or above ``up``, down once they were at or below ``down``, and the streak starts
   again after a move (hysteresis: a rate between the two thresholds never moves it, and one good step is not enough).
 - ``PassRates``: what each problem's groups scored, for at most ``size`` problems (the least recently seen are
@@ -140,9 +141,9 @@ class Curriculum(Option):
         self.config, self.settings = config, config.data.curriculum
         self.on = self.settings.levels or self.settings.pass_rate
         self.table = PassRates(self.settings.table_size)
-        self.pending: deque = deque()  # (key, level, problem) of each group drawn and not yet scored, in draw order
+        self.pending: deque = deque()  # (key, level, problem, fresh) of each group drawn, not yet scored, in draw order
         self.drawn: set[str] = set()  # keys drawn this step: a problem is drawn again in a later step, not twice in one
-        self.tally: list[tuple[int, int, int]] = []  # (level, trials, correct) of each group scored this step
+        self.tally: list[tuple[int, int, int, bool]] = []  # (level, trials, correct, fresh) of each group scored
         self.revisited = 0
         self.last: dict[str, float] = {}
 
@@ -185,7 +186,7 @@ class Curriculum(Option):
         self.revisited += len(again)
         env = self.envs[level]
         drawn = [*again, *((repr(env.key(p)), p) for p in fresh)]
-        self.pending.extend((key, level, problem) for key, problem in drawn)
+        self.pending.extend((key, level, problem, i >= len(again)) for i, (key, problem) in enumerate(drawn))
         self.drawn.update(key for key, _ in drawn)
         return [problem for _, problem in drawn]
 
@@ -195,8 +196,8 @@ class Curriculum(Option):
         g = scored.rollout.group_size
         correct = scored.correct.view(-1, g).sum(dim=1).tolist()  # [groups]
         for right in correct:
-            key, level, problem = self.pending.popleft()
-            self.tally.append((level, g, int(right)))
+            key, level, problem, fresh = self.pending.popleft()
+            self.tally.append((level, g, int(right), fresh))
             if self.settings.pass_rate:
                 self.table.record(key, problem, level, g, int(right))
         return scored
@@ -206,12 +207,15 @@ class Curriculum(Option):
         if not self.on:
             return train
         level = self.ladder.level
-        at_level = [(t, c) for lvl, t, c in self.tally if lvl == level]
+        # The level's pass rate from its fresh problems only: those drawn again were chosen for a rate near the
+        # target, so counting them would pull the estimate towards it (and keep a level the model has mastered).
+        at_level = [(t, c) for lvl, t, c, fresh in self.tally if lvl == level and fresh]
+        at_level = at_level or [(t, c) for lvl, t, c, _ in self.tally if lvl == level]  # fresh_share 0: all again
         rate = sum(c for _, c in at_level) / max(sum(t for t, _ in at_level), 1)
         groups = len(self.tally)
         self.last = {"curriculum/level": float(level), "curriculum/pass_rate": rate,
                      "curriculum/revisited_frac": self.revisited / max(groups, 1)}
-        self.last.update({f"curriculum/groups_{name}": sum(1 for _, t, c in self.tally if test(c / t)) / max(groups, 1)
+        self.last.update({f"curriculum/groups_{name}": sum(1 for _, t, c, _ in self.tally if test(c / t)) / max(groups, 1)
                           for name, test in BINS})
         if self.settings.levels:
             self.ladder.record(rate)
