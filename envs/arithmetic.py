@@ -97,6 +97,10 @@ class Arithmetic:
             return last_integer_answer(completion)
         return tagged_integer_answer(completion)
 
+    def levels(self) -> list[dict]:
+        """Optional hook (a curriculum): one level per operand length, 1 digit up to the task's own."""
+        return [{"digits": d} for d in range(1, self.options.digits + 1)]
+
     def verification_checks(self, text: str, problem: Mapping) -> Checks:
         """Optional hook (aha metrics): the result re-computed a second way."""
         return arithmetic_checks(text, problem)

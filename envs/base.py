@@ -23,7 +23,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from tinyzero.errors import TinyZeroError
-from tinyzero.fields import build, field_helps, type_name
+from tinyzero.fields import build, field_helps, short, type_name
 from tinyzero.rewards.result import RewardResult
 
 TEMPLATES = ("base", "chat")
@@ -79,6 +79,32 @@ def has_answer(env: Environment) -> bool:
 # the task, and how many distinct candidates it tried. The ``aha/verification_*`` metrics use it
 # (docs/metrics.md); without it only the lexical ``aha/reflection_*`` metrics are computed. Same rules as a
 # reward: pure, bounded, never evaluates the text as code.
+
+
+# Optional hook, not part of the Protocol:
+#
+#     def levels(self) -> list[dict]
+#
+# The task's difficulty levels for a curriculum (``data.curriculum``), easiest first: each a mapping of option
+# overrides, the last one the environment's own options (the target, where held-out evaluation stays). A task without
+# it trains at its own options only; the pass-rate selection of a curriculum works either way.
+
+
+def levels(env: Environment) -> list[dict]:
+    """The environment's difficulty levels (option overrides, easiest first; the last is its own difficulty), or
+    ``[{}]`` for a task that declares none; a malformed declaration is one sentence naming the task."""
+    declared = getattr(env, "levels", None)
+    if not callable(declared):
+        return [{}]
+    found = declared()
+    if not isinstance(found, list) or not found or not all(isinstance(level, Mapping) for level in found):
+        raise TinyZeroError(f"{env.name}.levels() must return a non-empty list of option mappings, easiest first")
+    own = dataclasses.asdict(env.options) if dataclasses.is_dataclass(env.options) else {}
+    last = dict(found[-1])
+    if any(own.get(key) != value for key, value in last.items()):
+        raise TinyZeroError(f"{env.name}.levels() must end at the task's own options (the held-out difficulty); its "
+                            f"last level sets {short(last)}")
+    return [dict(level) for level in found]
 
 
 def render_prompt(env: Environment, problem: Mapping, template: str) -> str | list[dict[str, str]]:

@@ -137,6 +137,12 @@ class Countdown:
         evaluates it, or None: what a majority vote counts (equations of equal value are one answer)."""
         return countdown_answer(completion, problem)
 
+    def levels(self) -> list[dict]:
+        """Optional hook (a curriculum): one number fewer than the task's fewest first (two at least), then one more
+        at a time up to the task's own mix (the default 3-4: two numbers, three, then three or four)."""
+        low, high = self.options.min_count, self.options.max_count
+        return [{"min_count": min(low, count), "max_count": count} for count in range(max(2, low - 1), high + 1)]
+
     def verification_checks(self, text: str, problem: Mapping) -> Checks:
         """Optional hook (aha metrics): candidate expressions whose value the text compares with the target."""
         return countdown_checks(text, problem)

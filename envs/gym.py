@@ -109,6 +109,43 @@ def generator_fields(task: str) -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(config_cls) if f.name not in RESERVED}
 
 
+def curriculum_levels(task: str, generator: str) -> list[dict]:
+    """reasoning-gym's own curriculum for ``task`` (reasoning_gym.coaching) as levels, easiest first: its global
+    levels from 0 up, each the generator fields the curriculum sets, while every one of them asks no more than the
+    task's options (the generator config over its defaults); then ``{}``, the task's own options. One level, the task's
+    own, for a task without a curriculum."""
+    import reasoning_gym  # noqa: F401 - registers the tasks and their curricula
+    from reasoning_gym.factory import create_curriculum, has_curriculum
+
+    if not has_curriculum(task):
+        return [{}]
+    curriculum = create_curriculum(task)
+    _, config_cls = check_task(task)
+    target = {f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING}
+    target.update(json.loads(generator))
+    out: list[dict] = []
+    for level in range(max(len(a.levels) for a in curriculum.attributes.values())):
+        curriculum.set_global_level(level)
+        made = dataclasses.asdict(curriculum.generate_configuration())
+        values = {k: made[k] for k in made if k not in RESERVED and k in _curriculum_fields(curriculum)}
+        asks_no_more = all(isinstance(v, int | float) and isinstance(target.get(k), int | float) and v <= target[k]
+                           for k, v in values.items())
+        if not asks_no_more or all(v == target[k] for k, v in values.items()):
+            break
+        if not out or out[-1] != values:
+            out.append(values)
+    return [*out, {}]
+
+
+def _curriculum_fields(curriculum) -> set[str]:
+    """The generator fields a reasoning-gym curriculum sets (a range sets two, a scalar one)."""
+    names = set()
+    for attr in curriculum.attributes.values():
+        names.update(getattr(attr, key) for key in ("lower_field_name", "upper_field_name", "field_name")
+                     if hasattr(attr, key))
+    return names
+
+
 def _coerce_generator(task: str, key: str, value: Any, hint: Any) -> Any:
     if hint in (int, float, bool, str):
         return coerce(value, hint, f"{PREFIX}{task}.{key}")
@@ -214,6 +251,10 @@ class GymTask:
 
     def key(self, problem: Mapping) -> Hashable:
         return problem["question"]
+
+    def levels(self) -> list[dict]:
+        """Optional hook (a curriculum): reasoning-gym's own levels for the task, up to its options here."""
+        return curriculum_levels(self.options.task, self.options.generator)
 
     def task_text(self, problem: Mapping) -> str:
         question = str(problem["question"]).rstrip()

@@ -83,6 +83,11 @@ class SortNumbers:
             return RewardResult(self.options.format_score, False, "wrong_order", {"format": 1.0})
         return RewardResult(0.0, False, "wrong_numbers", {"format": 0.0})
 
+    def levels(self) -> list[dict]:
+        """Optional hook: the task's difficulty levels, easiest first, ending at its own options. A curriculum
+        (``data.curriculum``) starts training on two numbers and moves to more as the model's pass rate allows."""
+        return [{"count": count} for count in range(min(2, self.options.count), self.options.count + 1)]
+
     def verification_checks(self, text: str, problem: Mapping) -> Checks:
         """Optional hook for the aha metrics: comparisons between two of the given numbers are the task's own
         checks; candidates are the distinct orderings of exactly the given numbers the text writes out."""

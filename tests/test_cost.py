@@ -102,6 +102,24 @@ def test_dynamic_sampling_multiplies_the_generation_estimate_by_its_expected_rou
     assert filtered.step_s > base.step_s
 
 
+def test_a_curriculum_assumes_its_target_pass_rate_for_the_share_of_groups_that_teach():
+    from tinyzero.sizing.cost import generation_factor, mixed_share
+
+    # At t = 0.5 and G = 8 a group agrees with probability 2 / 2^8: p = 254/256 mixed, and three rounds generate
+    # (1 - (2/256)^3) / (254/256) groups per prompt in expectation.
+    at_half = load_config("recipes/demo-cpu.yaml", ["data.curriculum.pass_rate=true", "rollout.filter_groups=correct",
+                                                    "rollout.max_generation_rounds=3"])
+    p, why = mixed_share(at_half)
+    assert p == pytest.approx(254 / 256, abs=1e-15) and "target pass rate 0.5" in why
+    assert generation_factor(at_half) == pytest.approx((1 - (2 / 256) ** 3) / (254 / 256), abs=1e-12)
+    basis = estimate_run(at_half, 134.5e6, None).basis
+    assert "expected at 99% of groups with mixed verdicts (groups of 8 at the curriculum's target pass rate 0.5, an " \
+           "assumption; at most x3)" in basis
+    # A target of 0.9: 0.9^8 + 0.1^8 = 43% of groups agree.
+    high = load_config("recipes/demo-cpu.yaml", ["data.curriculum.levels=true", "data.curriculum.target=0.9"])
+    assert mixed_share(high)[0] == pytest.approx(1 - 0.9**8 - 0.1**8, abs=1e-15)
+
+
 def test_overlap_costs_the_longer_phase_plus_the_push_on_separate_gpus():
     """countdown-3b (split: vLLM on GPU 0, learner on GPU 1): R + U + P a step without overlap; with
     run.off_policy_steps=1, max(R, U) + P, except the on-policy steps of the schedule (every checkpoint step and the

@@ -83,6 +83,10 @@ class FirstByte:
     def __init__(self, options: FirstByteOptions | None = None):
         self.options = options or FirstByteOptions()
 
+    def levels(self) -> list[dict]:
+        """Two levels for the curriculum's tests: a pool of 1,000 problems, then the task's own."""
+        return [{"problems": 1000}, {"problems": self.options.problems}]
+
     def sample(self, rng: random.Random) -> dict:
         return {"id": rng.randrange(self.options.problems)}
 

@@ -28,13 +28,17 @@ def _options(pairs: list[str]) -> dict[str, str]:
 
 def cmd_envs(args: argparse.Namespace) -> int:
     from tinyzero.envs import REGISTRY
-    from tinyzero.envs.base import describe_options
+    from tinyzero.envs.base import describe_options, levels
 
     for name, cls in REGISTRY.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name}  ({cls.ability}) — {doc}")
         for opt, typ, default, help_text in describe_options(cls.Options):
             print(f"    {opt:<14} {typ:<6} default {default!r:<8} {help_text}")
+        found = levels(cls())
+        if len(found) > 1:  # data.curriculum.levels: at the default options; a recipe's own options end its ladder
+            steps = " | ".join(", ".join(f"{k}={v}" for k, v in level.items()) for level in found)
+            print(f"    levels (data.curriculum.levels, easiest first, at the defaults): {steps}")
     _print_gym_tasks()
     print("Out-of-tree tasks: pass 'package.module:ClassName' wherever an environment name goes.")
     return 0

@@ -318,6 +318,47 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class CurriculumConfig:
+    """A curriculum: generate the problems that teach (both mechanisms off by default; they combine).
+
+    levels: train on the environment's declared difficulty levels (tinyzero envs lists them), easiest first, moving up or down by the level's pass rate; held-out evaluation stays at the task's own options
+    pass_rate: draw problems seen before again, those whose groups' pass rate is nearest data.curriculum.target, for up to 1 - fresh_share of each step
+    target: the pass rate a drawn group should land near (GRPO learns most where a group's verdicts split: p(1 - p) is largest at 0.5)
+    fresh_share: at least this share of each step's prompts are problems never drawn before
+    table_size: problems whose pass rates are remembered (the least recently seen are forgotten first)
+    start_level: the level training starts at (0: the easiest)
+    up: move one level up after `patience` steps in a row whose pass rate at the level was at least this
+    down: move one level down after `patience` steps in a row whose pass rate was at most this
+    patience: steps in a row beyond a threshold before the level moves
+    """
+
+    levels: bool = False
+    pass_rate: bool = False
+    target: float = between(0, 1, 0.5, low_open=True)
+    fresh_share: float = between(0, 1, 0.5)
+    table_size: int = between(1, 1_000_000, 4096)
+    start_level: int = between(0, 1000, 0)
+    up: float = between(0, 1, 0.8, low_open=True)
+    down: float = between(0, 1, 0.2)
+    patience: int = between(1, 1000, 2)
+
+    def __post_init__(self) -> None:
+        if self.down >= self.up:  # else a level could be told to move up and down at once
+            raise TinyZeroError(f"data.curriculum.down ({self.down:g}) must be below data.curriculum.up ({self.up:g}): "
+                                "lower down or raise up")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training data.
+
+    curriculum: which problems each step draws (data.curriculum.levels, data.curriculum.pass_rate; off by default), see the keys below
+    """
+
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+
+
+@dataclass(frozen=True)
 class CheckpointConfig:
     """Checkpoints.
 
@@ -409,6 +450,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

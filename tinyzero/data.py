@@ -54,9 +54,11 @@ def sample_test(env: Environment, size: int, seed: int, max_tries_factor: int = 
     return problems
 
 
-def iter_train(env: Environment, seed: int, exclude: set, max_skips: int = 1_000_000) -> Iterator[dict]:
-    """An endless, reproducible stream of training problems, none of whose keys is in ``exclude``."""
-    rng = split_rng(seed, "train")
+def iter_train(env: Environment, seed: int, exclude: set, max_skips: int = 1_000_000,
+               split: str = "train") -> Iterator[dict]:
+    """An endless, reproducible stream of training problems, none of whose keys is in ``exclude``; ``split`` names
+    the random stream (a curriculum's lower levels each have their own)."""
+    rng = split_rng(seed, split)
     skips = 0
     while True:
         problem = env.sample(rng)

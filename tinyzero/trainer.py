@@ -88,6 +88,9 @@ class Trainer:
         self.tokenizer = load_tokenizer(self.model_path)
         self.eval_problems = sample_test(self.env, config.eval.size, config.run.seed)
         self._eval_keys = {self.env.key(p) for p in self.eval_problems}
+        self.curriculum = self.options.curriculum  # data.curriculum (tinyzero/step/curriculum.py): what a step draws
+        if self.curriculum.on:  # its levels and their streams, before a resume loads its state
+            self.curriculum.attach(self.env, self._eval_keys, config.run.seed)
         self.step = 0
         self.cursor = 0  # training problems drawn so far
         self.history: list[dict] = []  # eval results
@@ -153,6 +156,8 @@ class Trainer:
                          "the run log")
         self.step, self.cursor, self.history = state["step"], state["cursor"], state["history"]
         self.aha.load(state["aha"])  # baselines and the aha rule's series ({}: an older run)
+        if self.curriculum.on:
+            self.curriculum.load(state.get("curriculum"), ckpt)
         self.meter.spent_s += state["wall_s"]  # what the run's earlier sessions spent
         try:
             self.roles.learner.load(str(ckpt))
@@ -174,13 +179,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------ steps
     def run(self) -> dict:
         config = self.config
-        self._step_start = None  # (cursor, aha state) while a step runs: what a stop mid-step rolls back to
+        self._step_start = None  # (cursor, aha, curriculum state) while a step runs: what a stop mid-step rolls back to
         try:
             if self.step == 0 and not self.history:
                 self.evaluate()
             while self.step < config.run.steps:
                 start = time.monotonic()
-                self._step_start = (self.cursor, copy.deepcopy(self.aha.state()))
+                self._step_start = (self.cursor, copy.deepcopy(self.aha.state()), self._curriculum_state())
                 if config.run.off_policy_steps:
                     self.overlapped_step()
                 else:
@@ -215,17 +220,23 @@ class Trainer:
         failed = self.step + 1 if self._step_start is not None else self.step
         self._drop_pending()
         if self._step_start is not None:
-            self.cursor, aha_state = self._step_start
+            self.cursor, aha_state, curriculum = self._step_start
             self.aha.load(aha_state)
+            if curriculum is not None:
+                self.curriculum.rewind(curriculum)
         latest = latest_checkpoint(self.run_dir)
         path = latest if latest is not None and read_state(latest)["step"] == self.step else self.save()
         return TinyZeroError(f"step {failed}: {err.message}; the run stopped with a checkpoint of step {self.step} "
                              f"({path}): {err.fix}, then continue with `tinyzero resume {self.run_dir}`")
 
     def _sample_problems(self, count: int | None = None) -> list[dict]:
-        problems = [next(self._stream) for _ in range(count or self.config.rollout.prompts_per_step)]
+        count = count or self.config.rollout.prompts_per_step
+        problems = self.curriculum.draw(count) if self.curriculum.on else [next(self._stream) for _ in range(count)]
         self.cursor += len(problems)
         return problems
+
+    def _curriculum_state(self) -> dict | None:
+        return copy.deepcopy(self.curriculum.state()) if self.curriculum.on else None
 
     def rollout(self, problems: list[dict], offset: int = 0, step: int | None = None) -> RolloutBatch:
         """G completions for each problem; ``offset``: prompts this step generated before these (their seeds);
@@ -376,7 +387,7 @@ class Trainer:
         start = time.perf_counter()
         pending = self._pending or self._generate_ahead(self.step)  # generated now: from the weights the engine has
         self._pending = None
-        self._step_start = (pending.cursor_before, self._step_start[1])  # a failed step draws this batch again
+        self._step_start = (pending.cursor_before, *self._step_start[1:])  # a failed step draws this batch again
         timer.seconds.update(pending.seconds)  # its generation, spent beside the previous update if it ran ahead
         collected = pending.collected
         scored, batch = collected.scored, collected.scored.rollout
@@ -505,6 +516,8 @@ class Trainer:
     def save(self) -> Path:
         state = {"step": self.step, "cursor": self.cursor, "history": self.history,
                  "config": dataclasses.asdict(self.config), "wall_s": self.meter.seconds, "aha": self.aha.state()}
+        if self.curriculum.on:
+            state["curriculum"] = self.curriculum.state()
         def write(folder: Path) -> None:
             self.roles.learner.save(str(folder))
             # A checkpoint's policy/ loads on its own (HF, vLLM); LoRA's adapter/ needs the base, and the tokenizer.

@@ -103,6 +103,14 @@ def _plots(metrics: list[dict], history: list[dict], rollouts: dict, evals: dict
         ("train max", *_series(metrics, "rollout/response_length_max"), {"alpha": 0.5}),
         ("held-out mean", *_series(history, "eval/response_length"), {"marker": "s"}),
     ], "tokens"))
+    if any("curriculum/level" in m for m in metrics):  # data.curriculum: the level over steps, and what it drew
+        plots.append(_line_plot("Curriculum: level and the groups it drew", [
+            ("level (0: easiest)", *_series(metrics, "curriculum/level"), {"drawstyle": "steps-post", "color": "k"}),
+            ("pass rate at the level", *_series(metrics, "curriculum/pass_rate"), {}),
+            ("groups all wrong", *_series(metrics, "curriculum/groups_all_wrong"), {"linestyle": ":"}),
+            ("groups all right", *_series(metrics, "curriculum/groups_all_right"), {"linestyle": ":"}),
+            ("groups drawn again", *_series(metrics, "curriculum/revisited_frac"), {"linestyle": "--"}),
+        ], "level / share"))
     steps = rollouts["by_step"]
     if steps:
         by = [{"step": s["step"], **s["metrics"]} for s in steps]

@@ -25,7 +25,9 @@ P = ``prompts_per_step`` prompts and each later round the groups still missing; 
 probability p, independently, a round keeps p of what it generated in expectation, so the expected groups
 generated in at most R = ``max_generation_rounds`` rounds are P(1 + (1 - p) + ... + (1 - p)^(R-1)) =
 P(1 - (1 - p)^R) / p. p is not known before a run: the estimate takes ``ASSUMED_MIXED_SHARE`` and says so (x1.75
-for R = 3); the most a step can generate is R·P groups (no group ever mixed). Trained tokens keep their bound: the
+for R = 3) or, with a curriculum (``data.curriculum``), the share a group of G samples at its target pass rate t is
+mixed, 1 - t^G - (1 - t)^G (x1.01 at t = 0.5, G = 8), also an assumption; the most a step can generate is R·P groups
+(no group ever mixed). Trained tokens keep their bound: the
 learner never sees more than P groups.
 """
 
@@ -150,13 +152,25 @@ class CostMeter:
                 f"run.budget_usd={need * 1.1:.2f}")
 
 
+def mixed_share(config: Config) -> tuple[float, str]:
+    """The share of groups with mixed verdicts an estimate assumes, and why: at a curriculum's target pass rate, else
+    ``ASSUMED_MIXED_SHARE`` (module docstring)."""
+    curriculum = config.data.curriculum
+    if curriculum.levels or curriculum.pass_rate:
+        t, g = curriculum.target, config.rollout.samples_per_prompt
+        return 1 - t**g - (1 - t) ** g, f"groups of {g} at the curriculum's target pass rate {t:g}"
+    return ASSUMED_MIXED_SHARE, "the kit's default assumption"
+
+
 def generation_factor(config: Config) -> float:
     """Expected groups generated a step over ``prompts_per_step``: 1 without dynamic sampling, else
-    (1 - (1 - p)^R) / p at p = ``ASSUMED_MIXED_SHARE`` (module docstring)."""
+    (1 - (1 - p)^R) / p at p = ``mixed_share`` (module docstring)."""
     rollout = config.rollout
     if rollout.filter_groups == "none":
         return 1.0
-    p = ASSUMED_MIXED_SHARE
+    p, _ = mixed_share(config)
+    if p <= 0:  # a target of 1: no group ever mixed, every round runs
+        return float(rollout.max_generation_rounds)
     return (1 - (1 - p) ** rollout.max_generation_rounds) / p
 
 
@@ -275,8 +289,9 @@ def estimate_run(config: Config, params: float, card: str | None, head_params: f
         rollout_s *= factor
         basis += (f"; vLLM's LoRA: generation x{factor:g} (" + ("assumed" if layout.num_gpus else "measured on CPU") + ")")
     if config.rollout.filter_groups != "none":
-        basis += (f"; dynamic sampling: x{generation_factor(config):.2f} generation, expected at "
-                  f"{ASSUMED_MIXED_SHARE:.0%} of groups with mixed verdicts (at most x{config.rollout.max_generation_rounds})")
+        share, why = mixed_share(config)
+        basis += (f"; dynamic sampling: x{generation_factor(config):.2f} generation, expected at {share:.0%} of groups "
+                  f"with mixed verdicts ({why}, an assumption; at most x{config.rollout.max_generation_rounds})")
     push_s = push_seconds(config, params)
     overlapped = overlaps_on_devices(config)
     if overlapped:

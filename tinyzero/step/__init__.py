@@ -13,13 +13,15 @@ holds them as one ``StepOptions`` and asks all of them at the same points of eve
 
 The options, in the order they are asked (docs/engine.md, "Where the rollout options act", walks one step):
 
+- ``Curriculum`` (``data.curriculum``, curriculum.py): which problems a step draws (levels, pass rates); the driver
+  asks it for them, records each group's verdicts as it is scored, and moves the level at the step's end;
 - ``DynamicSampling`` (``rollout.filter_groups``, dynamic_sampling.py): generation in rounds, keeping groups that teach;
 - ``Overlong`` (``rollout.overlong``, overlong.py): what a response cut at ``max_new_tokens`` counts for;
 - ``Control`` (``reward.control``, controls.py): a control run's uninformative scores for the learner;
 - ``OffPolicy`` (``run.off_policy_steps``, overlap.py): the next batch generated beside the update.
 
-A hook an option does not need is the identity (or nothing), from ``Option``; a new option (the curriculum next) is
-one module with one class, and one line in ``StepOptions.__init__``.
+A hook an option does not need is the identity (or nothing), from ``Option``; a new option is one module with one
+class, and one line in ``StepOptions.__init__``.
 
 Why one object rather than a list the driver loops over: two of the hooks (``collect``, ``overlaps``) shape the step
 itself and have exactly one owner, while the batch hooks fold every option in order; the composite does both, so the
@@ -61,13 +63,16 @@ class StepOptions:
 
     def __init__(self, config: Config):
         from tinyzero.step.controls import Control
+        from tinyzero.step.curriculum import Curriculum
         from tinyzero.step.dynamic_sampling import DynamicSampling
         from tinyzero.step.overlap import OffPolicy
         from tinyzero.step.overlong import Overlong
 
+        self.curriculum = Curriculum(config)
         self.sampling = DynamicSampling(config)
         self.off_policy = OffPolicy(config)
-        self.options: list[Option] = [self.sampling, Overlong(config), Control(config), self.off_policy]
+        self.options: list[Option] = [self.curriculum, self.sampling, Overlong(config), Control(config),
+                                      self.off_policy]
 
     def check(self) -> None:
         for option in self.options:
