@@ -119,6 +119,10 @@ format: setup ## ruff: rewrite files
 # are most of it). Left out, though they pass under AVX2 too: test_rollout (1.7 min, mostly vLLM engines, whose own
 # CPU kernels vllm/platforms/cpu.py picks by the CPU's flags, not by ATEN_CPU_CAPABILITY), test_train and
 # test_overlap (end-to-end runs of 4-6 and 1.5 min, whose log-prob checks are the learner's, resume checks exact).
+# ATEN_CPU_CAPABILITY reaches torch's own kernels only; its matrix products go to MKL (and oneDNN), which pick
+# theirs by the CPU's flags unless told: the other two variables make them take their AVX2 paths as well (issue 32's
+# profile found ATEN_CPU_CAPABILITY alone left the matmuls as they were).
+AVX2_KERNELS := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 NUMERIC_TESTS := tests/test_tolerance.py tests/test_algos.py tests/test_learner.py tests/test_forward.py \
 	tests/test_token_budget.py tests/test_rollout_correction.py tests/test_lora.py tests/test_sharding.py
 
@@ -130,7 +134,7 @@ PARALLEL = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test: lint verl-setup ## lint + the test suite (CPU-only), the verl interop check included, then NUMERIC_TESTS under AVX2
 	TINYZERO_VERL_PYTHON=$(VERL_PY) $(VENV)/bin/pytest -q $(PARALLEL)
-	ATEN_CPU_CAPABILITY=avx2 $(VENV)/bin/pytest -q $(PARALLEL) $(NUMERIC_TESTS)
+	$(AVX2_KERNELS) $(VENV)/bin/pytest -q $(PARALLEL) $(NUMERIC_TESTS)
 
 demo: setup ## train the bundled SmolLM2-135M on this machine's CPU (about 15 minutes)
 	$(VENV)/bin/tinyzero train recipes/demo-cpu.yaml $(ARGS)
