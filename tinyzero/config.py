@@ -347,6 +347,11 @@ class CurriculumConfig:
             raise TinyZeroError(f"data.curriculum.down ({self.down:g}) must be below data.curriculum.up ({self.up:g}): "
                                 "lower down or raise up")
 
+    @property
+    def on(self) -> bool:
+        """Either mechanism on: the run draws its problems through the curriculum."""
+        return self.levels or self.pass_rate
+
 
 @dataclass(frozen=True)
 class DataConfig:

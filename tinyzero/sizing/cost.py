@@ -155,10 +155,12 @@ class CostMeter:
 def mixed_share(config: Config) -> tuple[float, str]:
     """The share of groups with mixed verdicts an estimate assumes, and why: at a curriculum's target pass rate, else
     ``ASSUMED_MIXED_SHARE`` (module docstring)."""
+    from tinyzero.step.curriculum import zero_variance_share
+
     curriculum = config.data.curriculum
-    if curriculum.levels or curriculum.pass_rate:
+    if curriculum.on:
         t, g = curriculum.target, config.rollout.samples_per_prompt
-        return 1 - t**g - (1 - t) ** g, f"groups of {g} at the curriculum's target pass rate {t:g}"
+        return 1 - zero_variance_share(t, g), f"groups of {g} at the curriculum's target pass rate {t:g}"
     return ASSUMED_MIXED_SHARE, "the kit's default assumption"
 
 

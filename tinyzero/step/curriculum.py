@@ -139,7 +139,7 @@ class Curriculum(Option):
 
     def __init__(self, config: Config):
         self.config, self.settings = config, config.data.curriculum
-        self.on = self.settings.levels or self.settings.pass_rate
+        self.on = self.settings.on
         self.table = PassRates(self.settings.table_size)
         self.pending: deque = deque()  # (key, level, problem, fresh) of each group drawn, not yet scored, in draw order
         self.drawn: set[str] = set()  # keys drawn this step: a problem is drawn again in a later step, not twice in one
