@@ -24,26 +24,10 @@ import io
 import os
 import pstats
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-
-def demo_prompts(count: int) -> tuple[Path, list[list[int]]]:
-    from tinyzero.config import load_config
-    from tinyzero.data import sample_test
-    from tinyzero.engine.models import load_tokenizer, resolve_model
-    from tinyzero.envs import make_env, render_prompt
-
-    config = load_config("recipes/demo-cpu.yaml")
-    env = make_env(config.env.name, config.env.options)
-    model_path = resolve_model(config.model.name)
-    tok = load_tokenizer(model_path)
-    prompts = []
-    for problem in sample_test(env, count, seed=123):
-        text = tok.apply_chat_template(render_prompt(env, problem, "chat"), add_generation_prompt=True, tokenize=False)
-        prompts.append(tok(text, add_special_tokens=False)["input_ids"])
-    return model_path, prompts
 
 
 def decode_floor(model_path: Path, batch: int, repeats: int = 20) -> tuple[float, float]:
@@ -95,6 +79,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25, help="rows of each profile")
     args = parser.parse_args()
     import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from step_time import demo_prompts  # the benchmarks' batch
 
     from tinyzero.engine.rollout import RolloutWorker
 

@@ -59,6 +59,25 @@ def bench_backends(args, prompts: list[list[int]], model_path: Path, out: Path) 
     return {name: statistics.median(values) for name, values in results.items()}
 
 
+def demo_prompts(count: int) -> tuple[Path, list[list[int]]]:
+    """The bundled model's folder, and the token ids of ``count`` of the demo's held-out prompts (seed 123) in its
+    chat template: the benchmarks' batch (also bench/profile_rollout.py's)."""
+    from tinyzero.config import load_config
+    from tinyzero.data import sample_test
+    from tinyzero.engine.models import load_tokenizer, resolve_model
+    from tinyzero.envs import make_env, render_prompt
+
+    config = load_config("recipes/demo-cpu.yaml")
+    env = make_env(config.env.name, config.env.options)
+    model_path = resolve_model(config.model.name)
+    tok = load_tokenizer(model_path)
+    prompts = []
+    for problem in sample_test(env, count, seed=123):
+        text = tok.apply_chat_template(render_prompt(env, problem, "chat"), add_generation_prompt=True, tokenize=False)
+        prompts.append(tok(text, add_special_tokens=False)["input_ids"])
+    return model_path, prompts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
@@ -75,19 +94,7 @@ def main() -> None:
               f"{args.prompts} prompts x {args.samples} samples x <= {args.max_new_tokens} tokens):")
         for key, value in phases.items():
             print(f"  {key:<20} {value:7.2f}")
-    from tinyzero.config import load_config
-    from tinyzero.data import sample_test
-    from tinyzero.engine.models import load_tokenizer, resolve_model
-    from tinyzero.envs import make_env, render_prompt
-
-    config = load_config("recipes/demo-cpu.yaml")
-    env = make_env(config.env.name, config.env.options)
-    model_path = resolve_model(config.model.name)
-    tok = load_tokenizer(model_path)
-    prompts = []
-    for problem in sample_test(env, args.prompts, seed=123):
-        text = tok.apply_chat_template(render_prompt(env, problem, "chat"), add_generation_prompt=True, tokenize=False)
-        prompts.append(tok(text, add_special_tokens=False)["input_ids"])
+    model_path, prompts = demo_prompts(args.prompts)
     speeds = bench_backends(args, prompts, model_path, out)
     print(f"\nrollout tokens/s, same model and batch, median of {args.repeats} alternating runs:")
     print(f"  vllm {speeds['vllm']:8.0f}   hf {speeds['hf']:8.0f}   ratio {speeds['vllm'] / speeds['hf']:.2f}x")
