@@ -90,7 +90,7 @@ def test_recipe_validates_and_fits_its_machine(path):
 def test_the_readme_table_is_what_the_preflight_and_the_estimate_compute():
     """README's GPU rows: the preflight's peak per GPU on the named machine, and the cost estimate on its card at
     its price, as printed there (upper bounds: seconds, tenths of hours and cents rounded up)."""
-    from tinyzero.sizing.cost import estimate_run
+    from tinyzero.sizing.cost import estimate_run, recomputed_head_params
     from tinyzero.sizing.preflight import gpu_needs
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
@@ -102,7 +102,7 @@ def test_the_readme_table_is_what_the_preflight_and_the_estimate_compute():
         model = shape(config.model.name)
         needs = gpu_needs(config, plan_layout(config), model, [float(gb) * 1e9] * int(gpus))
         assert peaks == ", ".join(f"{need.peak / 1e9:.1f}" for need in needs), name
-        est = estimate_run(config, model.params, card, head_params=model.vocab * model.hidden)
+        est = estimate_run(config, model.params, card, head_params=recomputed_head_params(config, model))
         bounds = (math.ceil(est.step_s), math.ceil(est.total_s / 360) / 10, math.ceil(est.usd * 100) / 100)
         assert (int(step), float(hours), float(usd)) == bounds, name
 
@@ -111,7 +111,7 @@ def test_the_readme_typical_and_overlap_table_is_what_the_estimate_computes():
     """README's countdown table: the bound, the assumed typical length, and run.off_policy_steps=1 where the layout
     allows it (refused elsewhere, as tinyzero/step/overlap.py refuses it), each on the main table's card and price."""
     from tinyzero.errors import TinyZeroError
-    from tinyzero.sizing.cost import estimate_run
+    from tinyzero.sizing.cost import estimate_run, recomputed_head_params
     from tinyzero.step.overlap import check_overlap
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
@@ -136,7 +136,7 @@ def test_the_readme_typical_and_overlap_table_is_what_the_estimate_computes():
                     continue
                 stated = re.fullmatch(cell, stated).groups()
             model = shape(config.model.name)
-            est = estimate_run(config, model.params, card, head_params=model.vocab * model.hidden,
+            est = estimate_run(config, model.params, card, head_params=recomputed_head_params(config, model),
                                response_tokens=tokens)
             mark = "≤" if tokens is None else "≈"
             figures = (mark, str(math.ceil(est.step_s)), str(math.ceil(est.total_s / 360) / 10),
@@ -156,3 +156,24 @@ def test_the_header_peak_is_what_the_preflight_computes(path):
     needs = gpu_needs(config, plan_layout(config), shape(config.model.name), [gb * 1e9] * gpus)
     assert stated == [(need.gpu, f"{need.peak / 1e9:.1f}") for need in needs]
     assert line.endswith(f"of {gb * HEADROOM:.1f} usable")
+
+
+def test_every_gpu_recipe_recomputes_its_lm_head_chunks_and_the_cpu_demos_keep_theirs():
+    """The rule (tinyzero/engine/lm_head.py) by recipe: a GPU recipe's micro-batch of Qwen2.5 log-softmax (151,936
+    words) is over the 1 GiB budget, so its backward recomputes the chunks and the estimate counts that LM-head
+    pass; the CPU demos' 32 x 64 tokens of SmolLM2's 49,152 words (0.40 GB) are kept, and it is not counted."""
+    from tinyzero.sizing.cost import recomputed_head_params
+
+    smollm = ModelShape.from_config(Qwen2Config(vocab_size=49_152, hidden_size=576, intermediate_size=1536,
+                                                num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                                tie_word_embeddings=True))
+    seen = set()
+    for path in RECIPES:
+        config = load_config(path)
+        if machine(path):
+            assert recomputed_head_params(config, shape(config.model.name)) == 151_936 * QWEN[config.model.name][0]
+        else:
+            assert config.model.name == "smollm2-135m"
+            assert recomputed_head_params(config, smollm) == 0.0
+        seen.add(bool(machine(path)))
+    assert seen == {True, False}

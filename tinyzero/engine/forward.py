@@ -4,12 +4,14 @@ Shared by the learner, the reference model, the critic and the HF rollout engine
 savings live here:
 - the LM head and the log-softmax run on real response tokens only (never on prompt positions or padding),
   in chunks of ``HEAD_CHUNK`` tokens so the float32 ``[k, V]`` logits stay bounded;
-- with gradients on, each chunk is recomputed in the backward pass (``torch.utils.checkpoint``): the forward
-  keeps only the chunk's hidden states ([k, H]), not its [k, V] logits, log-softmax and exponential. Without it
-  every chunk's K x V float32 log-softmax (and, with an entropy bonus, its exponential too) stayed alive until
-  backward: 2 x 8,192 tokens x 151,936 x 4 bytes = 10 GB for Qwen2.5-3B at 8 x 1,024 response tokens. The
+- with gradients on, each chunk is recomputed in the backward pass (``torch.utils.checkpoint``) when keeping
+  it would cost more than ``HEAD_KEEP_BYTES`` (``tinyzero/engine/lm_head.py``): the forward then keeps only the chunk's
+  hidden states ([k, H]), not its [k, V] log-softmax (and, with an entropy bonus, its exponential too), which
+  would be 2 x 8,192 tokens x 151,936 x 4 bytes = 10 GB for Qwen2.5-3B at 8 x 1,024 response tokens. The
   recompute runs the same ops on the same inputs, so values and gradients are bit-for-bit those of the plain
-  graph; it costs one more LM-head matmul and log-softmax per chunk (the backward's own work is unchanged);
+  graph either way; it costs one more LM-head matmul, log-softmax and exponential per chunk, which is why a
+  micro-batch whose chunks fit the budget (the CPU demo's: at most 2,048 tokens x 49,152 x 4 bytes = 0.4 GB)
+  keeps them instead;
 - rows that share a prompt (a GRPO group) share one forward pass of that prompt (``response_hidden``).
 The token layout is described in ``tinyzero/engine/messages.py``.
 """
@@ -20,11 +22,10 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from tinyzero.engine.lm_head import head_recompute
 from tinyzero.engine.messages import TokenBatch
 
 HEAD_CHUNK = 2048  # tokens per LM-head chunk: bounds the float32 [k, V] logits held at once
-
-
 def token_logprobs_and_entropy(
     logits: Tensor, labels: Tensor, *, with_entropy: bool = True, entropy_grad: bool = False
 ) -> tuple[Tensor, Tensor | None]:
@@ -64,7 +65,8 @@ def sequence_logprobs(
     picked_hidden = hidden[mask]  # [K, H], K = real response tokens
     labels = tokens.response_ids.to(device)[mask]  # [K]
     head = model.get_output_embeddings()
-    recompute = torch.is_grad_enabled() and picked_hidden.requires_grad
+    recompute = torch.is_grad_enabled() and picked_hidden.requires_grad and head_recompute(
+        picked_hidden.shape[0], head.weight.shape[0], entropy_grad=entropy_grad)
     lp_parts, ent_parts = [], []
     for start in range(0, picked_hidden.shape[0], HEAD_CHUNK):
         chunk = (head, picked_hidden[start : start + HEAD_CHUNK], labels[start : start + HEAD_CHUNK],

@@ -6,7 +6,8 @@ billed as one unit, so a laptop or a CPU box can be priced too.
 
 The estimate is arithmetic, not a measurement: FLOPs per step (2·N per generated token; 6·N per trained token,
 ×4/3 with gradient checkpointing — with LoRA 4·N, ×3/2, as the frozen weights take no gradient; 2·V·H more per
-response token for the LM head's chunks, which the backward recomputes; 2·N per reference or old-log-prob token) divided by the card's bf16 peak times
+response token for the LM head's chunks where the backward recomputes them (not where they are kept: the CPU demo's);
+2·N per reference or old-log-prob token) divided by the card's bf16 peak times
 an assumed utilisation (``ROLLOUT_MFU``, ``LEARNER_MFU``), with every response at ``rollout.max_new_tokens`` (an
 upper bound), or at a typical response length where the caller has one (``response_tokens``: the README's typical
 figure, the smoke run's measured lengths). On CPU it scales throughput measured on a 2-core EPYC with SmolLM2-135M.
@@ -305,6 +306,18 @@ def estimate_run(config: Config, params: float, card: str | None, head_params: f
     return Estimate(step, total, usd, basis, rollout_s, learner_s, push_s)
 
 
+def recomputed_head_params(config: Config, shape) -> float:
+    """``estimate_run``'s ``head_params`` for ``config`` on a model of ``shape`` (a preflight ``ModelShape``): the LM
+    head's vocabulary x hidden size where the backward recomputes its chunks, 0 where a micro-batch's chunks are kept
+    (``tinyzero/engine/lm_head.py``: the CPU demo's are; every GPU recipe's are recomputed)."""
+    from tinyzero.engine.lm_head import head_recompute
+
+    budget, longest = config.optim.max_tokens_per_micro_batch, config.rollout.max_new_tokens
+    response = max(budget, longest) if budget else config.optim.micro_batch_size * longest  # as preflight counts
+    recomputes = head_recompute(response, shape.vocab, entropy_grad=config.algo.entropy_coef > 0)
+    return float(shape.vocab * shape.hidden) if recomputes else 0.0
+
+
 def estimate_line(config: Config, model_cfg) -> str:
     """The estimate a new run prints before its models load (``model_cfg``: the model's HF config)."""
     from tinyzero.sizing.preflight import ModelShape, gpu_inventory
@@ -312,7 +325,7 @@ def estimate_line(config: Config, model_cfg) -> str:
     gpus = gpu_inventory() if config.placement.num_gpus else []
     card = gpus[0][0] if gpus else None
     shape = ModelShape.from_config(model_cfg)
-    est = estimate_run(config, shape.params, card, head_params=shape.vocab * shape.hidden)
+    est = estimate_run(config, shape.params, card, head_params=recomputed_head_params(config, shape))
     cost = f", ${est.usd:.2f}" if est.usd is not None else " (set cost.usd_per_gpu_hour to see dollars)"
     return (f"estimate: about {est.step_s:.0f} s a step, {est.total_s / 3600:.1f} h for {config.run.steps} "
             f"steps{cost} — {est.basis}; `tinyzero smoke` measures instead")

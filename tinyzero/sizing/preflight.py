@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinyzero.config import Config
+from tinyzero.engine.lm_head import head_kept_bytes, head_recompute
 from tinyzero.engine.placement import Layout
 from tinyzero.errors import TinyZeroError
 
@@ -112,8 +113,9 @@ def learner_bytes(config: Config, shape: ModelShape, world: int, compute: str) -
     tokens, head = micro * (PROMPT_TOKENS + response), micro * response
     if budget := config.optim.max_tokens_per_micro_batch:
         tokens, head = max(budget, PROMPT_TOKENS + response), max(budget, response)
-    return learner_peak(shape, tokens=tokens, head_tokens=min(head, LM_HEAD_CHUNK), compute=compute,
-                        checkpointing=config.model.gradient_checkpointing, entropy=config.algo.entropy_coef > 0,
+    return learner_peak(shape, tokens=tokens, head_tokens=min(head, LM_HEAD_CHUNK), response_tokens=head,
+                        compute=compute, checkpointing=config.model.gradient_checkpointing,
+                        entropy=config.algo.entropy_coef > 0,
                         nets=2 if config.algo.needs.critic else 1, world=world, adapters=_adapters(config, shape))
 
 
@@ -146,17 +148,19 @@ def weight_bytes(compute: str) -> int:
 
 
 def learner_peak(shape: ModelShape, *, tokens: int, head_tokens: int, compute: str, checkpointing: bool,
-                 entropy: bool, nets: int = 1, world: int = 1, adapters: float = 0.0) -> dict[str, float]:
+                 entropy: bool, nets: int = 1, world: int = 1, adapters: float = 0.0,
+                 response_tokens: int | None = None) -> dict[str, float]:
     """Bytes at the peak of an update of one micro-batch of ``tokens`` tokens (``head_tokens`` of them in one
-    LM-head chunk), by what holds them:
+    LM-head chunk, ``response_tokens`` (default ``head_tokens``) through the LM head in all), by what holds them:
     - float32 states: masters, gradients (alive across the micro-batches of a step), AdamW m and v: 16 bytes a
       parameter, sharded over ``world``; ``nets`` = 2 with PPO's critic;
     - kept activations: every layer's saved tensors (``LAYER_BYTES``), or with gradient checkpointing every
       layer's fp32 input; and what lies outside the layers;
-    - the largest of three moments: the end of the forward (autocast's bf16 copy of every weight, alive until
-      autocast exits, beside one LM-head chunk's forward); one chunk's backward (forward.py recomputes chunks, so
-      none is kept between them; an entropy bonus (``entropy``) adds the entropy's gradient) with the head weight's
-      gradient; a layer's backward (recomputed under checkpointing) with its MLP-wide gradients. Without
+    - the largest of three moments (in the first two, the other LM-head chunks' log-softmax, and with an entropy
+      bonus their exponential, when forward.py keeps them for backward: ``lm_head.head_recompute``): the end of the
+      forward (autocast's bf16 copy of every weight, alive until autocast exits, beside one LM-head chunk's
+      forward); one chunk's backward (an entropy bonus (``entropy``) adds the entropy's gradient) with the head
+      weight's gradient; a layer's backward (recomputed under checkpointing) with its MLP-wide gradients. Without
       checkpointing the bf16 copies are saved for backward, so they are in all three.
     With LoRA (``adapters`` > 0 trained parameters): the frozen base sits in the compute dtype and the 16 bytes a
     parameter are the adapters' only; autocast copies only the (fp32) adapters; the frozen head has no weight
@@ -169,9 +173,15 @@ def learner_peak(shape: ModelShape, *, tokens: int, head_tokens: int, compute: s
     copies = 2 * trained if compute == "bfloat16" and world == 1 else 0.0  # sharded: FSDP gathers per layer
     saved_copies = 0.0 if checkpointing else copies
     chunk = head_tokens * shape.vocab * 4  # one [chunk, V] float32 tensor
+    response = head_tokens if response_tokens is None else response_tokens
+    kept_head = 0 if head_recompute(response, shape.vocab, entropy_grad=entropy) else head_kept_bytes(
+        response, shape.vocab, entropy_grad=entropy)
+    # Kept chunks live from their forward to their backward (freed before the layers' backward), beside one chunk's
+    # own work; that chunk's kept tensors are among its HEAD_TENSORS.
+    others = kept_head - head_kept_bytes(head_tokens, shape.vocab, entropy_grad=entropy) if kept_head else 0
     moments = {
-        "bf16 weight copies + LM-head forward": copies + HEAD_TENSORS * chunk,
-        "LM-head backward": saved_copies + (HEAD_TENSORS + (ENTROPY_TENSORS if entropy else 0)) * chunk
+        "bf16 weight copies + LM-head forward": copies + HEAD_TENSORS * chunk + others,
+        "LM-head backward": saved_copies + (HEAD_TENSORS + (ENTROPY_TENSORS if entropy else 0)) * chunk + others
         + (0.0 if adapters else shape.vocab * h * 4),
         "a layer's backward": saved_copies + (layer if checkpointing else 0.0)
         + MLP_GRADIENTS * tokens * shape.intermediate * 4,
