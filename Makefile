@@ -136,7 +136,7 @@ test: lint verl-setup ## lint + the test suite (CPU-only), the verl interop chec
 	TINYZERO_VERL_PYTHON=$(VERL_PY) $(VENV)/bin/pytest -q $(PARALLEL)
 	$(AVX2_KERNELS) $(VENV)/bin/pytest -q $(PARALLEL) $(NUMERIC_TESTS)
 
-demo: setup ## train the bundled SmolLM2-135M on this machine's CPU (about 15 minutes)
+demo: setup ## train the bundled SmolLM2-135M on this machine's CPU (about 10-13 minutes)
 	$(VENV)/bin/tinyzero train recipes/demo-cpu.yaml $(ARGS)
 
 gym-demo-cpu: setup ## train the bundled model on reasoning-gym's chain_sum on this CPU (docs/gym.md)
