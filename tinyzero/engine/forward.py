@@ -26,6 +26,8 @@ from tinyzero.engine.lm_head import head_recompute
 from tinyzero.engine.messages import TokenBatch
 
 HEAD_CHUNK = 2048  # tokens per LM-head chunk: bounds the float32 [k, V] logits held at once
+
+
 def token_logprobs_and_entropy(
     logits: Tensor, labels: Tensor, *, with_entropy: bool = True, entropy_grad: bool = False
 ) -> tuple[Tensor, Tensor | None]:

@@ -311,9 +311,9 @@ def recomputed_head_params(config: Config, shape) -> float:
     head's vocabulary x hidden size where the backward recomputes its chunks, 0 where a micro-batch's chunks are kept
     (``tinyzero/engine/lm_head.py``: the CPU demo's are; every GPU recipe's are recomputed)."""
     from tinyzero.engine.lm_head import head_recompute
+    from tinyzero.sizing.preflight import micro_batch_tokens
 
-    budget, longest = config.optim.max_tokens_per_micro_batch, config.rollout.max_new_tokens
-    response = max(budget, longest) if budget else config.optim.micro_batch_size * longest  # as preflight counts
+    _, response = micro_batch_tokens(config)
     recomputes = head_recompute(response, shape.vocab, entropy_grad=config.algo.entropy_coef > 0)
     return float(shape.vocab * shape.hidden) if recomputes else 0.0
 

@@ -104,15 +104,21 @@ class GpuNeed:
         return ", ".join(f"{name} {value / GB:.1f}" for name, value in self.parts.items() if value)
 
 
-def learner_bytes(config: Config, shape: ModelShape, world: int, compute: str) -> dict[str, float]:
-    """One learner process's peak for ``config``'s micro-batch, with ``compute`` the matmul dtype ("bfloat16" or
-    "float32"); see ``learner_peak``. Fixed micro-batches: ``micro_batch_size`` rows of a ``PROMPT_TOKENS`` prompt
-    and a ``max_new_tokens`` response. With ``optim.max_tokens_per_micro_batch`` the budget is the micro-batch's
-    padded size, unless one such row is longer (it then runs alone), and bounds its response tokens too."""
+def micro_batch_tokens(config: Config) -> tuple[int, int]:
+    """(tokens, response tokens) of ``config``'s largest learner micro-batch. Fixed micro-batches:
+    ``micro_batch_size`` rows of a ``PROMPT_TOKENS`` prompt and a ``max_new_tokens`` response. With
+    ``optim.max_tokens_per_micro_batch`` the budget is the micro-batch's padded size, unless one such row is longer
+    (it then runs alone), and bounds its response tokens too."""
     micro, response = config.optim.micro_batch_size, config.rollout.max_new_tokens
-    tokens, head = micro * (PROMPT_TOKENS + response), micro * response
     if budget := config.optim.max_tokens_per_micro_batch:
-        tokens, head = max(budget, PROMPT_TOKENS + response), max(budget, response)
+        return max(budget, PROMPT_TOKENS + response), max(budget, response)
+    return micro * (PROMPT_TOKENS + response), micro * response
+
+
+def learner_bytes(config: Config, shape: ModelShape, world: int, compute: str) -> dict[str, float]:
+    """One learner process's peak for ``config``'s micro-batch (``micro_batch_tokens``), with ``compute`` the matmul
+    dtype ("bfloat16" or "float32"); see ``learner_peak``."""
+    tokens, head = micro_batch_tokens(config)
     return learner_peak(shape, tokens=tokens, head_tokens=min(head, LM_HEAD_CHUNK), response_tokens=head,
                         compute=compute, checkpointing=config.model.gradient_checkpointing,
                         entropy=config.algo.entropy_coef > 0,
